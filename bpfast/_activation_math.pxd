@@ -1,0 +1,80 @@
+# cython: language_level=3
+"""Each activation g and its derivative g' as inline nogil functions over float/double.
+
+Codes follow ``bpfast.activations.ACTIVATIONS``. The formulas match ``bpfast.reference``
+term for term, so that compiled and reference results agree to rounding.
+"""
+from cython cimport floating
+from libc.math cimport exp, expf, tanh, tanhf, log1p, log1pf, fabs, fabsf
+
+cdef enum:
+    IDENTITY = 0
+    SIGMOID = 1
+    TANH = 2
+    RELU = 3
+    LEAKY_RELU = 4
+    SOFTPLUS = 5
+    SILU = 6
+
+
+cdef inline floating _exp(floating x) noexcept nogil:
+    if floating is float:
+        return expf(x)
+    else:
+        return exp(x)
+
+
+cdef inline floating sigmoid(floating z) noexcept nogil:
+    """s(z) = 1 / (1 + e^-z), evaluated without overflow for any z."""
+    cdef floating e
+    if z >= 0:
+        return 1 / (1 + _exp(-z))
+    e = _exp(z)
+    return e / (1 + e)
+
+
+cdef inline floating softplus(floating z) noexcept nogil:
+    """log(1 + e^z) = max(z, 0) + log1p(e^-|z|), without overflow."""
+    if floating is float:
+        return (z if z > 0 else 0) + log1pf(expf(-fabsf(z)))
+    else:
+        return (z if z > 0 else 0) + log1p(exp(-fabs(z)))
+
+
+cdef inline floating activate(int code, floating z) noexcept nogil:
+    """a = g(z) for the activation with this code."""
+    if code == SIGMOID:
+        return sigmoid(z)
+    elif code == TANH:
+        if floating is float:
+            return tanhf(z)
+        else:
+            return tanh(z)
+    elif code == RELU:
+        return z if z > 0 else 0
+    elif code == LEAKY_RELU:
+        return z if z > 0 else <floating>0.01 * z
+    elif code == SOFTPLUS:
+        return softplus(z)
+    elif code == SILU:
+        return z * sigmoid(z)
+    return z
+
+
+cdef inline floating derivative(int code, floating z, floating a) noexcept nogil:
+    """g'(z), given z and a = g(z) (whichever is cheaper to use)."""
+    cdef floating s
+    if code == SIGMOID:
+        return a * (1 - a)
+    elif code == TANH:
+        return 1 - a * a
+    elif code == RELU:
+        return 1 if z > 0 else 0
+    elif code == LEAKY_RELU:
+        return 1 if z > 0 else <floating>0.01
+    elif code == SOFTPLUS:
+        return sigmoid(z)
+    elif code == SILU:
+        s = sigmoid(z)
+        return s * (1 + z * (1 - s))
+    return 1

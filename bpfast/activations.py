@@ -1,0 +1,65 @@
+"""Names of the activation functions and their resolution to per-layer codes.
+
+The compiled kernels identify an activation by its index in :data:`ACTIVATIONS`; the
+formulas themselves live twice, on purpose: in NumPy in :mod:`bpfast.reference` (the
+oracle) and in C in ``_activation_math.pxd`` (the kernels). Tests hold the two together.
+"""
+import numpy as np
+
+#: Canonical names, in the order of the compiled kernels' integer codes.
+ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "softplus", "silu")
+
+#: Other accepted spellings, mapped to their canonical name.
+ALIASES = {"logistic": "sigmoid", "linear": "identity", "swish": "silu"}
+
+#: Slope of ``leaky_relu`` for negative inputs.
+LEAKY_SLOPE = 0.01
+
+
+def _canonical(name, where):
+    if not isinstance(name, str):
+        raise TypeError(
+            f"{where}: expected an activation name (str), got {type(name).__name__} {name!r}"
+        )
+    key = name.strip().lower()
+    key = ALIASES.get(key, key)
+    if key not in ACTIVATIONS:
+        valid = ", ".join(ACTIVATIONS + tuple(ALIASES))
+        raise ValueError(f"{where}: unknown activation {name!r}; valid names are {valid}")
+    return key
+
+
+def resolve_activations(activations, n_layers):
+    """Expand ``activations`` to one canonical name per layer.
+
+    Parameters
+    ----------
+    activations : str or sequence of str
+        One name for every layer, or exactly ``n_layers`` names.
+    n_layers : int
+        Number of layers ``L`` (weight matrices).
+
+    Returns
+    -------
+    tuple of str, length ``n_layers``
+    """
+    if isinstance(activations, str):
+        return (_canonical(activations, "activations"),) * n_layers
+    try:
+        names = list(activations)
+    except TypeError:
+        raise TypeError(
+            "activations: expected a name or a list of names, "
+            f"got {type(activations).__name__}"
+        ) from None
+    if len(names) != n_layers:
+        raise ValueError(
+            f"activations: expected one name for every layer or a list of {n_layers} "
+            f"(one per layer), got a list of {len(names)}"
+        )
+    return tuple(_canonical(n, f"activations[{i}]") for i, n in enumerate(names))
+
+
+def activation_codes(names):
+    """Integer codes of canonical names, as the compiled kernels expect them."""
+    return np.array([ACTIVATIONS.index(n) for n in names], dtype=np.intc)

@@ -1,0 +1,93 @@
+"""The compiled forward pass and back-propagation behind a checked NumPy API."""
+import numpy as np
+
+from . import _kernels
+from ._validation import check_inputs
+from .activations import activation_codes
+
+__all__ = ["forward", "loss", "backprop"]
+
+
+def _buffers(sizes, m, dtype):
+    """Z and A buffers, one ``(m, n^l)`` array each per layer."""
+    Z = [np.empty((m, n), dtype=dtype) for n in sizes[1:]]
+    A = [np.empty((m, n), dtype=dtype) for n in sizes[1:]]
+    return Z, A
+
+
+def forward(weights, biases, activations, X):
+    """Network output ``A^L`` for the inputs ``X``, computed by the compiled kernels.
+
+    Per layer ``Z = A_prev @ W.T + b`` and ``A = g(Z)``: the seed's
+    ``Z^l = W^l A^(l-1) + b^l [1 ... 1]`` on the same memory (DESIGN.md section 2).
+
+    Parameters
+    ----------
+    weights : list of ndarray
+        ``weights[l-1]`` is ``W^l`` of shape ``(n^l, n^(l-1))``.
+    biases : list of ndarray
+        ``biases[l-1]`` is ``b^l`` of shape ``(n^l,)``.
+    activations : str or list of str
+        One of ``bpfast.ACTIVATIONS`` for every layer, or one name per layer.
+    X : array_like of shape ``(m, n^0)``
+        One sample per row. Converted to the parameters' dtype.
+
+    Returns
+    -------
+    ndarray of shape ``(m, n^L)``, in the parameters' dtype (float32 or float64).
+    """
+    weights, biases, names, X, _ = check_inputs(weights, biases, activations, X)
+    sizes = [X.shape[1]] + [w.shape[0] for w in weights]
+    Z, A = _buffers(sizes, X.shape[0], X.dtype)
+    layers = _kernels.Layers(weights, biases, activation_codes(names), sizes[0],
+                             X.shape[0], Z, A)
+    layers.forward(X)
+    return A[-1]
+
+
+def loss(weights, biases, activations, X, Y):
+    """The seed's error ``E = 1/(2m) sum_c sum_i (A^L_ic - Y_ic)^2`` as a float.
+
+    The forward pass runs in the parameters' dtype; the sum is accumulated in float64.
+    """
+    weights, biases, names, X, Y = check_inputs(weights, biases, activations, X, Y)
+    A = forward(weights, biases, names, X)
+    r = A.astype(np.float64) - Y
+    return float(np.sum(r * r) / (2 * X.shape[0]))
+
+
+def backprop(weights, biases, activations, X, Y):
+    """The seed's error and its gradient, by compiled back-propagation.
+
+    ``E = 1/(2m) sum_c sum_i (A^L_ic - Y_ic)^2``; working backwards from
+    ``dA^L = (A^L - Y)/m``: ``dZ^l = dA^l (.) g'(Z^l)``, ``dW^l = dZ^l (A^(l-1))^T``,
+    ``db^l = dZ^l [1 ... 1]^T`` and ``dA^(l-1) = (W^l)^T dZ^l``.
+
+    Parameters
+    ----------
+    weights, biases, activations, X
+        As for :func:`forward`.
+    Y : array_like of shape ``(m, n^L)``
+        Targets, one per row.
+
+    Returns
+    -------
+    E : float
+    dW : list of ndarray
+        ``dW[l-1] = dE/dW^l``, shaped like ``weights[l-1]``.
+    db : list of ndarray
+        ``db[l-1] = dE/db^l``, shaped like ``biases[l-1]``.
+    """
+    weights, biases, names, X, Y = check_inputs(weights, biases, activations, X, Y)
+    m = X.shape[0]
+    dtype = X.dtype
+    sizes = [X.shape[1]] + [w.shape[0] for w in weights]
+    Z, A = _buffers(sizes, m, dtype)
+    dW = [np.empty_like(w) for w in weights]
+    db = [np.empty_like(b) for b in biases]
+    widest_hidden = max(sizes[1:-1], default=1)
+    scratch = np.empty(m * widest_hidden, dtype=dtype)
+    layers = _kernels.Layers(weights, biases, activation_codes(names), sizes[0], m,
+                             Z, A, dW, db)
+    E = layers.backprop(X, Y, scratch)
+    return float(E), dW, db

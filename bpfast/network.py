@@ -1,0 +1,105 @@
+"""``Network``: a fully connected network that owns its parameters."""
+import numpy as np
+
+from . import engine
+from ._validation import check_dtype, check_positive_int
+from .activations import resolve_activations
+
+__all__ = ["Network"]
+
+#: Activations initialised Glorot-style; the others (relu-like) He-style.
+_GLOROT = {"identity", "sigmoid", "tanh"}
+
+
+def _init_layer(rng, n_out, n_in, name, dtype):
+    """Weights for a layer whose output goes through ``name``; biases start at zero.
+
+    Glorot uniform, ``U(-r, r)`` with ``r = sqrt(6 / (n_in + n_out))`` (scaled by 4 for
+    sigmoid, as Glorot and Bengio advise), for identity, sigmoid and tanh; He normal,
+    ``N(0, 2 / n_in)``, for relu, leaky_relu, softplus and silu.
+    """
+    if name in _GLOROT:
+        r = np.sqrt(6.0 / (n_in + n_out))
+        if name == "sigmoid":
+            r *= 4.0
+        W = rng.uniform(-r, r, size=(n_out, n_in))
+    else:
+        W = rng.normal(0.0, np.sqrt(2.0 / n_in), size=(n_out, n_in))
+    return W.astype(dtype), np.zeros(n_out, dtype=dtype)
+
+
+class Network:
+    """A fully connected network ``n^0 -> n^1 -> ... -> n^L``.
+
+    Parameters
+    ----------
+    sizes : sequence of int
+        Layer sizes ``(n^0, ..., n^L)``, at least two.
+    activations : str or sequence of str, default "sigmoid"
+        One name for every layer or one per layer (``len(sizes) - 1`` names); see
+        ``bpfast.ACTIVATIONS``.
+    dtype : float32 or float64, default float64
+        The dtype of the parameters and of every computation.
+    seed : int, numpy.random.Generator or None
+        Seeds the initialisation.
+
+    Attributes
+    ----------
+    weights : list of ndarray
+        ``weights[l-1]`` is ``W^l`` of shape ``(n^l, n^(l-1))``. The network computes with
+        these very arrays: writing into them in place changes the network.
+    biases : list of ndarray
+        ``biases[l-1]`` is ``b^l`` of shape ``(n^l,)``; likewise shared.
+    """
+
+    def __init__(self, sizes, activations="sigmoid", dtype=np.float64, seed=None):
+        try:
+            sizes = tuple(sizes)
+        except TypeError:
+            raise TypeError(
+                f"sizes: expected a sequence of layer sizes, got {type(sizes).__name__}"
+            ) from None
+        if len(sizes) < 2:
+            raise ValueError(
+                f"sizes: expected at least two sizes (inputs and outputs), got {len(sizes)}"
+            )
+        self.sizes = tuple(check_positive_int(n, f"sizes[{i}]") for i, n in enumerate(sizes))
+        self.activations = resolve_activations(activations, len(sizes) - 1)
+        self.dtype = check_dtype(dtype)
+        rng = np.random.default_rng(seed)
+        self.weights, self.biases = [], []
+        for n_in, n_out, name in zip(self.sizes[:-1], self.sizes[1:], self.activations):
+            W, b = _init_layer(rng, n_out, n_in, name, self.dtype)
+            self.weights.append(W)
+            self.biases.append(b)
+
+    @property
+    def n_layers(self):
+        """Number of layers ``L`` (weight matrices)."""
+        return len(self.sizes) - 1
+
+    @property
+    def n_parameters(self):
+        """Total number of weights and biases."""
+        return sum(w.size + b.size for w, b in zip(self.weights, self.biases))
+
+    def forward(self, X):
+        """Outputs ``A^L`` of shape ``(m, n^L)`` for inputs ``X`` of shape ``(m, n^0)``."""
+        return engine.forward(self.weights, self.biases, self.activations, X)
+
+    def loss(self, X, Y):
+        """The seed's error ``E = 1/(2m) sum (A^L - Y)^2`` on ``(X, Y)``."""
+        return engine.loss(self.weights, self.biases, self.activations, X, Y)
+
+    def gradient(self, X, Y):
+        """``(E, dW, db)``: the error and its gradient, as :func:`bpfast.backprop`."""
+        return engine.backprop(self.weights, self.biases, self.activations, X, Y)
+
+    def __repr__(self):
+        arch = "-".join(str(n) for n in self.sizes)
+        acts = set(self.activations)
+        act = repr(self.activations[0]) if len(acts) == 1 else repr(list(self.activations))
+        return (
+            f"Network({arch}, activations={act}, dtype={self.dtype.name}, "
+            f"parameters={self.n_parameters})"
+        )

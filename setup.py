@@ -1,0 +1,43 @@
+"""Build the compiled kernels of bpfast.
+
+Everything declarative lives in pyproject.toml; this file only lists the Cython
+extensions. The default build is portable (``-O3``, no processor-specific flags).
+Set ``BPFAST_NATIVE=1`` to add ``-march=native`` for a build that runs only on
+processors like the one it was built on.
+"""
+import os
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+COMPILE_ARGS = ["-O3"]
+if os.environ.get("BPFAST_NATIVE") == "1":
+    COMPILE_ARGS.append("-march=native")
+
+DIRECTIVES = {
+    "language_level": 3,
+    "boundscheck": False,
+    "wraparound": False,
+    "cdivision": True,
+    "initializedcheck": False,
+    "nonecheck": False,
+}
+
+
+def extension(name):
+    return Extension(
+        f"bpfast.{name}",
+        [f"bpfast/{name}.pyx"],
+        include_dirs=[np.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        extra_compile_args=COMPILE_ARGS,
+    )
+
+
+setup(
+    ext_modules=cythonize(
+        [extension("_kernels")],
+        compiler_directives=DIRECTIVES,
+    ),
+)
