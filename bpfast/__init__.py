@@ -8,6 +8,17 @@ buffers; :mod:`bpfast.reference` holds the same math in plain NumPy.
 >>> X, Y = np.ones((5, 4)), np.zeros((5, 2))
 >>> E, dW, db = net.gradient(X, Y)
 """
+try:
+    from . import _kernels  # noqa: F401  (compiled; there is no pure-Python fallback)
+except ImportError as err:  # pragma: no cover - only in an unbuilt source tree
+    import os as _os
+
+    raise ImportError(
+        f"bpfast's compiled kernels are missing from {_os.path.dirname(__file__)} ({err}). "
+        "Install the package with `pip install .` and import it from outside the source "
+        "tree, or build in place with `python setup.py build_ext --inplace`."
+    ) from err
+
 from . import reference
 from .activations import ACTIVATIONS
 from .engine import backprop, forward, loss

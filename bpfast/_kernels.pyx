@@ -19,7 +19,8 @@ cimport numpy as cnp
 import numpy as np
 
 from ._blas cimport gemm
-from ._activation_math cimport activate, derivative
+from ._activation_math cimport (activate, derivative, IDENTITY, SIGMOID, TANH, RELU,
+                               LEAKY_RELU, SOFTPLUS, SILU)
 
 cnp.import_array()
 
@@ -28,17 +29,67 @@ cnp.import_array()
 # nogil building blocks over one layer
 # ---------------------------------------------------------------------------
 
+cdef inline void activate_row(int code, Py_ssize_t n, const floating* z,
+                              floating* a) noexcept nogil:
+    """a = g(z) over one row; each branch is a plain loop the compiler specialises."""
+    cdef Py_ssize_t j
+    if code == IDENTITY:
+        for j in range(n):
+            a[j] = z[j]
+    elif code == SIGMOID:
+        for j in range(n):
+            a[j] = activate(SIGMOID, z[j])
+    elif code == TANH:
+        for j in range(n):
+            a[j] = activate(TANH, z[j])
+    elif code == RELU:
+        for j in range(n):
+            a[j] = activate(RELU, z[j])
+    elif code == LEAKY_RELU:
+        for j in range(n):
+            a[j] = activate(LEAKY_RELU, z[j])
+    elif code == SOFTPLUS:
+        for j in range(n):
+            a[j] = activate(SOFTPLUS, z[j])
+    elif code == SILU:
+        for j in range(n):
+            a[j] = activate(SILU, z[j])
+
+
+cdef inline void delta_row(int code, Py_ssize_t n, floating* d, const floating* z,
+                           const floating* a) noexcept nogil:
+    """d = d (.) g'(z) over one row, with a = g(z)."""
+    cdef Py_ssize_t j
+    if code == SIGMOID:
+        for j in range(n):
+            d[j] *= derivative(SIGMOID, z[j], a[j])
+    elif code == TANH:
+        for j in range(n):
+            d[j] *= derivative(TANH, z[j], a[j])
+    elif code == RELU:
+        for j in range(n):
+            d[j] *= derivative(RELU, z[j], a[j])
+    elif code == LEAKY_RELU:
+        for j in range(n):
+            d[j] *= derivative(LEAKY_RELU, z[j], a[j])
+    elif code == SOFTPLUS:
+        for j in range(n):
+            d[j] *= derivative(SOFTPLUS, z[j], a[j])
+    elif code == SILU:
+        for j in range(n):
+            d[j] *= derivative(SILU, z[j], a[j])
+
+
 cdef void bias_activate(int code, int m, int n, const floating* b,
                         floating* Z, floating* A) noexcept nogil:
-    """Z += 1 b^T and A = g(Z), in one pass over the m x n block."""
-    cdef Py_ssize_t i, j, row
-    cdef floating z
+    """Z += 1 b^T and A = g(Z), row by row while the row is in cache."""
+    cdef Py_ssize_t i, j
+    cdef floating* z
     for i in range(m):
-        row = i * n
+        z = Z + i * n
         for j in range(n):
-            z = Z[row + j] + b[j]
-            Z[row + j] = z
-            A[row + j] = activate(code, z)
+            z[j] += b[j]
+        activate_row(code, n, z, A + i * n)
 
 
 cdef double output_delta(int code, int m, int n, const floating* A, const floating* Y,
@@ -59,18 +110,20 @@ cdef double output_delta(int code, int m, int n, const floating* A, const floati
     return sq
 
 
-cdef void hidden_delta(int code, int m, int n, const floating* dA, const floating* A,
+cdef void hidden_delta(int code, int m, int n, floating* dA, const floating* A,
                        floating* Z, floating* db) noexcept nogil:
-    """dZ = dA (.) g'(Z) written over Z, db = column sums of dZ."""
-    cdef Py_ssize_t i, j, row
-    cdef floating d
+    """dZ = dA (.) g'(Z) written over Z, db = column sums of dZ; dA is overwritten."""
+    cdef Py_ssize_t i, j
+    cdef floating* d
+    cdef floating* z
     memset(db, 0, n * sizeof(floating))
     for i in range(m):
-        row = i * n
+        d = dA + i * n
+        z = Z + i * n
+        delta_row(code, n, d, z, A + i * n)
         for j in range(n):
-            d = dA[row + j] * derivative(code, Z[row + j], A[row + j])
-            Z[row + j] = d
-            db[j] += d
+            z[j] = d[j]
+            db[j] += d[j]
 
 
 # ---------------------------------------------------------------------------
