@@ -15,6 +15,7 @@ cdef enum:
     LEAKY_RELU = 4
     SOFTPLUS = 5
     SILU = 6
+    SOFTMAX = 7  # output layer only: a_j = e^(z_j) / sum_k e^(z_k) over one sample
 
 
 cdef inline floating _exp(floating x) noexcept nogil:
@@ -78,3 +79,17 @@ cdef inline floating derivative(int code, floating z, floating a) noexcept nogil
         s = sigmoid(z)
         return s * (1 + z * (1 - s))
     return 1
+
+
+cdef inline void softmax_row(Py_ssize_t n, const floating* z, floating* a) noexcept nogil:
+    """a = e^(z - max z) / sum e^(z - max z) over one sample's n outputs."""
+    cdef Py_ssize_t j
+    cdef floating top = z[0], total = 0
+    for j in range(1, n):
+        if z[j] > top:
+            top = z[j]
+    for j in range(n):
+        a[j] = _exp(z[j] - top)
+        total = total + a[j]
+    for j in range(n):
+        a[j] = a[j] / total

@@ -12,15 +12,31 @@ The Python entry points check every buffer (type, dtype, shape, contiguity) befo
 pointer is taken, then run the whole pass without the GIL and without allocating.
 """
 from libc.stdlib cimport malloc, free
-from libc.string cimport memset
+from libc.string cimport memset, memcpy
+from libc.math cimport sqrt, pow, isfinite, log, logf
+from libc.float cimport FLT_EPSILON, DBL_EPSILON
 from cython cimport floating
 
 cimport numpy as cnp
 import numpy as np
 
 from ._blas cimport gemm
-from ._activation_math cimport (activate, derivative, IDENTITY, SIGMOID, TANH, RELU,
-                               LEAKY_RELU, SOFTPLUS, SILU)
+from ._activation_math cimport (activate, derivative, softmax_row, IDENTITY, SIGMOID,
+                               TANH, RELU, LEAKY_RELU, SOFTPLUS, SILU, SOFTMAX)
+
+cdef enum:
+    LOSS_MSE = 0
+    LOSS_CE = 1
+    LOSS_BCE = 2
+    OPT_SGD = 0
+    OPT_ADAM = 1
+
+
+cdef inline floating _log(floating x) noexcept nogil:
+    if floating is float:
+        return logf(x)
+    else:
+        return log(x)
 
 cnp.import_array()
 
@@ -54,6 +70,8 @@ cdef inline void activate_row(int code, Py_ssize_t n, const floating* z,
     elif code == SILU:
         for j in range(n):
             a[j] = activate(SILU, z[j])
+    elif code == SOFTMAX:
+        softmax_row(n, z, a)
 
 
 cdef inline void delta_row(int code, Py_ssize_t n, floating* d, const floating* z,
@@ -92,22 +110,64 @@ cdef void bias_activate(int code, int m, int n, const floating* b,
         activate_row(code, n, z, A + i * n)
 
 
-cdef double output_delta(int code, int m, int n, const floating* A, const floating* Y,
+cdef double output_delta(int loss, int code, int m, int n, const floating* A,
+                         const floating* Y, const floating* w, floating denom,
                          floating* Z, floating* db) noexcept nogil:
-    """dZ = (A - Y) / m (.) g'(Z) written over Z, db = column sums of dZ; returns sum (A - Y)^2."""
-    cdef Py_ssize_t i, j, row
-    cdef floating r, d
-    cdef double sq = 0
+    """dZ^L = dE/dZ^L written over Z, db = column sums of dZ^L; returns the loss sum.
+
+    Row c has weight w_c (1 when ``w`` is NULL); ``denom`` is m or the sum of the weights.
+    MSE: dZ = w_c (A - Y) / denom (.) g'(Z) (the softmax Jacobian for softmax outputs),
+    sum w_c (A - Y)^2. Cross-entropy with softmax, binary cross-entropy with sigmoid:
+    dZ = w_c (A - Y) / denom, and sum -w_c Y log A (resp. plus (1 - Y) log(1 - A)), with
+    A clipped to [eps, 1 - eps] inside the logarithm as scikit-learn does.
+    """
+    cdef Py_ssize_t i, j
+    cdef floating r, d, wc, dot, p
+    cdef floating* z
+    cdef const floating* a
+    cdef const floating* y
+    cdef double acc = 0, row_acc
+    cdef floating eps = FLT_EPSILON if floating is float else DBL_EPSILON
     memset(db, 0, n * sizeof(floating))
     for i in range(m):
-        row = i * n
+        wc = w[i] if w != NULL else 1
+        a = A + i * n
+        y = Y + i * n
+        z = Z + i * n
+        row_acc = 0
+        if loss == LOSS_MSE:
+            if code == SOFTMAX:
+                dot = 0
+                for j in range(n):
+                    r = a[j] - y[j]
+                    row_acc += <double>r * r
+                    d = wc * r / denom
+                    z[j] = d
+                    dot = dot + d * a[j]
+                for j in range(n):
+                    z[j] = a[j] * (z[j] - dot)
+            else:
+                for j in range(n):
+                    r = a[j] - y[j]
+                    row_acc += <double>r * r
+                    z[j] = wc * r / denom * derivative(code, z[j], a[j])
+        else:
+            for j in range(n):
+                r = a[j] - y[j]
+                z[j] = wc * r / denom
+                if y[j] != 0:
+                    p = a[j] if a[j] > eps else eps
+                    p = p if p < 1 - eps else 1 - eps
+                    row_acc -= <double>y[j] * _log(p)
+                if loss == LOSS_BCE and y[j] != 1:
+                    p = 1 - a[j]
+                    p = p if p > eps else eps
+                    p = p if p < 1 - eps else 1 - eps
+                    row_acc -= <double>(1 - y[j]) * _log(p)
+        acc += <double>wc * row_acc
         for j in range(n):
-            r = A[row + j] - Y[row + j]
-            sq += <double>r * r
-            d = r / m * derivative(code, Z[row + j], A[row + j])
-            Z[row + j] = d
-            db[j] += d
-    return sq
+            db[j] += z[j]
+    return acc
 
 
 cdef void hidden_delta(int code, int m, int n, floating* dA, const floating* A,
@@ -143,27 +203,34 @@ cdef void forward_pass(int L, int m, const int* sizes, const int* codes,
         prev = A[l]
 
 
+cdef void backward_layers(int L, int m, const int* sizes, const int* codes,
+                          const floating* X, floating** W, floating** Z, floating** A,
+                          floating** dW, floating** db, floating* scratch) noexcept nogil:
+    """From dZ[L-1] (in Z[L-1]) down: dW[l] = dZ[l]^T A[l-1], dA[l-1] = dZ[l] W[l],
+    dZ[l-1] = dA[l-1] (.) g'(Z[l-1]) over Z[l-1], db[l-1] = its column sums.
+
+    scratch (at least m x the widest hidden layer) holds dA[l-1].
+    """
+    cdef int l
+    cdef const floating* prev
+    for l in range(L - 1, -1, -1):
+        prev = X if l == 0 else A[l - 1]
+        gemm(True, False, sizes[l + 1], sizes[l], m, <floating>1, Z[l], sizes[l + 1],
+             prev, sizes[l], <floating>0, dW[l], sizes[l])
+        if l > 0:
+            gemm(False, False, m, sizes[l], sizes[l + 1], <floating>1, Z[l], sizes[l + 1],
+                 W[l], sizes[l], <floating>0, scratch, sizes[l])
+            hidden_delta(codes[l - 1], m, sizes[l], scratch, A[l - 1], Z[l - 1], db[l - 1])
+
+
 cdef double backward_pass(int L, int m, const int* sizes, const int* codes,
                           const floating* X, const floating* Y, floating** W,
                           floating** Z, floating** A, floating** dW, floating** db,
                           floating* scratch) noexcept nogil:
-    """Back-propagate E = sum (A[L-1] - Y)^2 / (2m) after forward_pass; returns E.
-
-    Z[l] is overwritten by dZ[l]; scratch (at least m x max n[l]) holds dA[l-1].
-    """
-    cdef int l
-    cdef const floating* prev
-    cdef double sq = output_delta(codes[L - 1], m, sizes[L], A[L - 1], Y, Z[L - 1], db[L - 1])
-    for l in range(L - 1, -1, -1):
-        prev = X if l == 0 else A[l - 1]
-        # dW[l] = dZ[l]^T A[l-1]
-        gemm(True, False, sizes[l + 1], sizes[l], m, <floating>1, Z[l], sizes[l + 1],
-             prev, sizes[l], <floating>0, dW[l], sizes[l])
-        if l > 0:
-            # dA[l-1] = dZ[l] W[l], then dZ[l-1] = dA[l-1] (.) g'(Z[l-1])
-            gemm(False, False, m, sizes[l], sizes[l + 1], <floating>1, Z[l], sizes[l + 1],
-                 W[l], sizes[l], <floating>0, scratch, sizes[l])
-            hidden_delta(codes[l - 1], m, sizes[l], scratch, A[l - 1], Z[l - 1], db[l - 1])
+    """Back-propagate the seed's E = sum (A[L-1] - Y)^2 / (2m) after forward_pass; returns E."""
+    cdef double sq = output_delta(LOSS_MSE, codes[L - 1], m, sizes[L], A[L - 1], Y,
+                                  <floating*>NULL, <floating>m, Z[L - 1], db[L - 1])
+    backward_layers(L, m, sizes, codes, X, W, Z, A, dW, db, scratch)
     return sq / (2.0 * m)
 
 
@@ -259,8 +326,8 @@ cdef class Layers:
         cdef int t = self.typenum
         for l in range(L):
             code = int(codes[l])
-            if code < 0 or code > 6:
-                raise ValueError(f"codes[{l}]: unknown activation code {code}")
+            if code < 0 or code > 7 or (code == SOFTMAX and l != L - 1):
+                raise ValueError(f"codes[{l}]: activation code {code} is not valid here")
             self.codes[l] = code
             w = weights[l]
             if not cnp.PyArray_Check(w) or cnp.PyArray_NDIM(<cnp.ndarray>w) != 2:
@@ -336,3 +403,288 @@ cdef class Layers:
                                          <float**>self.Z, <float**>self.A,
                                          <float**>self.dW, <float**>self.db, <float*>s)
         return E
+
+
+# ---------------------------------------------------------------------------
+# Training: whole epochs of mini-batch steps without the GIL
+# ---------------------------------------------------------------------------
+
+cdef void update(int optimizer, Py_ssize_t N, floating* p, const floating* g,
+                 floating* s1, floating* s2, floating lr, floating momentum,
+                 bint nesterov, floating beta1, floating beta2, floating epsilon,
+                 floating lr_t) noexcept nogil:
+    """One optimizer step on N parameters p with gradient g (scikit-learn's rules).
+
+    sgd: p -= lr g, or with momentum v = mu v - lr g and p += v (nesterov: p += mu v - lr g).
+    adam: m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2, p += -lr_t m / (sqrt(v) + eps).
+    """
+    cdef Py_ssize_t k
+    cdef floating v
+    if optimizer == OPT_ADAM:
+        for k in range(N):
+            s1[k] = beta1 * s1[k] + (1 - beta1) * g[k]
+            s2[k] = beta2 * s2[k] + (1 - beta2) * (g[k] * g[k])
+            p[k] = p[k] + (-lr_t * s1[k] / (_sqrt(s2[k]) + epsilon))
+    elif s1 == NULL:
+        for k in range(N):
+            p[k] = p[k] - lr * g[k]
+    else:
+        for k in range(N):
+            v = momentum * s1[k] - lr * g[k]
+            s1[k] = v
+            if nesterov:
+                p[k] = p[k] + (momentum * v - lr * g[k])
+            else:
+                p[k] = p[k] + v
+
+
+cdef inline floating _sqrt(floating x) noexcept nogil:
+    return sqrt(x)
+
+
+cdef double l2_penalty(int L, const int* sizes, floating** W, floating** dW,
+                       floating scale) noexcept nogil:
+    """dW[l] += scale W[l] for every layer; returns sum of W[l]^2 over all layers."""
+    cdef int l
+    cdef Py_ssize_t k, N
+    cdef double sq = 0
+    for l in range(L):
+        N = <Py_ssize_t>sizes[l + 1] * sizes[l]
+        for k in range(N):
+            sq += <double>W[l][k] * W[l][k]
+            dW[l][k] += scale * W[l][k]
+    return sq
+
+
+cdef struct EpochResult:
+    double loss_sum      # sum over batches of batch loss x batch rows
+    long long steps      # optimizer steps taken (t, for adam)
+    long long bad_batch  # index of the first batch whose loss was not finite, or -1
+
+
+cdef EpochResult train_epoch(
+        int L, const int* sizes, const int* codes, int capacity,
+        floating** W, floating** b, floating** Z, floating** A,
+        floating** dW, floating** db, floating* scratch,
+        floating** sW1, floating** sb1, floating** sW2, floating** sb2,
+        floating* Xb, floating* Yb, floating* wb,
+        Py_ssize_t n, const floating* X, const floating* Y, const floating* w,
+        const Py_ssize_t* order, int batch_size, int loss, floating loss_scale,
+        int optimizer, floating lr, floating momentum, bint nesterov,
+        floating beta1, floating beta2, floating epsilon, floating alpha,
+        long long t) noexcept nogil:
+    """One epoch: for each batch, forward, the loss's output delta, backward, L2, update."""
+    cdef EpochResult res
+    cdef Py_ssize_t start, i, k, src
+    cdef int l, mb, n0 = sizes[0], nL = sizes[L]
+    cdef const floating* xp
+    cdef const floating* yp
+    cdef const floating* wp
+    cdef floating denom, lr_t = 0
+    cdef double wsum, batch_loss
+    res.loss_sum = 0
+    res.bad_batch = -1
+    start = 0
+    while start < n:
+        mb = <int>(n - start if n - start < batch_size else batch_size)
+        if order != NULL:
+            for i in range(mb):
+                src = order[start + i]
+                memcpy(Xb + i * n0, X + src * n0, n0 * sizeof(floating))
+                memcpy(Yb + i * nL, Y + src * nL, nL * sizeof(floating))
+                if w != NULL:
+                    wb[i] = w[src]
+            xp, yp = Xb, Yb
+            wp = wb if w != NULL else NULL
+        else:
+            xp = X + start * n0
+            yp = Y + start * nL
+            wp = w + start if w != NULL else NULL
+        if wp != NULL:
+            wsum = 0
+            for i in range(mb):
+                wsum += wp[i]
+            denom = <floating>wsum
+        else:
+            denom = <floating>mb
+        forward_pass(L, mb, sizes, codes, xp, W, b, Z, A)
+        batch_loss = output_delta(loss, codes[L - 1], mb, nL, A[L - 1], yp, wp, denom,
+                                  Z[L - 1], db[L - 1])
+        batch_loss = batch_loss * loss_scale / (2.0 * denom if loss == LOSS_MSE else denom)
+        backward_layers(L, mb, sizes, codes, xp, W, Z, A, dW, db, scratch)
+        if alpha != 0:
+            batch_loss += 0.5 * alpha * l2_penalty(L, sizes, W, dW, alpha / denom) / denom
+        if not isfinite(batch_loss):
+            res.bad_batch = start // batch_size
+            break
+        t += 1
+        if optimizer == OPT_ADAM:
+            lr_t = lr * <floating>(sqrt(1 - pow(beta2, t)) / (1 - pow(beta1, t)))
+        for l in range(L):
+            update(optimizer, <Py_ssize_t>sizes[l + 1] * sizes[l], W[l], dW[l],
+                   sW1[l] if sW1 != NULL else NULL, sW2[l] if sW2 != NULL else NULL,
+                   lr, momentum, nesterov, beta1, beta2, epsilon, lr_t)
+            update(optimizer, sizes[l + 1], b[l], db[l],
+                   sb1[l] if sb1 != NULL else NULL, sb2[l] if sb2 != NULL else NULL,
+                   lr, momentum, nesterov, beta1, beta2, epsilon, lr_t)
+        res.loss_sum += batch_loss * mb
+        start += mb
+    res.steps = t
+    return res
+
+
+cdef void** pointer_list(list arrays, str name, int typenum, object shapes,
+                         bint writable) except NULL:
+    """malloc'd array of data pointers to checked arrays of the given shapes."""
+    cdef Py_ssize_t k, count = len(arrays)
+    cdef void** out = <void**>malloc((count if count > 0 else 1) * sizeof(void*))
+    if out == NULL:
+        raise MemoryError()
+    try:
+        for k in range(count):
+            shape = shapes[k]
+            out[k] = checked_data(arrays[k], f"{name}[{k}]", typenum, shape[0],
+                                  shape[1] if len(shape) == 2 else -1, writable)
+    except BaseException:
+        free(out)
+        raise
+    return out
+
+
+cdef class Trainer(Layers):
+    """Buffers and optimizer state for training one network with one batch size.
+
+    Parameters
+    ----------
+    weights, biases : lists of writable C-contiguous arrays
+        The network's own parameters, updated in place.
+    codes : sequence of int
+        Activation codes, one per layer (softmax only last).
+    n_inputs, batch_size : int
+    loss : int
+        0 the seed's squared error, 1 cross-entropy (softmax output),
+        2 binary cross-entropy (sigmoid output).
+    optimizer : int
+        0 sgd (with ``momentum`` state when ``momentum_state``), 1 adam.
+
+    Attributes
+    ----------
+    state : list of ndarray
+        Optimizer state (velocities, or adam's first then second moments), one array per
+        parameter, weights first; empty for plain sgd.
+    """
+    cdef readonly int loss, optimizer, batch_size
+    cdef readonly list state
+    cdef object own
+    cdef void* scratch
+    cdef void* Xb
+    cdef void* Yb
+    cdef void* wb
+    cdef void** sW1
+    cdef void** sb1
+    cdef void** sW2
+    cdef void** sb2
+
+    def __cinit__(self):
+        self.sW1 = self.sb1 = self.sW2 = self.sb2 = NULL
+
+    def __init__(self, list weights, list biases, codes, int n_inputs, int batch_size,
+                 int loss, int optimizer, bint momentum_state):
+        if loss not in (LOSS_MSE, LOSS_CE, LOSS_BCE):
+            raise ValueError(f"loss: unknown loss code {loss}")
+        if optimizer not in (OPT_SGD, OPT_ADAM):
+            raise ValueError(f"optimizer: unknown optimizer code {optimizer}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
+        dtype = np.asarray(weights[0]).dtype
+        sizes = [n_inputs] + [np.shape(w)[0] for w in weights]
+        Z = [np.empty((batch_size, k), dtype) for k in sizes[1:]]
+        A = [np.empty((batch_size, k), dtype) for k in sizes[1:]]
+        dW = [np.empty(np.shape(w), dtype) for w in weights]
+        db = [np.empty(np.shape(v), dtype) for v in biases]
+        Layers.__init__(self, weights, biases, codes, n_inputs, batch_size, Z, A, dW, db)
+        cdef Py_ssize_t l
+        for l in range(self.L):
+            if not weights[l].flags.writeable or not biases[l].flags.writeable:
+                raise ValueError(f"weights[{l}] and biases[{l}]: training needs writable arrays")
+        self.loss = loss
+        self.optimizer = optimizer
+        self.batch_size = batch_size
+        widest = max(sizes[1:self.L], default=1)
+        scratch = np.empty(batch_size * widest, dtype)
+        Xb = np.empty((batch_size, sizes[0]), dtype)
+        Yb = np.empty((batch_size, sizes[self.L]), dtype)
+        wb = np.empty(batch_size, dtype)
+        self.own = (scratch, Xb, Yb, wb)
+        self.scratch = cnp.PyArray_DATA(scratch)
+        self.Xb = cnp.PyArray_DATA(Xb)
+        self.Yb = cnp.PyArray_DATA(Yb)
+        self.wb = cnp.PyArray_DATA(wb)
+        wshapes = [np.shape(w) for w in weights]
+        bshapes = [np.shape(v) for v in biases]
+        self.state = []
+        if optimizer == OPT_ADAM or momentum_state:
+            first = [np.zeros(s, dtype) for s in wshapes + bshapes]
+            self.state += first
+            self.sW1 = pointer_list(first[:self.L], "state", self.typenum, wshapes, True)
+            self.sb1 = pointer_list(first[self.L:], "state", self.typenum, bshapes, True)
+        if optimizer == OPT_ADAM:
+            second = [np.zeros(s, dtype) for s in wshapes + bshapes]
+            self.state += second
+            self.sW2 = pointer_list(second[:self.L], "state", self.typenum, wshapes, True)
+            self.sb2 = pointer_list(second[self.L:], "state", self.typenum, bshapes, True)
+
+    def __dealloc__(self):
+        free(self.sW1)
+        free(self.sb1)
+        free(self.sW2)
+        free(self.sb2)
+
+    def epoch(self, X, Y, sample_weight, order, double lr, double momentum=0,
+              bint nesterov=False, double beta1=0.9, double beta2=0.999,
+              double epsilon=1e-8, double alpha=0, double loss_scale=1, long long t=0):
+        """Run one epoch over (X, Y) in batches; returns (loss_sum, t, bad_batch).
+
+        ``order`` (an intp array holding a permutation of the rows, or None for data
+        order) decides the batches. ``loss_sum`` adds each batch's loss times its rows.
+        ``bad_batch`` is -1, or the index of the batch whose loss was not finite: training
+        stopped there before updating.
+        """
+        cdef Py_ssize_t n = X.shape[0] if cnp.PyArray_Check(X) else -1
+        if n < 1:
+            raise ValueError("X: expected a non-empty 2-D array")
+        cdef void* x = checked_data(X, "X", self.typenum, n, self.sizes[0], False)
+        cdef void* y = checked_data(Y, "Y", self.typenum, n, self.sizes[self.L], False)
+        cdef void* w = NULL
+        cdef void* o = NULL
+        if sample_weight is not None:
+            w = checked_data(sample_weight, "sample_weight", self.typenum, n, -1, False)
+        if order is not None:
+            o = checked_data(order, "order", cnp.NPY_INTP, n, -1, False)
+            if not np.array_equal(np.sort(order), np.arange(n)):
+                raise ValueError("order: expected a permutation of range(n_samples)")
+        cdef EpochResult res
+        cdef int L = self.L, cap = self.m, bs = self.batch_size, loss = self.loss
+        cdef int opt = self.optimizer
+        if self.typenum == cnp.NPY_DOUBLE:
+            with nogil:
+                res = train_epoch[double](
+                    L, self.sizes, self.codes, cap, <double**>self.W, <double**>self.b,
+                    <double**>self.Z, <double**>self.A, <double**>self.dW, <double**>self.db,
+                    <double*>self.scratch, <double**>self.sW1, <double**>self.sb1,
+                    <double**>self.sW2, <double**>self.sb2, <double*>self.Xb,
+                    <double*>self.Yb, <double*>self.wb, n, <double*>x, <double*>y,
+                    <double*>w, <Py_ssize_t*>o, bs, loss, loss_scale, opt, lr, momentum,
+                    nesterov, beta1, beta2, epsilon, alpha, t)
+        else:
+            with nogil:
+                res = train_epoch[float](
+                    L, self.sizes, self.codes, cap, <float**>self.W, <float**>self.b,
+                    <float**>self.Z, <float**>self.A, <float**>self.dW, <float**>self.db,
+                    <float*>self.scratch, <float**>self.sW1, <float**>self.sb1,
+                    <float**>self.sW2, <float**>self.sb2, <float*>self.Xb,
+                    <float*>self.Yb, <float*>self.wb, n, <float*>x, <float*>y,
+                    <float*>w, <Py_ssize_t*>o, bs, loss, <float>loss_scale, opt,
+                    <float>lr, <float>momentum, nesterov, <float>beta1, <float>beta2,
+                    <float>epsilon, <float>alpha, t)
+        return res.loss_sum, res.steps, res.bad_batch

@@ -7,7 +7,12 @@ oracle) and in C in ``_activation_math.pxd`` (the kernels). Tests hold the two t
 import numpy as np
 
 #: Canonical names, in the order of the compiled kernels' integer codes.
-ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "softplus", "silu")
+ACTIVATIONS = (
+    "identity", "sigmoid", "tanh", "relu", "leaky_relu", "softplus", "silu", "softmax",
+)
+
+#: Activations that act on a whole output row, allowed only on the last layer.
+OUTPUT_ONLY = ("softmax",)
 
 #: Other accepted spellings, mapped to their canonical name.
 ALIASES = {"logistic": "sigmoid", "linear": "identity", "swish": "silu"}
@@ -44,7 +49,13 @@ def resolve_activations(activations, n_layers):
     tuple of str, length ``n_layers``
     """
     if isinstance(activations, str):
-        return (_canonical(activations, "activations"),) * n_layers
+        name = _canonical(activations, "activations")
+        if name in OUTPUT_ONLY and n_layers > 1:
+            raise ValueError(
+                f"activations: {name!r} acts on a whole output row and is allowed only on "
+                f"the last layer; give one name per layer, e.g. ['relu', ..., {name!r}]"
+            )
+        return (name,) * n_layers
     try:
         names = list(activations)
     except TypeError:
@@ -57,7 +68,13 @@ def resolve_activations(activations, n_layers):
             f"activations: expected one name for every layer or a list of {n_layers} "
             f"(one per layer), got a list of {len(names)}"
         )
-    return tuple(_canonical(n, f"activations[{i}]") for i, n in enumerate(names))
+    resolved = tuple(_canonical(n, f"activations[{i}]") for i, n in enumerate(names))
+    for i, name in enumerate(resolved[:-1]):
+        if name in OUTPUT_ONLY:
+            raise ValueError(
+                f"activations[{i}]: {name!r} is allowed only on the last layer"
+            )
+    return resolved
 
 
 def activation_codes(names):

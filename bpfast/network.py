@@ -66,6 +66,8 @@ class Network:
         self.sizes = tuple(check_positive_int(n, f"sizes[{i}]") for i, n in enumerate(sizes))
         self.activations = resolve_activations(activations, len(sizes) - 1)
         self.dtype = check_dtype(dtype)
+        #: The loss the network was last trained with (saved with the model).
+        self.loss_function = "mse"
         rng = np.random.default_rng(seed)
         self.weights, self.biases = [], []
         for n_in, n_out, name in zip(self.sizes[:-1], self.sizes[1:], self.activations):
@@ -94,6 +96,76 @@ class Network:
     def gradient(self, X, Y):
         """``(E, dW, db)``: the error and its gradient, as :func:`bpfast.backprop`."""
         return engine.backprop(self.weights, self.biases, self.activations, X, Y)
+
+    def fit(self, X, Y, *, epochs=10, batch_size=32, learning_rate=0.1, optimizer="sgd",
+            loss="mse", shuffle=True, seed=None, momentum=0.9, beta1=0.9, beta2=0.999,
+            epsilon=1e-8, l2=0.0, sample_weight=None, validation_data=None,
+            early_stopping=False, patience=10, tol=1e-4, restore_best=True,
+            callback=None, progress=False):
+        """Train the network in place by mini-batch gradient descent.
+
+        Every epoch runs in compiled code, without the GIL and without allocating per
+        batch. With ``optimizer="sgd", shuffle=False`` it is plain mini-batch gradient
+        descent in data order: batches of ``batch_size`` rows (the last one smaller), each
+        step ``W -= learning_rate * dW`` with ``dW`` the gradient of that batch's own loss
+        (the seed's ``E`` over the batch's own ``m``), exactly as
+        :func:`bpfast.reference.fit`.
+
+        Parameters
+        ----------
+        X : array_like of shape (m, n^0)
+        Y : array_like of shape (m, n^L)
+        epochs : int, default 10
+        batch_size : int, default 32
+        learning_rate : float, default 0.1
+        optimizer : {"sgd", "momentum", "nesterov", "adam"}, default "sgd"
+            See :func:`bpfast.reference.fit` for the update rules.
+        loss : {"mse", "cross_entropy", "binary_cross_entropy"}, default "mse"
+            "mse" is the seed's ``E``; "cross_entropy" needs a softmax output layer and
+            "binary_cross_entropy" a sigmoid one (output gradient ``(A - Y)/m``).
+        shuffle : bool, default True
+            Visit the rows in a new random order every epoch.
+        seed : int, Generator or None
+            Seeds the shuffling.
+        momentum : float in [0, 1), default 0.9
+            For "momentum" and "nesterov".
+        beta1, beta2, epsilon : float
+            Adam's decay rates and denominator guard.
+        l2 : float, default 0
+            Adds ``l2/(2m) sum ||W^l||^2`` to each batch's loss (biases excluded).
+        sample_weight : array_like of shape (m,), optional
+            Per-row weights; each batch's loss becomes a weighted mean.
+        validation_data : (X_val, Y_val), optional
+            Evaluated after every epoch into ``history.val_loss``.
+        early_stopping : bool, default False
+            Stop when the validation loss (or, without validation data, the training
+            loss) has not improved by more than ``tol`` for ``patience`` epochs; with
+            ``restore_best`` the best epoch's parameters are put back.
+        callback : callable, optional
+            ``callback(net, epoch, history)`` after every epoch; returning False stops.
+        progress : bool, default False
+            Show a progress bar (tqdm) with epoch, loss and samples per second.
+
+        Returns
+        -------
+        History
+            Per-epoch ``loss``, ``val_loss`` and ``time``.
+
+        Raises
+        ------
+        DivergenceError
+            When a batch's loss is NaN or infinite; the network keeps its parameters from
+            the end of the previous epoch.
+        """
+        from .training import fit
+
+        return fit(self, X, Y, epochs=epochs, batch_size=batch_size,
+                   learning_rate=learning_rate, optimizer=optimizer, loss=loss,
+                   shuffle=shuffle, seed=seed, momentum=momentum, beta1=beta1, beta2=beta2,
+                   epsilon=epsilon, l2=l2, sample_weight=sample_weight,
+                   validation_data=validation_data, early_stopping=early_stopping,
+                   patience=patience, tol=tol, restore_best=restore_best,
+                   callback=callback, progress=progress)
 
     def __repr__(self):
         arch = "-".join(str(n) for n in self.sizes)

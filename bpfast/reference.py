@@ -51,7 +51,15 @@ ACTIVATIONS = {
     ),
     "softplus": (_softplus, lambda z, a: _sigmoid(z)),
     "silu": (lambda z: z * _sigmoid(z), _silu_prime),
+    # softmax acts on a whole column (one sample); its derivative is a Jacobian, applied
+    # in _output_delta rather than elementwise.
+    "softmax": (lambda z: _softmax(z), None),
 }
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=0, keepdims=True))
+    return e / e.sum(axis=0, keepdims=True)
 
 
 def _forward_columns(weights, biases, names, A0):
@@ -117,13 +125,131 @@ def backprop(weights, biases, activations, X, Y):
     AL, Yc = As[-1], Y.T
     E = float(np.sum((AL - Yc) ** 2) / (2 * m))
     dA = (AL - Yc) / m
+    dW, db = _backward(weights, names, Zs, As, _apply_derivative(names[-1], dA, Zs[-1], AL))
+    return E, dW, db
+
+
+def _apply_derivative(name, dA, Z, A):
+    """dZ = dA (.) g'(Z); for softmax the Jacobian product A (.) (dA - sum_i dA_i A_i)."""
+    if name == "softmax":
+        return A * (dA - np.sum(dA * A, axis=0, keepdims=True))
+    return dA * ACTIVATIONS[name][1](Z, A)
+
+
+def _backward(weights, names, Zs, As, dZ_last):
+    """dW^l = dZ^l (A^(l-1))^T, db^l = dZ^l 1, dA^(l-1) = (W^l)^T dZ^l, down from dZ^L."""
     L = len(weights)
     dW, db = [None] * L, [None] * L
+    dZ = dZ_last
     for l in range(L, 0, -1):  # the seed's layer index, 1-based
-        _, g_prime = ACTIVATIONS[names[l - 1]]
-        dZ = dA * g_prime(Zs[l - 1], As[l])
         dW[l - 1] = dZ @ As[l - 1].T
         db[l - 1] = dZ.sum(axis=1)
         if l >= 2:
             dA = weights[l - 1].T @ dZ
+            dZ = _apply_derivative(names[l - 2], dA, Zs[l - 2], As[l - 1])
+    return dW, db
+
+
+# ---------------------------------------------------------------------------
+# Training: the plain-NumPy trainer that Network.fit is held against
+# ---------------------------------------------------------------------------
+
+#: Loss name -> the output activation it must be paired with (None: any).
+LOSS_OUTPUTS = {"mse": None, "cross_entropy": "softmax", "binary_cross_entropy": "sigmoid"}
+
+
+def loss_gradient(weights, biases, names, X, Y, loss="mse", sample_weight=None, l2=0.0):
+    """Loss and gradient of one batch, in the seed's notation (samples as columns).
+
+    With weights ``w_c`` (all 1 when ``sample_weight`` is None) and ``s = sum_c w_c``:
+
+    - ``mse``: ``E = 1/(2s) sum_c w_c sum_i (A^L_ic - Y_ic)^2`` (the seed's E when
+      unweighted), ``dA^L = w (A^L - Y) / s``, then ``dZ^L = dA^L (.) g'(Z^L)``;
+    - ``cross_entropy`` (softmax output): ``E = -1/s sum_c w_c sum_i Y_ic log A^L_ic``;
+    - ``binary_cross_entropy`` (sigmoid output):
+      ``E = -1/s sum_c w_c sum_i [Y log A^L + (1 - Y) log(1 - A^L)]_ic``;
+
+    for the last two the output delta is ``dZ^L = w (A^L - Y) / s``. ``A^L`` is clipped to
+    ``[eps, 1 - eps]`` inside the logarithms. The L2 penalty adds
+    ``l2/(2s) sum_l ||W^l||^2`` to E and ``l2/s W^l`` to ``dW^l`` (biases are not penalised).
+
+    Parameters are already checked arrays; ``names`` canonical activation names.
+    """
+    m = X.shape[0]
+    Zs, As = _forward_columns(weights, biases, names, X.T)
+    AL, Yc = As[-1], Y.T
+    w = np.ones(m, dtype=X.dtype) if sample_weight is None else sample_weight
+    s = X.dtype.type(w.sum()) if sample_weight is not None else m
+    eps = np.finfo(X.dtype).eps
+    if loss == "mse":
+        E = float(np.sum(w * (AL - Yc) ** 2) / (2 * s))
+        dZ = _apply_derivative(names[-1], w * (AL - Yc) / s, Zs[-1], AL)
+    else:
+        P = np.clip(AL, eps, 1 - eps)
+        per_sample = -np.sum(np.where(Yc != 0, Yc * np.log(P), 0), axis=0)
+        if loss == "binary_cross_entropy":
+            per_sample -= np.sum(np.where(Yc != 1, (1 - Yc) * np.log(np.clip(1 - AL, eps, 1 - eps)), 0), axis=0)
+        E = float(np.sum(w * per_sample) / s)
+        dZ = w * (AL - Yc) / s
+    dW, db = _backward(weights, names, Zs, As, dZ)
+    if l2:
+        E += float(0.5 * l2 * sum(np.sum(W * W) for W in weights) / s)
+        dW = [g + (l2 / s) * W for g, W in zip(dW, weights)]
     return E, dW, db
+
+
+def fit(weights, biases, activations, X, Y, *, epochs, batch_size, learning_rate,
+        optimizer="sgd", loss="mse", momentum=0.9, beta1=0.9, beta2=0.999, epsilon=1e-8,
+        l2=0.0, sample_weight=None):
+    """Mini-batch training in data order, one readable NumPy step at a time.
+
+    Batches are ``batch_size`` consecutive rows (the last one smaller). Each step takes
+    the gradient ``g`` of that batch's own loss (:func:`loss_gradient`) and updates every
+    parameter ``p``:
+
+    - ``sgd``: ``p -= learning_rate * g``
+    - ``momentum``: ``v = momentum * v - learning_rate * g``, ``p += v``
+    - ``nesterov``: as momentum, then ``p += momentum * v - learning_rate * g``
+    - ``adam``: ``m = b1 m + (1-b1) g``, ``v = b2 v + (1-b2) g^2``,
+      ``p += -lr_t m / (sqrt(v) + epsilon)`` with
+      ``lr_t = learning_rate sqrt(1 - b2^t) / (1 - b1^t)`` at step ``t = 1, 2, ...``
+
+    Returns
+    -------
+    weights, biases : new lists (the inputs are not modified)
+    history : list of float
+        Per epoch, the mean over samples of the batch losses (each batch's loss counted
+        once per row).
+    """
+    weights, biases, names, X, Y = check_inputs(weights, biases, activations, X, Y)
+    weights = [W.copy() for W in weights]
+    biases = [b.copy() for b in biases]
+    if sample_weight is not None:
+        sample_weight = np.asarray(sample_weight, dtype=X.dtype)
+    params = weights + biases
+    state1 = [np.zeros_like(p) for p in params]
+    state2 = [np.zeros_like(p) for p in params]
+    n, t, history = X.shape[0], 0, []
+    for _ in range(epochs):
+        total = 0.0
+        for start in range(0, n, batch_size):
+            rows = slice(start, min(start + batch_size, n))
+            sw = None if sample_weight is None else sample_weight[rows]
+            E, dW, db = loss_gradient(weights, biases, names, X[rows], Y[rows], loss, sw, l2)
+            t += 1
+            for p, g, s1, s2 in zip(params, dW + db, state1, state2):
+                if optimizer == "sgd":
+                    p -= learning_rate * g
+                elif optimizer in ("momentum", "nesterov"):
+                    s1[...] = momentum * s1 - learning_rate * g
+                    p += momentum * s1 - learning_rate * g if optimizer == "nesterov" else s1
+                elif optimizer == "adam":
+                    s1[...] = beta1 * s1 + (1 - beta1) * g
+                    s2[...] = beta2 * s2 + (1 - beta2) * (g * g)
+                    lr_t = learning_rate * np.sqrt(1 - beta2**t) / (1 - beta1**t)
+                    p += -lr_t * s1 / (np.sqrt(s2) + epsilon)
+                else:
+                    raise ValueError(f"optimizer: unknown optimizer {optimizer!r}")
+            total += E * (rows.stop - rows.start)
+        history.append(total / n)
+    return weights, biases, history

@@ -1,0 +1,224 @@
+"""``Network.fit``: the Python side of training (checks, history, stopping, progress).
+
+Each epoch is one call into the compiled ``_kernels.Trainer.epoch``, which runs every
+batch (forward, backward, optimizer step) without the GIL and without allocating.
+Python is entered once per epoch: for the history, validation, early stopping, the
+callback and the progress bar.
+"""
+import math
+import numbers
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _kernels
+from ._validation import check_data, check_positive_int
+from .activations import activation_codes
+
+#: Optimizer name -> (kernel optimizer code, keeps a velocity, nesterov)
+OPTIMIZERS = {
+    "sgd": (0, False, False),
+    "momentum": (0, True, False),
+    "nesterov": (0, True, True),
+    "adam": (1, False, False),
+}
+
+#: Loss name -> (kernel loss code, required output activation or None)
+LOSSES = {
+    "mse": (0, None),
+    "cross_entropy": (1, "softmax"),
+    "binary_cross_entropy": (2, "sigmoid"),
+}
+
+
+class DivergenceError(FloatingPointError):
+    """Training produced a loss that is NaN or infinite."""
+
+
+@dataclass
+class History:
+    """What happened during :meth:`Network.fit`, one entry per finished epoch.
+
+    Attributes
+    ----------
+    loss : list of float
+        Mean training loss over the epoch's batches (each batch counted once per row).
+    val_loss : list of float
+        Loss on ``validation_data`` after each epoch (empty without it).
+    time : list of float
+        Wall time of each epoch in seconds, validation included.
+    stopped_early : bool
+        Whether early stopping ended training.
+    best_epoch : int or None
+        0-based epoch of the best monitored loss, with early stopping.
+    """
+
+    loss: list = field(default_factory=list)
+    val_loss: list = field(default_factory=list)
+    time: list = field(default_factory=list)
+    stopped_early: bool = False
+    best_epoch: int = None
+
+    @property
+    def epochs(self):
+        """Number of finished epochs."""
+        return len(self.loss)
+
+
+def _positive_float(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a positive number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}: expected a positive finite number, got {value}")
+    return float(value)
+
+
+def _unit_interval(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a number in [0, 1), got {value!r}")
+    if not 0 <= value < 1:
+        raise ValueError(f"{name}: expected a number in [0, 1), got {value}")
+    return float(value)
+
+
+def _choice(value, options, name):
+    if value not in options:
+        raise ValueError(f"{name}: expected one of {', '.join(options)}, got {value!r}")
+    return value
+
+
+def evaluate_loss(net, X, Y, loss, sample_weight=None):
+    """The ``loss`` of ``net`` on checked data (no penalty), as the trainer defines it."""
+    A = net.forward(X).astype(np.float64)
+    Y = Y.astype(np.float64)
+    w = np.ones(X.shape[0]) if sample_weight is None else sample_weight.astype(np.float64)
+    s = w.sum()
+    if loss == "mse":
+        return float(np.sum(w[:, None] * (A - Y) ** 2) / (2 * s))
+    eps = np.finfo(net.dtype).eps
+    P = np.clip(A, eps, 1 - eps)
+    per = -np.sum(np.where(Y != 0, Y * np.log(P), 0), axis=1)
+    if loss == "binary_cross_entropy":
+        per -= np.sum(np.where(Y != 1, (1 - Y) * np.log(1 - P), 0), axis=1)
+    return float(np.sum(w * per) / s)
+
+
+def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="mse",
+        shuffle=True, seed=None, momentum=0.9, beta1=0.9, beta2=0.999, epsilon=1e-8,
+        l2=0.0, sample_weight=None, validation_data=None, early_stopping=False,
+        patience=10, tol=1e-4, restore_best=True, callback=None, progress=False):
+    """Train ``net`` in place; see :meth:`bpfast.Network.fit` for the parameters."""
+    epochs = check_positive_int(epochs, "epochs")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    learning_rate = _positive_float(learning_rate, "learning_rate")
+    _choice(optimizer, tuple(OPTIMIZERS), "optimizer")
+    _choice(loss, tuple(LOSSES), "loss")
+    momentum = _unit_interval(momentum, "momentum")
+    beta1 = _unit_interval(beta1, "beta1")
+    beta2 = _unit_interval(beta2, "beta2")
+    epsilon = _positive_float(epsilon, "epsilon")
+    if isinstance(l2, (bool, np.bool_)) or not isinstance(l2, numbers.Real) or not l2 >= 0:
+        raise ValueError(f"l2: expected a non-negative number, got {l2!r}")
+    patience = check_positive_int(patience, "patience")
+    if not isinstance(tol, numbers.Real) or not tol >= 0:
+        raise ValueError(f"tol: expected a non-negative number, got {tol!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback: expected a callable, got {type(callback).__name__}")
+    loss_code, needs = LOSSES[loss]
+    if needs is not None and net.activations[-1] != needs:
+        raise ValueError(
+            f"loss: {loss!r} needs a {needs} output layer, but the network's last activation "
+            f"is {net.activations[-1]!r}; build it with activations=[..., {needs!r}]"
+        )
+
+    X = check_data(X, "X", net.sizes[0], net.dtype, "n^0 = sizes[0]")
+    Y = check_data(Y, "Y", net.sizes[-1], net.dtype, "n^L = sizes[-1]")
+    if Y.shape[0] != X.shape[0]:
+        raise ValueError(f"Y: expected {X.shape[0]} rows, one per row of X, got {Y.shape[0]}")
+    if sample_weight is not None:
+        sample_weight = np.ascontiguousarray(sample_weight, dtype=net.dtype)
+        if sample_weight.shape != (X.shape[0],):
+            raise ValueError(
+                f"sample_weight: expected shape ({X.shape[0]},), got {sample_weight.shape}"
+            )
+        if not np.isfinite(sample_weight).all() or (sample_weight < 0).any():
+            raise ValueError("sample_weight: expected finite, non-negative weights")
+    if validation_data is not None:
+        try:
+            Xv, Yv = validation_data
+        except (TypeError, ValueError):
+            raise TypeError("validation_data: expected a pair (X_val, Y_val)") from None
+        Xv = check_data(Xv, "validation_data[0]", net.sizes[0], net.dtype, "n^0")
+        Yv = check_data(Yv, "validation_data[1]", net.sizes[-1], net.dtype, "n^L")
+        if Xv.shape[0] != Yv.shape[0]:
+            raise ValueError("validation_data: X_val and Y_val have different row counts")
+
+    opt_code, velocity, nesterov = OPTIMIZERS[optimizer]
+    trainer = _kernels.Trainer(
+        net.weights, net.biases, activation_codes(net.activations), net.sizes[0],
+        min(batch_size, X.shape[0]), loss_code, opt_code, velocity,
+    )
+    rng = np.random.default_rng(seed)
+    history = History()
+    bar = _progress_bar(epochs) if progress else None
+    best, best_params, waited, t = math.inf, None, 0, 0
+    try:
+        for epoch in range(epochs):
+            started = time.perf_counter()
+            order = rng.permutation(X.shape[0]).astype(np.intp) if shuffle else None
+            saved = [p.copy() for p in net.weights + net.biases]
+            loss_sum, t, bad = trainer.epoch(
+                X, Y, sample_weight, order, learning_rate, momentum, nesterov,
+                beta1, beta2, epsilon, float(l2), 1.0, t,
+            )
+            if bad >= 0:
+                for p, s in zip(net.weights + net.biases, saved):
+                    p[...] = s
+                raise DivergenceError(
+                    f"loss became NaN or infinite at epoch {epoch + 1} (batch {bad + 1}); "
+                    f"the network keeps its weights from the end of epoch {epoch}. "
+                    f"Try a smaller learning_rate (now {learning_rate})."
+                )
+            history.loss.append(loss_sum / X.shape[0])
+            if validation_data is not None:
+                history.val_loss.append(evaluate_loss(net, Xv, Yv, loss))
+            history.time.append(time.perf_counter() - started)
+            if bar is not None:
+                bar.set_postfix(_postfix(history, X.shape[0]), refresh=False)
+                bar.update(1)
+            if callback is not None and callback(net, epoch, history) is False:
+                break
+            if early_stopping:
+                monitored = history.val_loss[-1] if validation_data is not None else history.loss[-1]
+                if monitored < best - tol:
+                    best, waited, history.best_epoch = monitored, 0, epoch
+                    if restore_best:
+                        best_params = [p.copy() for p in net.weights + net.biases]
+                else:
+                    waited += 1
+                    if waited >= patience:
+                        history.stopped_early = True
+                        break
+    finally:
+        if bar is not None:
+            bar.close()
+    if history.stopped_early and best_params is not None:
+        for p, s in zip(net.weights + net.biases, best_params):
+            p[...] = s
+    net.loss_function = loss
+    return history
+
+
+def _postfix(history, n):
+    post = {"loss": f"{history.loss[-1]:.4g}"}
+    if history.val_loss:
+        post["val_loss"] = f"{history.val_loss[-1]:.4g}"
+    post["samples/s"] = f"{n / max(history.time[-1], 1e-9):.3g}"
+    return post
+
+
+def _progress_bar(epochs):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=epochs, unit="epoch", desc="bpfast fit")
