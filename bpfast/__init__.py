@@ -23,13 +23,19 @@ from . import reference
 from .activations import ACTIVATIONS
 from .engine import backprop, forward, loss
 from .gradcheck import check_gradient
+from .io import ModelFileError, load
 from .network import Network
+from .training import DivergenceError, History
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS",
+    "DivergenceError",
+    "History",
+    "ModelFileError",
     "Network",
+    "load",
     "backprop",
     "check_gradient",
     "forward",

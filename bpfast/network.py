@@ -167,6 +167,12 @@ class Network:
                    patience=patience, tol=tol, restore_best=restore_best,
                    callback=callback, progress=progress)
 
+    def save(self, path):
+        """Write the network to a portable ``.npz`` file (see :mod:`bpfast.io`)."""
+        from .io import save
+
+        return save(self, path)
+
     def __repr__(self):
         arch = "-".join(str(n) for n in self.sizes)
         acts = set(self.activations)
