@@ -11,7 +11,7 @@ Shapes follow the NumPy convention, one sample per row (DESIGN.md section 2): fo
 The Python entry points check every buffer (type, dtype, shape, contiguity) before any
 pointer is taken, then run the whole pass without the GIL and without allocating.
 """
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset, memcpy
 from libc.math cimport sqrt, pow, isfinite, log, logf
 from libc.float cimport FLT_EPSILON, DBL_EPSILON
@@ -257,6 +257,8 @@ cdef void* checked_data(object arr, str name, int typenum, Py_ssize_t rows,
     if a.shape[0] != rows or (ndim == 2 and a.shape[1] != cols):
         expected = str((rows,)) if ndim == 1 else str((rows, cols))
         raise ValueError(f"{name}: expected shape {expected}, got {tuple(arr.shape)}")
+    if not cnp.PyArray_ISNOTSWAPPED(a):
+        raise TypeError(f"{name}: expected native byte order, got dtype {a.dtype.str}")
     if not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISALIGNED(a):
         raise ValueError(f"{name}: expected a C-contiguous, aligned array")
     if writable and not cnp.PyArray_ISWRITEABLE(a):
@@ -271,6 +273,7 @@ cdef class Layers:
     with the object, so the pointers stay valid for its lifetime.
     """
     cdef readonly int L, m, typenum
+    cdef bint ready
     cdef int* sizes
     cdef int* codes
     cdef void** W
@@ -282,6 +285,7 @@ cdef class Layers:
     cdef object keep
 
     def __cinit__(self):
+        self.ready = False
         self.sizes = NULL
         self.codes = NULL
         self.W = self.b = self.Z = self.A = self.dW = self.db = NULL
@@ -289,6 +293,8 @@ cdef class Layers:
     def __init__(self, list weights, list biases, codes, int n_inputs, int m,
                  list Z, list A, list dW=None, list db=None):
         cdef Py_ssize_t L = len(weights), l
+        if self.sizes != NULL:
+            raise RuntimeError("Layers objects cannot be initialised twice")
         if L < 1:
             raise ValueError("weights: expected at least one layer")
         if len(biases) != L or len(Z) != L or len(A) != L:
@@ -307,16 +313,20 @@ cdef class Layers:
         self.typenum = cnp.PyArray_TYPE(<cnp.ndarray>first)
         if self.typenum != cnp.NPY_DOUBLE and self.typenum != cnp.NPY_FLOAT:
             raise TypeError(f"weights[0]: expected float32 or float64, got {first.dtype}")
+        # Private copies of the lists: the caller editing theirs cannot free our arrays.
+        weights, biases, Z, A = list(weights), list(biases), list(Z), list(A)
+        dW = None if dW is None else list(dW)
+        db = None if db is None else list(db)
         self.keep = (weights, biases, Z, A, dW, db)
-        self.sizes = <int*>malloc((L + 1) * sizeof(int))
-        self.codes = <int*>malloc(L * sizeof(int))
-        self.W = <void**>malloc(L * sizeof(void*))
-        self.b = <void**>malloc(L * sizeof(void*))
-        self.Z = <void**>malloc(L * sizeof(void*))
-        self.A = <void**>malloc(L * sizeof(void*))
+        self.sizes = <int*>calloc(L + 1, sizeof(int))
+        self.codes = <int*>calloc(L, sizeof(int))
+        self.W = <void**>calloc(L, sizeof(void*))
+        self.b = <void**>calloc(L, sizeof(void*))
+        self.Z = <void**>calloc(L, sizeof(void*))
+        self.A = <void**>calloc(L, sizeof(void*))
         if dW is not None:
-            self.dW = <void**>malloc(L * sizeof(void*))
-            self.db = <void**>malloc(L * sizeof(void*))
+            self.dW = <void**>calloc(L, sizeof(void*))
+            self.db = <void**>calloc(L, sizeof(void*))
             if self.dW == NULL or self.db == NULL:
                 raise MemoryError()
         if (self.sizes == NULL or self.codes == NULL or self.W == NULL or self.b == NULL
@@ -343,6 +353,7 @@ cdef class Layers:
             if dW is not None:
                 self.dW[l] = checked_data(dW[l], f"dW[{l}]", t, n, self.sizes[l], True)
                 self.db[l] = checked_data(db[l], f"db[{l}]", t, n, -1, True)
+        self.ready = True
 
     def __dealloc__(self):
         free(self.sizes)
@@ -361,8 +372,14 @@ cdef class Layers:
                 widest = self.sizes[l]
         return widest
 
+    cdef int check_ready(self) except -1:
+        if not self.ready:
+            raise RuntimeError("this object was not (successfully) initialised")
+        return 0
+
     def forward(self, X):
         """Run the forward pass on X (m x n[0]); results land in the A and Z buffers."""
+        self.check_ready()
         cdef void* x = checked_data(X, "X", self.typenum, self.m, self.sizes[0], False)
         if self.typenum == cnp.NPY_DOUBLE:
             with nogil:
@@ -377,6 +394,7 @@ cdef class Layers:
 
     def backprop(self, X, Y, scratch):
         """Forward then backward pass on (X, Y); fills dW and db and returns E."""
+        self.check_ready()
         if self.dW == NULL:
             raise ValueError("these Layers were built without dW and db buffers")
         cdef void* x = checked_data(X, "X", self.typenum, self.m, self.sizes[0], False)
@@ -603,6 +621,7 @@ cdef class Trainer(Layers):
         dW = [np.empty(np.shape(w), dtype) for w in weights]
         db = [np.empty(np.shape(v), dtype) for v in biases]
         Layers.__init__(self, weights, biases, codes, n_inputs, batch_size, Z, A, dW, db)
+        self.ready = False  # until the trainer's own buffers below are in place
         cdef Py_ssize_t l
         for l in range(self.L):
             if not weights[l].flags.writeable or not biases[l].flags.writeable:
@@ -633,6 +652,7 @@ cdef class Trainer(Layers):
             self.state += second
             self.sW2 = pointer_list(second[:self.L], "state", self.typenum, wshapes, True)
             self.sb2 = pointer_list(second[self.L:], "state", self.typenum, bshapes, True)
+        self.ready = True
 
     def __dealloc__(self):
         free(self.sW1)
@@ -650,6 +670,7 @@ cdef class Trainer(Layers):
         ``bad_batch`` is -1, or the index of the batch whose loss was not finite: training
         stopped there before updating.
         """
+        self.check_ready()
         cdef Py_ssize_t n = X.shape[0] if cnp.PyArray_Check(X) else -1
         if n < 1:
             raise ValueError("X: expected a non-empty 2-D array")

@@ -21,8 +21,8 @@ def _describe(x):
 def check_dtype(dtype, name="dtype"):
     """The float32 or float64 ``np.dtype`` that ``dtype`` names."""
     try:
-        dt = np.dtype(dtype)
-    except TypeError:
+        dt = np.dtype(dtype).newbyteorder("=")
+    except (TypeError, ValueError):
         raise TypeError(f"{name}: expected float32 or float64, got {dtype!r}") from None
     if dt not in FLOAT_DTYPES:
         raise TypeError(f"{name}: expected float32 or float64, got {dt}")
@@ -88,7 +88,8 @@ def check_parameters(weights, biases):
     for l, (w, b) in enumerate(zip(ws, bs)):
         _check_kind(w, f"weights[{l}]")
         _check_kind(b, f"biases[{l}]")
-    float_dtypes = {a.dtype for a in ws + bs if a.dtype.kind == "f"}
+    # byte order does not matter here: parameters are converted to native order below
+    float_dtypes = {a.dtype.newbyteorder("=") for a in ws + bs if a.dtype.kind == "f"}
     if not float_dtypes:
         dtype = np.dtype(np.float64)
     elif len(float_dtypes) > 1:

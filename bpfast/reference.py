@@ -24,14 +24,21 @@ from ._validation import check_inputs
 __all__ = ["ACTIVATIONS", "forward", "backprop", "loss"]
 
 
+def _exp_neg_abs(z):
+    # e^-|z| never overflows; its harmless underflow to 0 for large |z| is not an error.
+    with np.errstate(under="ignore"):
+        return np.exp(-np.abs(z))
+
+
 def _sigmoid(z):
     # 1 / (1 + e^-z) for z >= 0 and e^z / (1 + e^z) for z < 0: never overflows.
-    e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+    e = _exp_neg_abs(z)
+    with np.errstate(under="ignore"):
+        return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
 
 
 def _softplus(z):
-    return np.maximum(z, 0) + np.log1p(np.exp(-np.abs(z)))
+    return np.maximum(z, 0) + np.log1p(_exp_neg_abs(z))
 
 
 def _silu_prime(z, a):
