@@ -25,6 +25,12 @@ class ModelFileError(ValueError):
     """A model file that is not a valid bpfast model."""
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save(net, path):
     """Write ``net`` to ``path`` (conventionally ending in ``.npz``); returns ``path``."""
     meta = {
@@ -45,6 +51,7 @@ def save(net, path):
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -71,39 +78,54 @@ def load(path):
         raise FileNotFoundError(f"model file {path!r} does not exist")
     try:
         with np.load(path, allow_pickle=False) as data:
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ModelFileError(f"{path}: not a bpfast model file (not an .npz archive)")
             if "metadata" not in data.files:
                 raise ModelFileError(f"{path}: not a bpfast model file (no metadata)")
             meta = json.loads(str(data["metadata"]))
             arrays = {k: data[k] for k in data.files if k != "metadata"}
     except ModelFileError:
         raise
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as err:
-        raise ModelFileError(f"{path}: not a readable bpfast model file ({err})") from None
+    except TypeError:
+        # np.load of a plain .npy returns an array, which is no context manager
+        raise ModelFileError(f"{path}: not a bpfast model file (not an .npz archive)") from None
+    except Exception as err:  # any corruption numpy, zipfile or json may meet
+        raise ModelFileError(
+            f"{path}: not a readable bpfast model file ({type(err).__name__}: {err})"
+        ) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a bpfast model file (format is not {FORMAT!r})")
     version = meta.get("version")
-    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+    if type(version) is not int or not 1 <= version <= FORMAT_VERSION:
         raise ModelFileError(
-            f"{path}: model format version {version!r}; this bpfast reads up to {FORMAT_VERSION}"
+            f"{path}: model format version {version!r}; this bpfast reads 1 to {FORMAT_VERSION}"
         )
-    try:
-        sizes = [int(n) for n in meta["sizes"]]
-        net = Network(sizes, activations=list(meta["activations"]), dtype=meta["dtype"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise ModelFileError(f"{path}: inconsistent metadata ({err})") from None
+    sizes = meta.get("sizes")
+    if (not isinstance(sizes, list) or len(sizes) < 2
+            or not all(type(n) is int and n >= 1 for n in sizes)):
+        raise ModelFileError(f"{path}: metadata 'sizes' must be a list of positive integers")
     L = len(sizes) - 1
     expected = {f"W{l}" for l in range(L)} | {f"b{l}" for l in range(L)}
     if set(arrays) != expected:
         raise ModelFileError(
             f"{path}: expected arrays {sorted(expected)}, found {sorted(arrays)}"
         )
+    for l in range(L):  # shapes first, so lying sizes cannot make us allocate
+        for name, shape in ((f"W{l}", (sizes[l + 1], sizes[l])), (f"b{l}", (sizes[l + 1],))):
+            a = arrays[name]
+            if not isinstance(a, np.ndarray) or a.shape != shape:
+                found = a.shape if isinstance(a, np.ndarray) else type(a).__name__
+                raise ModelFileError(f"{path}: {name} should have shape {shape}, found {found}")
+    try:
+        net = Network(sizes, activations=list(meta["activations"]), dtype=meta["dtype"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModelFileError(f"{path}: inconsistent metadata ({err})") from None
     for l in range(L):
         for name, target in ((f"W{l}", net.weights[l]), (f"b{l}", net.biases[l])):
             a = arrays[name]
-            if a.shape != target.shape or a.dtype != target.dtype:
+            if a.dtype != target.dtype:
                 raise ModelFileError(
-                    f"{path}: {name} should be {target.dtype} of shape {target.shape}, "
-                    f"found {a.dtype} of shape {a.shape}"
+                    f"{path}: {name} should be {target.dtype}, found {a.dtype}"
                 )
             if not np.isfinite(a).all():
                 raise ModelFileError(f"{path}: {name} holds NaN or infinite values")

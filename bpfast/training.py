@@ -172,11 +172,14 @@ def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="
                 X, Y, sample_weight, order, learning_rate, momentum, nesterov,
                 beta1, beta2, epsilon, float(l2), 1.0, t,
             )
-            if bad >= 0:
+            if bad >= 0 or not all(np.isfinite(p).all() for p in net.weights + net.biases):
+                # the loss (summed in float64) can stay finite while a float32 update
+                # overflows: the parameters themselves are checked too
                 for p, s in zip(net.weights + net.biases, saved):
                     p[...] = s
+                where = f"batch {bad + 1}" if bad >= 0 else "a parameter update"
                 raise DivergenceError(
-                    f"loss became NaN or infinite at epoch {epoch + 1} (batch {bad + 1}); "
+                    f"loss became NaN or infinite at epoch {epoch + 1} ({where}); "
                     f"the network keeps its weights from the end of epoch {epoch}. "
                     f"Try a smaller learning_rate (now {learning_rate})."
                 )
