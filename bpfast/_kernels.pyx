@@ -74,28 +74,38 @@ cdef inline void activate_row(int code, Py_ssize_t n, const floating* z,
         softmax_row(n, z, a)
 
 
-cdef inline void delta_row(int code, Py_ssize_t n, floating* d, const floating* z,
-                           const floating* a) noexcept nogil:
-    """d = d (.) g'(z) over one row, with a = g(z)."""
+cdef inline void delta_row(int code, Py_ssize_t n, const floating* d, floating* z,
+                           const floating* a, floating* db) noexcept nogil:
+    """z = d (.) g'(z) over one row (a = g(z)), and db += that row, in one pass."""
     cdef Py_ssize_t j
-    if code == SIGMOID:
+    if code == IDENTITY:
         for j in range(n):
-            d[j] *= derivative(SIGMOID, z[j], a[j])
+            z[j] = d[j]
+            db[j] += z[j]
+    elif code == SIGMOID:
+        for j in range(n):
+            z[j] = d[j] * derivative(SIGMOID, z[j], a[j])
+            db[j] += z[j]
     elif code == TANH:
         for j in range(n):
-            d[j] *= derivative(TANH, z[j], a[j])
+            z[j] = d[j] * derivative(TANH, z[j], a[j])
+            db[j] += z[j]
     elif code == RELU:
         for j in range(n):
-            d[j] *= derivative(RELU, z[j], a[j])
+            z[j] = d[j] * derivative(RELU, z[j], a[j])
+            db[j] += z[j]
     elif code == LEAKY_RELU:
         for j in range(n):
-            d[j] *= derivative(LEAKY_RELU, z[j], a[j])
+            z[j] = d[j] * derivative(LEAKY_RELU, z[j], a[j])
+            db[j] += z[j]
     elif code == SOFTPLUS:
         for j in range(n):
-            d[j] *= derivative(SOFTPLUS, z[j], a[j])
+            z[j] = d[j] * derivative(SOFTPLUS, z[j], a[j])
+            db[j] += z[j]
     elif code == SILU:
         for j in range(n):
-            d[j] *= derivative(SILU, z[j], a[j])
+            z[j] = d[j] * derivative(SILU, z[j], a[j])
+            db[j] += z[j]
 
 
 cdef void bias_activate(int code, int m, int n, const floating* b,
@@ -170,20 +180,13 @@ cdef double output_delta(int loss, int code, int m, int n, const floating* A,
     return acc
 
 
-cdef void hidden_delta(int code, int m, int n, floating* dA, const floating* A,
+cdef void hidden_delta(int code, int m, int n, const floating* dA, const floating* A,
                        floating* Z, floating* db) noexcept nogil:
-    """dZ = dA (.) g'(Z) written over Z, db = column sums of dZ; dA is overwritten."""
-    cdef Py_ssize_t i, j
-    cdef floating* d
-    cdef floating* z
+    """dZ = dA (.) g'(Z) written over Z, db = column sums of dZ."""
+    cdef Py_ssize_t i
     memset(db, 0, n * sizeof(floating))
     for i in range(m):
-        d = dA + i * n
-        z = Z + i * n
-        delta_row(code, n, d, z, A + i * n)
-        for j in range(n):
-            z[j] = d[j]
-            db[j] += d[j]
+        delta_row(code, n, dA + i * n, Z + i * n, A + i * n, db)
 
 
 # ---------------------------------------------------------------------------
