@@ -59,6 +59,11 @@ def forward(weights, biases, activations, X):
     ndarray of shape ``(m, n^L)``, in the parameters' dtype (float32 or float64).
     """
     weights, biases, names, X, _ = check_inputs(weights, biases, activations, X)
+    return _forward_checked(weights, biases, names, X)
+
+
+def _forward_checked(weights, biases, names, X):
+    """:func:`forward` on inputs that :func:`check_inputs` has already returned."""
     sizes = [X.shape[1]] + [w.shape[0] for w in weights]
     Z, A, _ = _workspace(sizes, X.shape[0], X.dtype)
     out = np.empty((X.shape[0], sizes[-1]), dtype=X.dtype)  # returned: never cached
@@ -74,9 +79,13 @@ def loss(weights, biases, activations, X, Y):
     The forward pass runs in the parameters' dtype; the sum is accumulated in float64.
     """
     weights, biases, names, X, Y = check_inputs(weights, biases, activations, X, Y)
-    A = forward(weights, biases, names, X)
+    return _squared_error(_forward_checked(weights, biases, names, X), Y)
+
+
+def _squared_error(A, Y):
+    """``sum (A - Y)^2 / (2m)`` for outputs ``A`` and targets ``Y`` of shape (m, n^L)."""
     r = A.astype(np.float64) - Y
-    return float(np.sum(r * r) / (2 * X.shape[0]))
+    return float(np.sum(r * r) / (2 * A.shape[0]))
 
 
 def backprop(weights, biases, activations, X, Y):

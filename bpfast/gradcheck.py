@@ -1,15 +1,10 @@
 """Check back-propagation against central finite differences."""
 import numpy as np
 
-from .engine import backprop, forward
+from .engine import _forward_checked, _squared_error, backprop
 from ._validation import check_inputs
 
 __all__ = ["check_gradient", "finite_difference_gradient"]
-
-
-def _loss64(weights, biases, names, X, Y):
-    A = forward(weights, biases, names, X)
-    return float(np.sum((A - Y) ** 2) / (2 * X.shape[0]))
 
 
 def finite_difference_gradient(loss, weights, biases, eps=1e-6):
@@ -69,7 +64,7 @@ def check_gradient(weights, biases, activations, X, Y, eps=1e-6):
     b64 = [b.astype(np.float64) for b in biases]
     X64, Y64 = X.astype(np.float64), Y.astype(np.float64)
     fW, fb = finite_difference_gradient(
-        lambda w, b: _loss64(w, b, names, X64, Y64), w64, b64, eps
+        lambda w, b: _squared_error(_forward_checked(w, b, names, X64), Y64), w64, b64, eps
     )
     worst = 0.0
     for g, fd in zip(dW + db, fW + fb):

@@ -13,7 +13,6 @@ leaves half a model. Loading uses ``allow_pickle=False``: no code from the file 
 import json
 import os
 import tempfile
-import zipfile
 
 import numpy as np
 

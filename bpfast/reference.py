@@ -165,6 +165,22 @@ def _backward(weights, names, Zs, As, dZ_last):
 LOSS_OUTPUTS = {"mse": None, "cross_entropy": "softmax", "binary_cross_entropy": "sigmoid"}
 
 
+def loss_value(AL, Yc, loss, w, s, eps):
+    """The data term of a loss, samples as columns: ``AL`` and ``Yc`` are ``(n^L, m)``.
+
+    ``w`` holds the sample weights (length m) and ``s`` their sum; ``eps`` bounds the
+    probabilities inside the logarithms to ``[eps, 1 - eps]``. See :func:`loss_gradient`.
+    """
+    if loss == "mse":
+        return float(np.sum(w * (AL - Yc) ** 2) / (2 * s))
+    P = np.clip(AL, eps, 1 - eps)
+    per_sample = -np.sum(np.where(Yc != 0, Yc * np.log(P), 0), axis=0)
+    if loss == "binary_cross_entropy":
+        Q = np.clip(1 - AL, eps, 1 - eps)
+        per_sample -= np.sum(np.where(Yc != 1, (1 - Yc) * np.log(Q), 0), axis=0)
+    return float(np.sum(w * per_sample) / s)
+
+
 def loss_gradient(weights, biases, names, X, Y, loss="mse", sample_weight=None, l2=0.0):
     """Loss and gradient of one batch, in the seed's notation (samples as columns).
 
@@ -187,16 +203,10 @@ def loss_gradient(weights, biases, names, X, Y, loss="mse", sample_weight=None, 
     AL, Yc = As[-1], Y.T
     w = np.ones(m, dtype=X.dtype) if sample_weight is None else sample_weight
     s = X.dtype.type(w.sum()) if sample_weight is not None else m
-    eps = np.finfo(X.dtype).eps
+    E = loss_value(AL, Yc, loss, w, s, np.finfo(X.dtype).eps)
     if loss == "mse":
-        E = float(np.sum(w * (AL - Yc) ** 2) / (2 * s))
         dZ = _apply_derivative(names[-1], w * (AL - Yc) / s, Zs[-1], AL)
     else:
-        P = np.clip(AL, eps, 1 - eps)
-        per_sample = -np.sum(np.where(Yc != 0, Yc * np.log(P), 0), axis=0)
-        if loss == "binary_cross_entropy":
-            per_sample -= np.sum(np.where(Yc != 1, (1 - Yc) * np.log(np.clip(1 - AL, eps, 1 - eps)), 0), axis=0)
-        E = float(np.sum(w * per_sample) / s)
         dZ = w * (AL - Yc) / s
     dW, db = _backward(weights, names, Zs, As, dZ)
     if l2:

@@ -15,6 +15,7 @@ import numpy as np
 from . import _kernels
 from ._validation import check_data, check_positive_int
 from .activations import activation_codes
+from .reference import loss_value
 
 #: Optimizer name -> (kernel optimizer code, keeps a velocity, nesterov)
 OPTIMIZERS = {
@@ -89,19 +90,14 @@ def _choice(value, options, name):
 
 
 def evaluate_loss(net, X, Y, loss, sample_weight=None):
-    """The ``loss`` of ``net`` on checked data (no penalty), as the trainer defines it."""
+    """The ``loss`` of ``net`` on checked data (no penalty), summed in float64.
+
+    The formulas are :func:`bpfast.reference.loss_value`'s, with probabilities clipped at
+    the network dtype's ``eps`` as in training.
+    """
     A = net.forward(X).astype(np.float64)
-    Y = Y.astype(np.float64)
     w = np.ones(X.shape[0]) if sample_weight is None else sample_weight.astype(np.float64)
-    s = w.sum()
-    if loss == "mse":
-        return float(np.sum(w[:, None] * (A - Y) ** 2) / (2 * s))
-    eps = np.finfo(net.dtype).eps
-    P = np.clip(A, eps, 1 - eps)
-    per = -np.sum(np.where(Y != 0, Y * np.log(P), 0), axis=1)
-    if loss == "binary_cross_entropy":
-        per -= np.sum(np.where(Y != 1, (1 - Y) * np.log(1 - P), 0), axis=1)
-    return float(np.sum(w * per) / s)
+    return loss_value(A.T, Y.astype(np.float64).T, loss, w, w.sum(), np.finfo(net.dtype).eps)
 
 
 def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="mse",
