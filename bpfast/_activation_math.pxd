@@ -16,6 +16,7 @@ cdef enum:
     SOFTPLUS = 5
     SILU = 6
     SOFTMAX = 7  # output layer only: a_j = e^(z_j) / sum_k e^(z_k) over one sample
+    EXP = 8      # a = e^z (the Poisson loss's canonical output)
 
 
 cdef inline floating _exp(floating x) noexcept nogil:
@@ -59,6 +60,8 @@ cdef inline floating activate(int code, floating z) noexcept nogil:
         return softplus(z)
     elif code == SILU:
         return z * sigmoid(z)
+    elif code == EXP:
+        return _exp(z)
     return z
 
 
@@ -78,6 +81,8 @@ cdef inline floating derivative(int code, floating z, floating a) noexcept nogil
     elif code == SILU:
         s = sigmoid(z)
         return s * (1 + z * (1 - s))
+    elif code == EXP:
+        return a
     return 1
 
 

@@ -22,12 +22,13 @@ import numpy as np
 
 from ._blas cimport gemm
 from ._activation_math cimport (activate, derivative, softmax_row, IDENTITY, SIGMOID,
-                               TANH, RELU, LEAKY_RELU, SOFTPLUS, SILU, SOFTMAX)
+                               TANH, RELU, LEAKY_RELU, SOFTPLUS, SILU, SOFTMAX, EXP)
 
 cdef enum:
     LOSS_MSE = 0
     LOSS_CE = 1
     LOSS_BCE = 2
+    LOSS_POISSON = 3
     OPT_SGD = 0
     OPT_ADAM = 1
 
@@ -72,6 +73,9 @@ cdef inline void activate_row(int code, Py_ssize_t n, const floating* z,
             a[j] = activate(SILU, z[j])
     elif code == SOFTMAX:
         softmax_row(n, z, a)
+    elif code == EXP:
+        for j in range(n):
+            a[j] = activate(EXP, z[j])
 
 
 cdef inline void delta_row(int code, Py_ssize_t n, const floating* d, floating* z,
@@ -106,6 +110,10 @@ cdef inline void delta_row(int code, Py_ssize_t n, const floating* d, floating* 
         for j in range(n):
             z[j] = d[j] * derivative(SILU, z[j], a[j])
             db[j] += z[j]
+    elif code == EXP:
+        for j in range(n):
+            z[j] = d[j] * a[j]
+            db[j] += z[j]
 
 
 cdef void bias_activate(int code, int m, int n, const floating* b,
@@ -127,9 +135,10 @@ cdef double output_delta(int loss, int code, int m, int n, const floating* A,
 
     Row c has weight w_c (1 when ``w`` is NULL); ``denom`` is m or the sum of the weights.
     MSE: dZ = w_c (A - Y) / denom (.) g'(Z) (the softmax Jacobian for softmax outputs),
-    sum w_c (A - Y)^2. Cross-entropy with softmax, binary cross-entropy with sigmoid:
-    dZ = w_c (A - Y) / denom, and sum -w_c Y log A (resp. plus (1 - Y) log(1 - A)), with
-    A clipped to [eps, 1 - eps] inside the logarithm as scikit-learn does.
+    sum w_c (A - Y)^2. The canonical pairs -- cross-entropy with softmax, binary
+    cross-entropy with sigmoid, Poisson with exp -- have dZ = w_c (A - Y) / denom and sum
+    -w_c Y log P (plus (1 - Y) log(1 - P) for binary), P = A clipped to [eps, 1 - eps] as
+    scikit-learn does, resp. w_c (Y log(Y / A) - Y + A) (half the Poisson deviance).
     """
     cdef Py_ssize_t i, j
     cdef floating r, d, wc, dot, p
@@ -161,19 +170,21 @@ cdef double output_delta(int loss, int code, int m, int n, const floating* A,
                     r = a[j] - y[j]
                     row_acc += <double>r * r
                     z[j] = wc * r / denom * derivative(code, z[j], a[j])
+        elif loss == LOSS_POISSON:
+            for j in range(n):
+                z[j] = wc * (a[j] - y[j]) / denom
+                if y[j] != 0:
+                    row_acc += <double>y[j] * _log(y[j] / a[j])
+                row_acc += <double>a[j] - y[j]
         else:
             for j in range(n):
-                r = a[j] - y[j]
-                z[j] = wc * r / denom
+                z[j] = wc * (a[j] - y[j]) / denom
+                p = a[j] if a[j] > eps else eps
+                p = p if p < 1 - eps else 1 - eps
                 if y[j] != 0:
-                    p = a[j] if a[j] > eps else eps
-                    p = p if p < 1 - eps else 1 - eps
                     row_acc -= <double>y[j] * _log(p)
                 if loss == LOSS_BCE and y[j] != 1:
-                    p = 1 - a[j]
-                    p = p if p > eps else eps
-                    p = p if p < 1 - eps else 1 - eps
-                    row_acc -= <double>(1 - y[j]) * _log(p)
+                    row_acc -= <double>(1 - y[j]) * _log(1 - p)
         acc += <double>wc * row_acc
         for j in range(n):
             db[j] += z[j]
@@ -339,7 +350,7 @@ cdef class Layers:
         cdef int t = self.typenum
         for l in range(L):
             code = int(codes[l])
-            if code < 0 or code > 7 or (code == SOFTMAX and l != L - 1):
+            if code < 0 or code > 8 or (code == SOFTMAX and l != L - 1):
                 raise ValueError(f"codes[{l}]: activation code {code} is not valid here")
             self.codes[l] = code
             w = weights[l]
@@ -477,6 +488,25 @@ cdef double l2_penalty(int L, const int* sizes, floating** W, floating** dW,
     return sq
 
 
+cdef double batch_gradient(
+        int L, int m, const int* sizes, const int* codes,
+        floating** W, floating** b, floating** Z, floating** A,
+        floating** dW, floating** db, floating* scratch,
+        const floating* X, const floating* Y, const floating* w, floating denom,
+        int loss, floating loss_scale, floating alpha) noexcept nogil:
+    """One batch's loss (data term times loss_scale, plus alpha/(2 denom) sum ||W||^2)
+    and its gradient in dW, db: forward, output delta, backward, L2."""
+    cdef double value
+    forward_pass(L, m, sizes, codes, X, W, b, Z, A)
+    value = output_delta(loss, codes[L - 1], m, sizes[L], A[L - 1], Y, w, denom,
+                         Z[L - 1], db[L - 1])
+    value = value * loss_scale / (2.0 * denom if loss == LOSS_MSE else denom)
+    backward_layers(L, m, sizes, codes, X, W, Z, A, dW, db, scratch)
+    if alpha != 0:
+        value += 0.5 * alpha * l2_penalty(L, sizes, W, dW, alpha / denom) / denom
+    return value
+
+
 cdef struct EpochResult:
     double loss_sum      # sum over batches of batch loss x batch rows
     long long steps      # optimizer steps taken (t, for adam)
@@ -528,13 +558,8 @@ cdef EpochResult train_epoch(
             denom = <floating>wsum
         else:
             denom = <floating>mb
-        forward_pass(L, mb, sizes, codes, xp, W, b, Z, A)
-        batch_loss = output_delta(loss, codes[L - 1], mb, nL, A[L - 1], yp, wp, denom,
-                                  Z[L - 1], db[L - 1])
-        batch_loss = batch_loss * loss_scale / (2.0 * denom if loss == LOSS_MSE else denom)
-        backward_layers(L, mb, sizes, codes, xp, W, Z, A, dW, db, scratch)
-        if alpha != 0:
-            batch_loss += 0.5 * alpha * l2_penalty(L, sizes, W, dW, alpha / denom) / denom
+        batch_loss = batch_gradient(L, mb, sizes, codes, W, b, Z, A, dW, db, scratch,
+                                    xp, yp, wp, denom, loss, loss_scale, alpha)
         if not isfinite(batch_loss):
             res.bad_batch = start // batch_size
             break
@@ -584,7 +609,7 @@ cdef class Trainer(Layers):
     n_inputs, batch_size : int
     loss : int
         0 the seed's squared error, 1 cross-entropy (softmax output),
-        2 binary cross-entropy (sigmoid output).
+        2 binary cross-entropy (sigmoid output), 3 Poisson (exp output).
     optimizer : int
         0 sgd (with ``momentum`` state when ``momentum_state``), 1 adam.
 
@@ -611,7 +636,7 @@ cdef class Trainer(Layers):
 
     def __init__(self, list weights, list biases, codes, int n_inputs, int batch_size,
                  int loss, int optimizer, bint momentum_state):
-        if loss not in (LOSS_MSE, LOSS_CE, LOSS_BCE):
+        if loss not in (LOSS_MSE, LOSS_CE, LOSS_BCE, LOSS_POISSON):
             raise ValueError(f"loss: unknown loss code {loss}")
         if optimizer not in (OPT_SGD, OPT_ADAM):
             raise ValueError(f"optimizer: unknown optimizer code {optimizer}")
@@ -712,3 +737,46 @@ cdef class Trainer(Layers):
                     <float>lr, <float>momentum, nesterov, <float>beta1, <float>beta2,
                     <float>epsilon, <float>alpha, t)
         return res.loss_sum, res.steps, res.bad_batch
+
+    @property
+    def gradients(self):
+        """(dW, db): the buffers the last batch's gradient was written to (not copies)."""
+        weights, biases, Z, A, dW, db = self.keep
+        return dW, db
+
+    def gradient(self, X, Y, sample_weight=None, double alpha=0, double loss_scale=1):
+        """Full-batch loss and gradient on all rows of (X, Y), without any update.
+
+        X must have at most ``batch_size`` rows. Returns the loss; the gradient is left in
+        :attr:`gradients`. The loss is the data term times ``loss_scale`` plus
+        ``alpha / (2 s) sum ||W||^2``, s the number of rows or the sum of the weights.
+        """
+        self.check_ready()
+        cdef Py_ssize_t n = X.shape[0] if cnp.PyArray_Check(X) else -1
+        if n < 1 or n > self.m:
+            raise ValueError(f"X: expected 1 to {self.m} rows (the trainer's batch size)")
+        cdef void* x = checked_data(X, "X", self.typenum, n, self.sizes[0], False)
+        cdef void* y = checked_data(Y, "Y", self.typenum, n, self.sizes[self.L], False)
+        cdef void* w = NULL
+        cdef double s = n, value
+        cdef int L = self.L, m = <int>n, loss = self.loss
+        if sample_weight is not None:
+            w = checked_data(sample_weight, "sample_weight", self.typenum, n, -1, False)
+            s = float(np.sum(sample_weight, dtype=np.float64))
+            if not s > 0:
+                raise ValueError("sample_weight: expected a positive sum")
+        if self.typenum == cnp.NPY_DOUBLE:
+            with nogil:
+                value = batch_gradient[double](
+                    L, m, self.sizes, self.codes, <double**>self.W, <double**>self.b,
+                    <double**>self.Z, <double**>self.A, <double**>self.dW, <double**>self.db,
+                    <double*>self.scratch, <double*>x, <double*>y, <double*>w, s, loss,
+                    loss_scale, alpha)
+        else:
+            with nogil:
+                value = batch_gradient[float](
+                    L, m, self.sizes, self.codes, <float**>self.W, <float**>self.b,
+                    <float**>self.Z, <float**>self.A, <float**>self.dW, <float**>self.db,
+                    <float*>self.scratch, <float*>x, <float*>y, <float*>w, <float>s, loss,
+                    <float>loss_scale, <float>alpha)
+        return value

@@ -8,7 +8,7 @@ import numpy as np
 
 #: Canonical names, in the order of the compiled kernels' integer codes.
 ACTIVATIONS = (
-    "identity", "sigmoid", "tanh", "relu", "leaky_relu", "softplus", "silu", "softmax",
+    "identity", "sigmoid", "tanh", "relu", "leaky_relu", "softplus", "silu", "softmax", "exp",
 )
 
 #: Activations that act on a whole output row, allowed only on the last layer.

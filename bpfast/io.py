@@ -130,7 +130,7 @@ def load(path):
                 raise ModelFileError(f"{path}: {name} holds NaN or infinite values")
             target[...] = a
     loss = meta.get("loss", "mse")
-    if loss not in ("mse", "cross_entropy", "binary_cross_entropy"):
+    if loss not in ("mse", "cross_entropy", "binary_cross_entropy", "poisson"):
         raise ModelFileError(f"{path}: unknown loss {loss!r}")
     net.loss_function = loss
     return net

@@ -120,9 +120,10 @@ class Network:
         learning_rate : float, default 0.1
         optimizer : {"sgd", "momentum", "nesterov", "adam"}, default "sgd"
             See :func:`bpfast.reference.fit` for the update rules.
-        loss : {"mse", "cross_entropy", "binary_cross_entropy"}, default "mse"
-            "mse" is the seed's ``E``; "cross_entropy" needs a softmax output layer and
-            "binary_cross_entropy" a sigmoid one (output gradient ``(A - Y)/m``).
+        loss : {"mse", "cross_entropy", "binary_cross_entropy", "poisson"}, default "mse"
+            "mse" is the seed's ``E``; "cross_entropy" needs a softmax output layer,
+            "binary_cross_entropy" a sigmoid one and "poisson" an exp one (output gradient
+            ``(A - Y)/m``); see :func:`bpfast.reference.loss_gradient`.
         shuffle : bool, default True
             Visit the rows in a new random order every epoch.
         seed : int, Generator or None

@@ -61,6 +61,7 @@ ACTIVATIONS = {
     # softmax acts on a whole column (one sample); its derivative is a Jacobian, applied
     # in _output_delta rather than elementwise.
     "softmax": (lambda z: _softmax(z), None),
+    "exp": (np.exp, lambda z, a: a),
 }
 
 
@@ -162,7 +163,10 @@ def _backward(weights, names, Zs, As, dZ_last):
 # ---------------------------------------------------------------------------
 
 #: Loss name -> the output activation it must be paired with (None: any).
-LOSS_OUTPUTS = {"mse": None, "cross_entropy": "softmax", "binary_cross_entropy": "sigmoid"}
+LOSS_OUTPUTS = {
+    "mse": None, "cross_entropy": "softmax", "binary_cross_entropy": "sigmoid",
+    "poisson": "exp",
+}
 
 
 def loss_value(AL, Yc, loss, w, s, eps):
@@ -173,11 +177,14 @@ def loss_value(AL, Yc, loss, w, s, eps):
     """
     if loss == "mse":
         return float(np.sum(w * (AL - Yc) ** 2) / (2 * s))
+    if loss == "poisson":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ylogy = np.where(Yc != 0, Yc * np.log(Yc / AL), 0)
+        return float(np.sum(w * np.sum(ylogy - Yc + AL, axis=0)) / s)
     P = np.clip(AL, eps, 1 - eps)
     per_sample = -np.sum(np.where(Yc != 0, Yc * np.log(P), 0), axis=0)
     if loss == "binary_cross_entropy":
-        Q = np.clip(1 - AL, eps, 1 - eps)
-        per_sample -= np.sum(np.where(Yc != 1, (1 - Yc) * np.log(Q), 0), axis=0)
+        per_sample -= np.sum(np.where(Yc != 1, (1 - Yc) * np.log(1 - P), 0), axis=0)
     return float(np.sum(w * per_sample) / s)
 
 
@@ -192,8 +199,12 @@ def loss_gradient(weights, biases, names, X, Y, loss="mse", sample_weight=None, 
     - ``binary_cross_entropy`` (sigmoid output):
       ``E = -1/s sum_c w_c sum_i [Y log A^L + (1 - Y) log(1 - A^L)]_ic``;
 
-    for the last two the output delta is ``dZ^L = w (A^L - Y) / s``. ``A^L`` is clipped to
-    ``[eps, 1 - eps]`` inside the logarithms. The L2 penalty adds
+    - ``poisson`` (exp output): ``E = 1/s sum_c w_c sum_i [Y log(Y / A^L) - Y + A^L]_ic``
+      (half the Poisson deviance, ``0 log 0 = 0``);
+
+    for the last three the output delta is ``dZ^L = w (A^L - Y) / s``. For the two
+    cross-entropies ``A^L`` is clipped to ``P`` in ``[eps, 1 - eps]`` inside the logarithms
+    (``log P`` and ``log(1 - P)``), as scikit-learn does. The L2 penalty adds
     ``l2/(2s) sum_l ||W^l||^2`` to E and ``l2/s W^l`` to ``dW^l`` (biases are not penalised).
 
     Parameters are already checked arrays; ``names`` canonical activation names.

@@ -30,6 +30,7 @@ LOSSES = {
     "mse": (0, None),
     "cross_entropy": (1, "softmax"),
     "binary_cross_entropy": (2, "sigmoid"),
+    "poisson": (3, "exp"),
 }
 
 

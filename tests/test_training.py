@@ -15,7 +15,7 @@ DTYPES = (np.float64, np.float32)
 #: Elementwise relative tolerance of Network.fit against reference.fit, per dtype.
 RTOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
-LOSSES = ("mse", "cross_entropy", "binary_cross_entropy")
+LOSSES = ("mse", "cross_entropy", "binary_cross_entropy", "poisson")
 #: A learning rate per optimizer that keeps 3 epochs of small problems well behaved.
 LR = {"sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "adam": 0.01}
 
@@ -66,6 +66,8 @@ def make_targets(rng, m, n, loss, output):
         Y = rng.integers(0, 2, (m, n)).astype(np.float64)
         Y[: m // 3] = rng.uniform(0, 1, (m // 3, n))  # soft targets too
         return Y
+    if loss == "poisson":
+        return rng.poisson(1.5, (m, n)).astype(np.float64)  # counts, zeros included
     if output in ("sigmoid", "softmax"):
         return rng.uniform(0, 1, (m, n))
     return rng.uniform(-1, 1, (m, n))
@@ -113,7 +115,7 @@ BATCH_CONFIGS = [
     ((3, 5, 3), ("softplus",), 7, 20),
 ]
 MSE_OUTPUTS = ("identity", "sigmoid", "softmax", "tanh")
-OUTPUT_FOR = {"cross_entropy": "softmax", "binary_cross_entropy": "sigmoid"}
+OUTPUT_FOR = {"cross_entropy": "softmax", "binary_cross_entropy": "sigmoid", "poisson": "exp"}
 
 
 def _equivalence_case(optimizer, loss, dtype, weighted, l2):
@@ -139,7 +141,9 @@ def test_fit_equals_reference(optimizer, loss, dtype, weighted, l2):
     net, X, Y, sw, batch_size = _equivalence_case(optimizer, loss, dtype, weighted, l2)
     fit_against_reference(
         net, X, Y, RTOL[np.dtype(dtype)], epochs=3, batch_size=batch_size,
-        learning_rate=LR[optimizer], optimizer=optimizer, loss=loss, momentum=0.8,
+        # the exp output of the Poisson loss amplifies steps: a fifth of the rate
+        learning_rate=LR[optimizer] * (0.2 if loss == "poisson" else 1),
+        optimizer=optimizer, loss=loss, momentum=0.8,
         beta1=0.85, beta2=0.99, epsilon=1e-7, l2=l2, sample_weight=sw,
     )
     assert net.loss_function == loss
@@ -281,6 +285,9 @@ def _loss_by_formula(weights, biases, names, X, Y, loss, w, l2):
         per = 0.5 * np.sum((A - Y) ** 2, axis=1)
     elif loss == "cross_entropy":
         per = -np.sum(Y * np.log(A), axis=1)
+    elif loss == "poisson":
+        from scipy.special import xlogy
+        per = np.sum(xlogy(Y, Y / A) - Y + A, axis=1)
     else:
         per = -np.sum(Y * np.log(A) + (1 - Y) * np.log(1 - A), axis=1)
     return float(np.sum(w * per) / s + 0.5 * l2 * sum(np.sum(W * W) for W in weights) / s)
@@ -296,6 +303,8 @@ def _loss_by_formula(weights, biases, names, X, Y, loss, w, l2):
     ("cross_entropy", ("softmax",)),
     ("binary_cross_entropy", ("silu", "sigmoid")),
     ("binary_cross_entropy", ("tanh", "leaky_relu", "sigmoid")),
+    ("poisson", ("tanh", "exp")),
+    ("poisson", ("exp",)),
 ])
 def test_loss_gradient_finite_differences(loss, names, weighted, l2):
     sizes = (3, 4, 5, 3)[: len(names)] + (3,)
@@ -903,3 +912,42 @@ def test_fit_accepts_read_only_and_non_contiguous_inputs():
     ref.fit(np.ascontiguousarray(X), np.ascontiguousarray(Y), epochs=2, batch_size=5,
             learning_rate=0.1, sample_weight=np.ascontiguousarray(sw), shuffle=False)
     assert_params_equal(net, params(ref))
+
+
+# --------------------------------------------------------------------------------------
+# Trainer.gradient: the compiled full-batch loss and gradient (for L-BFGS and friends)
+# --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("l2", [0.0, 0.4])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("loss", LOSSES)
+def test_trainer_gradient_equals_reference(loss, dtype, weighted, l2):
+    from bpfast import _kernels
+    from bpfast.activations import activation_codes
+    from bpfast.training import LOSSES as LOSS_CODES
+
+    output = OUTPUT_FOR.get(loss, "sigmoid")
+    names = ("tanh", output)
+    sizes = (5, 7, 3)
+    rng = np.random.default_rng(LOSSES.index(loss))
+    m = 23
+    X = rng.standard_normal((m, sizes[0])).astype(dtype)
+    Y = make_targets(rng, m, sizes[-1], loss, output).astype(dtype)
+    sw = rng.uniform(0.2, 2.0, m).astype(dtype) if weighted else None
+    net = make_net(sizes, list(names), dtype, seed=3)
+    before = [p.copy() for p in net.weights + net.biases]
+    trainer = _kernels.Trainer(net.weights, net.biases, activation_codes(names), sizes[0], m,
+                               LOSS_CODES[loss][0], 0, False)
+    E = trainer.gradient(X, Y, sw, l2)
+    dW, db = trainer.gradients
+    E_ref, dW_ref, db_ref = reference.loss_gradient(
+        net.weights, net.biases, names, X, Y, loss, sw, l2)
+    rtol = RTOL[np.dtype(dtype)]
+    assert E == pytest.approx(E_ref, rel=rtol)
+    for g, r in zip(dW + db, dW_ref + db_ref):
+        assert g.dtype == np.dtype(dtype)
+        assert_close(g, r, rtol)
+    assert_params_equal(net, before, "gradient must not update")
+    with pytest.raises(ValueError, match="X"):
+        trainer.gradient(np.zeros((m + 1, sizes[0]), dtype), np.zeros((m + 1, 3), dtype))
