@@ -11,7 +11,12 @@ import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-COMPILE_ARGS = ["-O3"]
+# -fopenmp-simd honours the "omp simd" reduction pragmas in _small_gemm.h without
+# linking an OpenMP runtime. -fno-trapping-math lets gcc if-convert the comparisons in
+# relu-like loops so that they vectorise ("control flow in loop" otherwise); it changes no
+# result (unlike -ffast-math it does not reorder or approximate arithmetic), only the
+# assumption that floating-point exceptions trap, which nothing here relies on.
+COMPILE_ARGS = ["-O3", "-fopenmp-simd", "-fno-trapping-math"]
 if os.environ.get("BPFAST_NATIVE") == "1":
     COMPILE_ARGS.append("-march=native")
 
@@ -29,7 +34,8 @@ def extension(name):
     return Extension(
         f"bpfast.{name}",
         [f"bpfast/{name}.pyx"],
-        include_dirs=[np.get_include()],
+        include_dirs=[np.get_include(), "bpfast"],
+        depends=["bpfast/_small_gemm.h", "bpfast/_blas.pxd", "bpfast/_activation_math.pxd"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=COMPILE_ARGS,
     )

@@ -20,8 +20,9 @@ from cython cimport floating
 cimport numpy as cnp
 import numpy as np
 
-from ._blas cimport gemm
-from ._activation_math cimport (activate, derivative, softmax_row, IDENTITY, SIGMOID,
+from ._blas cimport gemm, bpfast_small_gemm_limit
+from ._activation_math cimport (activate, derivative, softmax_row, relu, relu_prime,
+                               leaky_relu, leaky_relu_prime, IDENTITY, SIGMOID,
                                TANH, RELU, LEAKY_RELU, SOFTPLUS, SILU, SOFTMAX, EXP)
 
 cdef enum:
@@ -61,10 +62,10 @@ cdef inline void activate_row(int code, Py_ssize_t n, const floating* z,
             a[j] = activate(TANH, z[j])
     elif code == RELU:
         for j in range(n):
-            a[j] = activate(RELU, z[j])
+            a[j] = relu(z[j])
     elif code == LEAKY_RELU:
         for j in range(n):
-            a[j] = activate(LEAKY_RELU, z[j])
+            a[j] = leaky_relu(z[j])
     elif code == SOFTPLUS:
         for j in range(n):
             a[j] = activate(SOFTPLUS, z[j])
@@ -96,11 +97,11 @@ cdef inline void delta_row(int code, Py_ssize_t n, const floating* d, floating* 
             db[j] += z[j]
     elif code == RELU:
         for j in range(n):
-            z[j] = d[j] * derivative(RELU, z[j], a[j])
+            z[j] = d[j] * relu_prime(z[j])
             db[j] += z[j]
     elif code == LEAKY_RELU:
         for j in range(n):
-            z[j] = d[j] * derivative(LEAKY_RELU, z[j], a[j])
+            z[j] = d[j] * leaky_relu_prime(z[j])
             db[j] += z[j]
     elif code == SOFTPLUS:
         for j in range(n):
@@ -507,6 +508,56 @@ cdef double batch_gradient(
     return value
 
 
+cdef double sum_of_squares(int L, const int* sizes, floating** W) noexcept nogil:
+    """sum over layers of ||W[l]||^2, in double."""
+    cdef int l
+    cdef Py_ssize_t k
+    cdef double sq = 0
+    for l in range(L):
+        for k in range(<Py_ssize_t>sizes[l + 1] * sizes[l]):
+            sq += <double>W[l][k] * W[l][k]
+    return sq
+
+
+cdef double sgd_step(
+        int L, int m, const int* sizes, const int* codes,
+        floating** W, floating** b, floating** Z, floating** A, floating** db,
+        floating* scratch, const floating* X, const floating* Y, const floating* w,
+        floating denom, int loss, floating loss_scale, floating alpha,
+        floating lr) noexcept nogil:
+    """One plain SGD step with the update fused into back-propagation; returns the loss.
+
+    Per layer, top down: dA[l-1] = dZ[l] W[l] is taken from the old W[l], then
+    W[l] = (1 - lr alpha/denom) W[l] - lr dZ[l]^T A[l-1] in one GEMM (beta = the L2
+    shrink), and b[l] -= lr db[l]. Equal to W -= lr (dW + alpha/denom W) to rounding,
+    without writing or re-reading dW. Nothing is updated when the loss is not finite.
+    """
+    cdef int l
+    cdef Py_ssize_t k
+    cdef const floating* prev
+    cdef double value
+    cdef floating shrink = 1 - lr * (alpha / denom)
+    forward_pass(L, m, sizes, codes, X, W, b, Z, A)
+    value = output_delta(loss, codes[L - 1], m, sizes[L], A[L - 1], Y, w, denom,
+                         Z[L - 1], db[L - 1])
+    value = value * loss_scale / (2.0 * denom if loss == LOSS_MSE else denom)
+    if alpha != 0:
+        value += 0.5 * alpha * sum_of_squares(L, sizes, W) / denom
+    if not isfinite(value):
+        return value
+    for l in range(L - 1, -1, -1):
+        prev = X if l == 0 else A[l - 1]
+        if l > 0:
+            gemm(False, False, m, sizes[l], sizes[l + 1], <floating>1, Z[l], sizes[l + 1],
+                 W[l], sizes[l], <floating>0, scratch, sizes[l])
+            hidden_delta(codes[l - 1], m, sizes[l], scratch, A[l - 1], Z[l - 1], db[l - 1])
+        gemm(True, False, sizes[l + 1], sizes[l], m, -lr, Z[l], sizes[l + 1],
+             prev, sizes[l], shrink, W[l], sizes[l])
+        for k in range(sizes[l + 1]):
+            b[l][k] = b[l][k] - lr * db[l][k]
+    return value
+
+
 cdef struct EpochResult:
     double loss_sum      # sum over batches of batch loss x batch rows
     long long steps      # optimizer steps taken (t, for adam)
@@ -558,6 +609,17 @@ cdef EpochResult train_epoch(
             denom = <floating>wsum
         else:
             denom = <floating>mb
+        if optimizer == OPT_SGD and sW1 == NULL:
+            # plain SGD: the update is fused into the backward pass (no dW at all)
+            batch_loss = sgd_step(L, mb, sizes, codes, W, b, Z, A, db, scratch,
+                                  xp, yp, wp, denom, loss, loss_scale, alpha, lr)
+            if not isfinite(batch_loss):
+                res.bad_batch = start // batch_size
+                break
+            t += 1
+            res.loss_sum += batch_loss * mb
+            start += mb
+            continue
         batch_loss = batch_gradient(L, mb, sizes, codes, W, b, Z, A, dW, db, scratch,
                                     xp, yp, wp, denom, loss, loss_scale, alpha)
         if not isfinite(batch_loss):
@@ -780,3 +842,14 @@ cdef class Trainer(Layers):
                     <float*>self.scratch, <float*>x, <float*>y, <float*>w, <float>s, loss,
                     <float>loss_scale, <float>alpha)
         return value
+
+
+def set_small_gemm_limit(long long limit):
+    """Products with m * n * k <= limit use plain loops instead of BLAS; returns the old limit.
+
+    For benchmarks and tests (0 forces BLAS everywhere, a huge value the loops).
+    """
+    global bpfast_small_gemm_limit
+    old = bpfast_small_gemm_limit
+    bpfast_small_gemm_limit = limit
+    return old

@@ -1,0 +1,877 @@
+"""The speed comparison: bpfast against the NumPy reference and other libraries, side by side.
+
+Run it as ``bpfast bench`` or ``python bench/compare.py`` (options: ``--quick``,
+``--plot speed.png``, ``--json out.json``, ``--threads N``). Each case is timed for every
+implementation in the same process, one after the other, on the same random data and from
+the same initial parameters:
+
+- **training epochs** (the ``fit`` contract): one epoch of plain mini-batch SGD in data order
+  (``optimizer="sgd", shuffle=False``), each step ``W -= lr * dW`` with ``dW`` the gradient of
+  the seed's ``E = 1/(2m) sum (A^L - Y)^2`` over that batch's own ``m``;
+- **forward**: inference only; **backprop**: one full-batch gradient.
+
+Peers (each only if importable; none is a dependency of bpfast):
+
+- ``reference``: :func:`bpfast.reference.fit` / ``forward`` / ``backprop`` (always);
+- ``torch``: PyTorch eager, ``torch.nn.Linear`` layers and ``torch.optim.SGD``, loss
+  ``0.5 * ((out - y)**2).sum() / m`` per batch;
+- ``jax``: one ``jax.jit`` over a ``jax.lax.scan`` of the epoch's batches (x64 enabled);
+- ``sklearn``: ``MLPRegressor(solver="sgd", momentum=0, alpha=0, shuffle=False)`` through
+  ``partial_fit`` (one epoch). It has an identity output layer and one activation for all
+  hidden layers, so it does the same amount of work but not the same function;
+- the machine's GEMM rate: a 2048x2048 @ 2048x2048 product through NumPy in the same dtype.
+
+Work: the forward pass costs ``2 m sum_l n^l n^(l-1)`` flops, the backward pass
+``2 m sum_l n^l n^(l-1)`` for the dW plus ``2 m sum_(l>=2) n^l n^(l-1)`` for the dA (no
+``dA^0``); elementwise work and the parameter updates are not counted. Times are medians over
+repeats, after one warm-up run that is not counted (it also compiles JAX's functions).
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "CONFIGS", "Case", "PEERS", "default_cases", "forward_flops", "backward_flops",
+    "case_flops", "run_comparison", "format_table", "plot_speedups", "machine_info",
+    "add_arguments", "main",
+]
+
+#: name -> (layer sizes, activations (one per layer), rows, batch size)
+CONFIGS = {
+    "S1": ((64, 32, 10), ("sigmoid", "sigmoid"), 1797, 1),
+    "S32": ((64, 32, 10), ("sigmoid", "sigmoid"), 1797, 32),
+    "M": ((784, 128, 10), ("tanh", "sigmoid"), 10000, 64),
+    "L": ((784, 1024, 1024, 10), ("relu", "relu", "sigmoid"), 8192, 256),
+}
+#: The extra cases: (task, config whose network and rows they use).
+EXTRA = (("forward", "L"), ("backprop", "M"))
+DTYPES = ("float64", "float32")
+LEARNING_RATE = 0.01
+#: ``--quick`` caps the rows of the large cases (M, L and the extras) at this.
+QUICK_ROWS = 2048
+GEMM_N = 2048
+#: Peers in table order; "bpfast" is what the others are divided by.
+PEERS = ("reference", "torch", "jax", "sklearn")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One timed problem: a task on a network, data size and dtype."""
+
+    name: str  # a key of CONFIGS (the network), or a toy name in tests
+    task: str  # "epoch", "forward" or "backprop"
+    sizes: tuple
+    activations: tuple
+    rows: int
+    batch: int  # batch size of an epoch; rows for forward/backprop
+    dtype: str
+
+    @property
+    def label(self):
+        return self.name if self.task == "epoch" else f"{self.name} {self.task}"
+
+    @property
+    def flops(self):
+        return case_flops(self)
+
+    def describe(self):
+        layers = "-".join(str(n) for n in self.sizes)
+        acts = "/".join(self.activations)
+        what = {"epoch": f"batch {self.batch}, one SGD epoch",
+                "forward": "forward pass only", "backprop": "one full-batch backprop"}
+        return f"{layers} {acts}, {self.rows:,} rows, {what[self.task]}"
+
+
+def forward_flops(sizes, m):
+    """``2 m sum_l n^l n^(l-1)``: the GEMMs of a forward pass over ``m`` samples."""
+    return 2 * m * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def backward_flops(sizes, m):
+    """The GEMMs of back-propagation: ``dW`` for every layer, ``dA`` for layers 2..L."""
+    prods = [a * b for a, b in zip(sizes[:-1], sizes[1:])]
+    return 2 * m * sum(prods) + 2 * m * sum(prods[1:])
+
+
+def case_flops(case):
+    """Flops of one run of ``case`` (an epoch's batches add up to all ``rows``)."""
+    f = forward_flops(case.sizes, case.rows)
+    return f if case.task == "forward" else f + backward_flops(case.sizes, case.rows)
+
+
+def default_cases(quick=False, names=None, dtypes=DTYPES):
+    """The comparison's cases; ``quick`` caps the rows of the large ones at QUICK_ROWS."""
+    cases = []
+    wanted = None if names is None else set(names)
+    for dtype in dtypes:
+        for name, (sizes, acts, rows, batch) in CONFIGS.items():
+            if wanted is None or name in wanted:
+                r = min(rows, QUICK_ROWS) if quick and rows > QUICK_ROWS else rows
+                cases.append(Case(name, "epoch", sizes, acts, r, batch, dtype))
+        for task, name in EXTRA:
+            if wanted is None or task in wanted or f"{name} {task}" in wanted:
+                sizes, acts, rows, _ = CONFIGS[name]
+                r = min(rows, QUICK_ROWS) if quick else rows
+                cases.append(Case(name, task, sizes, acts, r, r, dtype))
+    return cases
+
+
+# --------------------------------------------------------------------------------------
+# Implementations: each prepares a Runner for a case, from the same data and parameters
+# --------------------------------------------------------------------------------------
+
+class Runner:
+    """``run()`` does the timed work; ``reset()`` (untimed) restores the initial state;
+    ``result()`` returns arrays to compare with bpfast's: the parameters after an epoch,
+    the outputs of a forward pass, or the gradients of a backprop."""
+
+    def __init__(self, run, reset=None, result=None):
+        self.run = run
+        self.reset = reset or (lambda: None)
+        self.result = result or (lambda: None)
+
+
+def _bpfast_runner(case, W0, b0, X, Y, lr):
+    import bpfast
+
+    if case.task == "forward":
+        out = {}
+        return Runner(lambda: out.__setitem__("A", bpfast.forward(W0, b0, case.activations, X)),
+                      result=lambda: [out["A"]])
+    if case.task == "backprop":
+        out = {}
+
+        def run():
+            out["g"] = bpfast.backprop(W0, b0, case.activations, X, Y)
+
+        return Runner(run, result=lambda: list(out["g"][1]) + list(out["g"][2]))
+    net = bpfast.Network(case.sizes, activations=case.activations, dtype=case.dtype)
+
+    def reset():
+        for p, p0 in zip(net.weights + net.biases, W0 + b0):
+            p[...] = p0
+
+    def run():
+        net.fit(X, Y, epochs=1, batch_size=case.batch, learning_rate=lr, optimizer="sgd",
+                shuffle=False)
+
+    return Runner(run, reset, lambda: [p.copy() for p in net.weights + net.biases])
+
+
+def _reference_runner(case, W0, b0, X, Y, lr):
+    from bpfast import reference
+
+    out = {}
+    if case.task == "forward":
+        def run():
+            out["r"] = [reference.forward(W0, b0, case.activations, X)]
+    elif case.task == "backprop":
+        def run():
+            _, dW, db = reference.backprop(W0, b0, case.activations, X, Y)
+            out["r"] = dW + db
+    else:
+        def run():
+            W, b, _ = reference.fit(W0, b0, case.activations, X, Y, epochs=1,
+                                    batch_size=case.batch, learning_rate=lr)
+            out["r"] = W + b
+    return Runner(run, result=lambda: out["r"])
+
+
+def _torch_runner(case, W0, b0, X, Y, lr):
+    import torch
+
+    tdt = torch.float64 if case.dtype == "float64" else torch.float32
+    acts = {"sigmoid": torch.nn.Sigmoid, "tanh": torch.nn.Tanh, "relu": torch.nn.ReLU,
+            "identity": torch.nn.Identity}
+    if any(a not in acts for a in case.activations):
+        return None
+    linears, layers = [], []
+    for W, act in zip(W0, case.activations):
+        lin = torch.nn.Linear(W.shape[1], W.shape[0], dtype=tdt)
+        linears.append(lin)
+        layers += [lin, acts[act]()]
+    model = torch.nn.Sequential(*layers)
+    Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
+
+    def reset():
+        with torch.no_grad():
+            for lin, W, b in zip(linears, W0, b0):
+                lin.weight.copy_(torch.from_numpy(W))
+                lin.bias.copy_(torch.from_numpy(b))
+                lin.weight.grad = lin.bias.grad = None
+
+    def params():
+        return [l.weight.detach().numpy().copy() for l in linears] + \
+               [l.bias.detach().numpy().copy() for l in linears]
+
+    out = {}
+    if case.task == "forward":
+        def run():
+            with torch.no_grad():
+                out["r"] = [model(Xt).numpy()]
+        return Runner(run, reset, lambda: out["r"])
+    if case.task == "backprop":
+        def run():
+            for p in model.parameters():
+                p.grad = None
+            loss = 0.5 * ((model(Xt) - Yt) ** 2).sum() / Xt.shape[0]
+            loss.backward()
+
+        def grads():
+            return [l.weight.grad.numpy().copy() for l in linears] + \
+                   [l.bias.grad.numpy().copy() for l in linears]
+        return Runner(run, reset, grads)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.0)
+    m, b = X.shape[0], case.batch
+
+    def run():
+        for s in range(0, m, b):
+            xb, yb = Xt[s:s + b], Yt[s:s + b]
+            loss = 0.5 * ((model(xb) - yb) ** 2).sum() / xb.shape[0]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    return Runner(run, reset, params)
+
+
+def _jax_runner(case, W0, b0, X, Y, lr):
+    import jax
+    import jax.numpy as jnp
+
+    jax.config.update("jax_enable_x64", True)
+    acts = {"sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh, "relu": jax.nn.relu,
+            "identity": lambda z: z}
+    if any(a not in acts for a in case.activations):
+        return None
+    gs = [acts[a] for a in case.activations]
+
+    def forward(params, x):
+        a = x
+        for (W, b), g in zip(params, gs):
+            a = g(a @ W.T + b)
+        return a
+
+    def E(params, x, y):
+        return 0.5 * jnp.sum((forward(params, x) - y) ** 2) / x.shape[0]
+
+    params0 = tuple((jnp.asarray(W), jnp.asarray(b)) for W, b in zip(W0, b0))
+    Xj, Yj = jnp.asarray(X), jnp.asarray(Y)
+    out = {}
+
+    def flat(params):
+        return [np.asarray(W) for W, _ in params] + [np.asarray(b) for _, b in params]
+
+    if case.task == "forward":
+        f = jax.jit(forward)
+
+        def run():
+            out["r"] = jax.block_until_ready(f(params0, Xj))
+        return Runner(run, result=lambda: [np.asarray(out["r"])])
+    if case.task == "backprop":
+        f = jax.jit(jax.value_and_grad(E))
+
+        def run():
+            out["r"] = jax.block_until_ready(f(params0, Xj, Yj))
+        return Runner(run, result=lambda: flat(out["r"][1]))
+
+    m, b = X.shape[0], case.batch
+    nb, full = m // b, (m // b) * b
+
+    def step(params, xy):
+        e, g = jax.value_and_grad(E)(params, *xy)
+        return jax.tree_util.tree_map(lambda p, d: p - lr * d, params, g), e
+
+    def epoch(params, X, Y):
+        if nb:
+            Xs = X[:full].reshape(nb, b, X.shape[1])
+            Ys = Y[:full].reshape(nb, b, Y.shape[1])
+            params, _ = jax.lax.scan(step, params, (Xs, Ys))
+        if full < m:
+            params, _ = step(params, (X[full:], Y[full:]))
+        return params
+
+    f = jax.jit(epoch)
+
+    def run():
+        out["r"] = jax.block_until_ready(f(params0, Xj, Yj))
+    return Runner(run, result=lambda: flat(out["r"]))
+
+
+def _sklearn_runner(case, W0, b0, X, Y, lr):
+    from sklearn.neural_network import MLPRegressor
+
+    names = {"sigmoid": "logistic", "tanh": "tanh", "relu": "relu", "identity": "identity"}
+    hidden = set(case.activations[:-1])
+    if case.task == "backprop" or len(hidden) != 1 or hidden - set(names):
+        return None  # no public full-batch gradient; one activation for all hidden layers
+    est = MLPRegressor(
+        hidden_layer_sizes=case.sizes[1:-1], activation=names[hidden.pop()], solver="sgd",
+        learning_rate="constant", learning_rate_init=lr, momentum=0.0,
+        nesterovs_momentum=False, alpha=0.0, batch_size=case.batch, shuffle=False,
+        max_iter=1, random_state=0,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.partial_fit(X[:case.batch], Y[:case.batch])  # allocates the layers
+
+    def reset():
+        for c, i, W, b in zip(est.coefs_, est.intercepts_, W0, b0):
+            c[...] = W.T
+            i[...] = b
+
+    if case.task == "forward":
+        return Runner(lambda: est.predict(X), reset)
+
+    def run():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            est.partial_fit(X, Y)
+
+    return Runner(run, reset)
+
+
+RUNNERS = {
+    "bpfast": _bpfast_runner,
+    "reference": _reference_runner,
+    "torch": _torch_runner,
+    "jax": _jax_runner,
+    "sklearn": _sklearn_runner,
+}
+
+
+def peer_status(peers=PEERS):
+    """``{peer: {"available": bool, "version" or "reason": str}}`` (imports each peer)."""
+    status = {}
+    for peer in peers:
+        try:
+            if peer == "reference":
+                import bpfast
+                version = f"NumPy {np.__version__} (bpfast {bpfast.__version__})"
+            elif peer == "torch":
+                import torch
+                version = torch.__version__
+            elif peer == "jax":
+                import jax
+                import jaxlib
+                version = f"{jax.__version__} (jaxlib {jaxlib.__version__})"
+            elif peer == "sklearn":
+                import sklearn
+                version = sklearn.__version__
+            else:
+                raise ValueError(f"unknown peer {peer!r}; known: {', '.join(PEERS)}")
+        except ImportError as err:
+            status[peer] = {"available": False, "reason": f"not installed ({err.name or err})"}
+        else:
+            status[peer] = {"available": True, "version": version}
+    return status
+
+
+# --------------------------------------------------------------------------------------
+# Measuring
+# --------------------------------------------------------------------------------------
+
+#: (budget in seconds per implementation and case, fewest repeats, most repeats)
+POLICY = {"full": (2.0, 3, 21), "quick": (0.25, 1, 5)}
+
+
+def time_runner(runner, budget, min_repeats, max_repeats):
+    """Warm up once (not counted), then time ``run`` after ``reset`` as often as fits.
+
+    The number of repeats is ``budget`` divided by the warm-up's time, within
+    ``[min_repeats, max_repeats]``. Returns ``(median, times, warmup, result)`` with
+    ``result`` what the warm-up run produced.
+    """
+    runner.reset()
+    t0 = time.perf_counter()
+    runner.run()
+    warmup = time.perf_counter() - t0
+    result = runner.result()
+    n = int(min(max_repeats, max(min_repeats, budget // max(warmup, 1e-9))))
+    times = []
+    for _ in range(n):
+        runner.reset()
+        t0 = time.perf_counter()
+        runner.run()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times, warmup, result
+
+
+def gemm_rate(dtype, repeats=3):
+    """GFLOP/s of a GEMN_N-square matrix product through NumPy (median of ``repeats``)."""
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((GEMM_N, GEMM_N)).astype(dtype)
+    B = rng.standard_normal((GEMM_N, GEMM_N)).astype(dtype)
+    A @ B  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        A @ B
+        times.append(time.perf_counter() - t0)
+    seconds = statistics.median(times)
+    return {"seconds": seconds, "gflops": 2 * GEMM_N**3 / seconds / 1e9, "n": GEMM_N}
+
+
+def _relative_difference(got, want):
+    if got is None or want is None:
+        return None
+    worst = 0.0
+    for g, w in zip(got, want):
+        g, w = np.asarray(g, dtype=np.float64), np.asarray(w, dtype=np.float64)
+        if g.shape != w.shape:
+            return float("inf")
+        scale = float(np.max(np.abs(w))) if w.size else 0.0
+        diff = float(np.max(np.abs(g - w))) if w.size else 0.0
+        worst = max(worst, diff / scale if scale > 0 else diff)
+    return worst
+
+
+def _case_data(case):
+    import bpfast
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((case.rows, case.sizes[0])).astype(case.dtype)
+    Y = rng.uniform(0.0, 1.0, (case.rows, case.sizes[-1])).astype(case.dtype)
+    net = bpfast.Network(case.sizes, activations=case.activations, dtype=case.dtype, seed=0)
+    return [W.copy() for W in net.weights], [b.copy() for b in net.biases], X, Y
+
+
+def run_comparison(cases=None, peers=PEERS, quick=False, learning_rate=LEARNING_RATE,
+                   log=None, policy=None, gemm=True):
+    """Time every case for bpfast and each available peer; returns the report (a dict).
+
+    ``log`` (a callable taking a string) hears one line per finished case. ``policy``
+    overrides ``POLICY`` with ``(budget, min_repeats, max_repeats)``; ``gemm=False`` skips
+    the GEMM-rate measurement (tests).
+    """
+    import bpfast
+
+    if cases is None:
+        cases = default_cases(quick)
+    budget, lo, hi = policy or POLICY["quick" if quick else "full"]
+    status = peer_status(peers)
+    active = [p for p in peers if status[p]["available"]]
+    report = {
+        "bpfast": bpfast.__version__,
+        "machine": machine_info(),
+        "versions": versions(),
+        "quick": bool(quick),
+        "learning_rate": learning_rate,
+        "policy": {"budget_seconds": budget, "min_repeats": lo, "max_repeats": hi},
+        "peers": status,
+        "gemm": {},
+        "results": [],
+    }
+    if gemm:
+        for dtype in sorted({c.dtype for c in cases}, key=DTYPES.index):
+            report["gemm"][dtype] = gemm_rate(dtype, repeats=1 if quick else 3)
+    for case in cases:
+        W0, b0, X, Y = _case_data(case)
+        entry = {
+            "case": case.name, "task": case.task, "label": case.label,
+            "sizes": list(case.sizes), "activations": list(case.activations),
+            "rows": case.rows, "batch": case.batch, "dtype": case.dtype,
+            "flops": case.flops, "times": {}, "ratios": {}, "agreement": {},
+            "unsupported": [],
+        }
+        results = {}
+        for impl in ("bpfast",) + tuple(active):
+            runner = RUNNERS[impl](case, W0, b0, X, Y, learning_rate)
+            if runner is None:
+                entry["unsupported"].append(impl)
+                continue
+            median, times, warmup, result = time_runner(runner, budget, lo, hi)
+            entry["times"][impl] = {"median": median, "repeats": times, "warmup": warmup}
+            results[impl] = result
+            del runner
+        base = entry["times"]["bpfast"]["median"]
+        for impl in active:
+            if impl in entry["times"]:
+                entry["ratios"][impl] = entry["times"][impl]["median"] / base
+                entry["agreement"][impl] = _relative_difference(results[impl], results["bpfast"])
+        entry["gflops"] = case.flops / base / 1e9
+        g = report["gemm"].get(case.dtype)
+        entry["fraction_of_gemm"] = entry["gflops"] / g["gflops"] if g else None
+        report["results"].append(entry)
+        if log is not None:
+            log(_log_line(entry))
+    return report
+
+
+def _log_line(entry):
+    parts = [f"{entry['label']} {entry['dtype']}: bpfast {_ms(entry['times']['bpfast']['median'])}"]
+    for impl, r in entry["ratios"].items():
+        parts.append(f"{impl} {r:.3g}x")
+    return ", ".join(parts)
+
+
+# --------------------------------------------------------------------------------------
+# The machine and the libraries
+# --------------------------------------------------------------------------------------
+
+def cpu_name():
+    """The processor's model name (``/proc/cpuinfo``, else ``platform``)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown processor"
+
+
+def machine_info():
+    """Processor, core count, and the thread pools of the BLAS libraries in use."""
+    info = {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "pools": []}
+    try:
+        import threadpoolctl
+    except ImportError:
+        info["threads"] = os.cpu_count()
+        info["threads_source"] = "os.cpu_count (threadpoolctl not installed)"
+        return info
+    pools = threadpoolctl.threadpool_info()
+    for pool in pools:
+        info["pools"].append({k: pool.get(k) for k in (
+            "user_api", "internal_api", "version", "num_threads", "prefix", "filepath",
+            "architecture")})
+    blas = [p["num_threads"] for p in pools if p.get("user_api") == "blas"]
+    info["threads"] = max(blas) if blas else os.cpu_count()
+    info["threads_source"] = "threadpoolctl (BLAS)" if blas else "os.cpu_count"
+    return info
+
+
+def versions():
+    """Versions of Python and the libraries in the comparison that are installed."""
+    out = {"python": platform.python_version(), "numpy": np.__version__}
+    for name, module in (("scipy", "scipy"), ("torch", "torch"), ("jax", "jax"),
+                         ("jaxlib", "jaxlib"), ("scikit-learn", "sklearn"),
+                         ("threadpoolctl", "threadpoolctl")):
+        if module in sys.modules or _importable(module):
+            try:
+                out[name] = __import__(module).__version__
+            except Exception:  # pragma: no cover - a broken install
+                pass
+    import bpfast
+    out["bpfast"] = bpfast.__version__
+    return out
+
+
+def _importable(module):
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+# --------------------------------------------------------------------------------------
+# Output: the table, the plot, the JSON
+# --------------------------------------------------------------------------------------
+
+def _ms(seconds):
+    if seconds is None:
+        return "-"
+    if seconds >= 10:
+        return f"{seconds:.1f} s"
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    ms = seconds * 1e3
+    return f"{ms:.0f} ms" if ms >= 100 else f"{ms:.3g} ms"
+
+
+def _ratio(r):
+    if r is None:
+        return "-"
+    return f"{r:.0f}x" if r >= 100 else f"{r:.3g}x"
+
+
+def header_lines(report):
+    """The lines that say what ran where: processor, threads, library versions, GEMM rate."""
+    m, v = report["machine"], report["versions"]
+    blas = sorted({f"{p['internal_api']} {p['version']}" for p in m.get("pools", [])
+                   if p.get("user_api") == "blas" and p.get("internal_api")})
+    lib = ", ".join(f"{k} {v[k]}" for k in ("numpy", "scipy", "torch", "jax", "scikit-learn")
+                    if k in v)
+    lines = [
+        f"bpfast {report['bpfast']} speed comparison"
+        + (" (--quick: large cases capped at " f"{QUICK_ROWS:,} rows)" if report.get("quick") else ""),
+        f"processor: {m['cpu']}, {m['cores']} cores, {m['threads']} threads"
+        + (f" (BLAS: {', '.join(blas)})" if blas else ""),
+        f"libraries: {lib}",
+    ]
+    if report.get("gemm"):
+        rates = ", ".join(f"{dt} {g['gflops']:.1f} GFLOP/s" for dt, g in report["gemm"].items())
+        lines.append(f"GEMM {GEMM_N}x{GEMM_N} @ {GEMM_N}x{GEMM_N} through NumPy: {rates}")
+    return lines
+
+
+def format_table(report):
+    """The report as readable text: header lines, the case legend, the table, notes."""
+    peers = [p for p in PEERS if p in report["peers"]]
+    avail = [p for p in peers if report["peers"][p]["available"]]
+    lines = header_lines(report)
+    lines.append("")
+    lines.append("cases:")
+    seen = {}
+    for e in report["results"]:
+        key = e["label"]
+        if key not in seen:
+            seen[key] = Case(e["case"], e["task"], tuple(e["sizes"]), tuple(e["activations"]),
+                             e["rows"], e["batch"], e["dtype"]).describe()
+    width = max((len(k) for k in seen), default=4)
+    for key, text in seen.items():
+        lines.append(f"  {key:<{width}}  {text}")
+    lines.append("")
+    lines.append(
+        f"bpfast: median time per run; GFLOP/s and its fraction of the GEMM rate. "
+        f"Peers: their time / bpfast's (above 1: bpfast is faster). lr {report['learning_rate']}."
+    )
+    cols = ["case", "dtype", "bpfast", "GFLOP/s", "of GEMM"] + [
+        p + ("*" if p == "sklearn" else "") for p in peers]
+    rows = []
+    for e in report["results"]:
+        frac = e.get("fraction_of_gemm")
+        row = [e["label"], e["dtype"], _ms(e["times"]["bpfast"]["median"]),
+               f"{e['gflops']:.1f}", "-" if frac is None else f"{100 * frac:.0f}%"]
+        for p in peers:
+            if not report["peers"][p]["available"]:
+                row.append("n/i")
+            elif p in e["unsupported"]:
+                row.append("n/a")
+            else:
+                row.append(_ratio(e["ratios"].get(p)))
+        rows.append(row)
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c)
+              for i, c in enumerate(cols)]
+    left = {0, 1}
+
+    def fmt(cells):
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    lines.append(fmt(cols))
+    lines.append(fmt(["-" * w for w in widths]))
+    lines.extend(fmt(r) for r in rows)
+    lines.append("")
+    # agreement: the worst relative difference per peer and dtype
+    agree = []
+    for dtype in DTYPES:
+        parts = []
+        for p in avail:
+            vals = [e["agreement"].get(p) for e in report["results"]
+                    if e["dtype"] == dtype and p in e["agreement"]]
+            vals = [v for v in vals if v is not None]
+            if vals:
+                parts.append(f"{p} {max(vals):.1e}")
+        if parts:
+            agree.append(f"{dtype}: " + ", ".join(parts))
+    if agree:
+        lines.append("same results as bpfast (largest relative difference of the parameters "
+                     "after an epoch, outputs, gradients): " + "; ".join(agree))
+    missing = [f"{p} ({report['peers'][p]['reason']})" for p in peers
+               if not report["peers"][p]["available"]]
+    if missing:
+        lines.append("n/i: not installed: " + ", ".join(missing))
+    if "sklearn" in peers:
+        lines.append("* sklearn's MLPRegressor has an identity output layer and no public "
+                     "gradient: same work, not the same function (n/a: not comparable)")
+    return "\n".join(lines)
+
+
+def plot_speedups(report, path):
+    """A bar chart of each peer's time over bpfast's, per case, written to ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    peers = [p for p in PEERS if report["peers"].get(p, {}).get("available")]
+    labels = [f"{e['label']}\n{e['dtype']}" for e in report["results"]]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(labels) + 2), 4.8))
+    width = 0.8 / max(len(peers), 1)
+    x = np.arange(len(labels))
+    for k, peer in enumerate(peers):
+        vals = [e["ratios"].get(peer, np.nan) for e in report["results"]]
+        bars = ax.bar(x + (k - (len(peers) - 1) / 2) * width, vals, width, label=peer)
+        for rect, v in zip(bars, vals):
+            if np.isfinite(v):
+                ax.annotate(f"{v:.2g}", (rect.get_x() + rect.get_width() / 2, v),
+                            ha="center", va="bottom", fontsize=6)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_ylabel("peer time / bpfast time (above 1: bpfast faster)")
+    head = header_lines(report)
+    ax.set_title(head[0] + "\n" + "\n".join(h for h in head[1:3]), fontsize=8)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _atomic(path, lambda f: fig.savefig(f, format="png", dpi=120), binary=True)
+    plt.close(fig)
+
+
+def _atomic(path, write, binary=False):
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".bpfast-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(report, path):
+    _atomic(path, lambda f: json.dump(report, f, indent=1))
+
+
+# --------------------------------------------------------------------------------------
+# Command line (``bpfast bench`` and ``bench/compare.py``)
+# --------------------------------------------------------------------------------------
+
+def add_arguments(parser):
+    parser.add_argument("--quick", action="store_true",
+                        help=f"fewer repeats, and at most {QUICK_ROWS:,} rows in the large "
+                             "cases (well under a minute)")
+    parser.add_argument("--plot", metavar="PNG", help="write a speed-up bar chart (matplotlib)")
+    parser.add_argument("--json", metavar="FILE", help="write every number to a JSON file")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="limit the BLAS/OpenMP threads (threadpoolctl), torch's and "
+                             "JAX's to N")
+    parser.add_argument("--peers", default=",".join(PEERS), metavar="LIST",
+                        help=f"peers to compare with, comma-separated (default: {','.join(PEERS)}; "
+                             "those not installed are skipped)")
+    parser.add_argument("--cases", metavar="LIST",
+                        help="only these cases, e.g. S1,S32,M,L,forward,backprop (default: all)")
+    parser.add_argument("--dtypes", default=",".join(DTYPES), metavar="LIST",
+                        help="float64,float32 (default: both)")
+    return parser
+
+
+class UsageError(ValueError):
+    """A bad option value (the command line reports it and exits with status 2)."""
+
+
+def run_from_args(args, out=None, err=None):
+    """Run the comparison as ``args`` say; print the table; returns the exit status."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    peers = tuple(p.strip() for p in args.peers.split(",") if p.strip())
+    for p in peers:
+        if p not in PEERS:
+            raise UsageError(f"--peers: unknown peer {p!r}; choose from {', '.join(PEERS)}")
+    dtypes = tuple(d.strip() for d in args.dtypes.split(",") if d.strip())
+    for d in dtypes:
+        if d not in DTYPES:
+            raise UsageError(f"--dtypes: unknown dtype {d!r}; choose from {', '.join(DTYPES)}")
+    names = None
+    if args.cases:
+        names = [c.strip() for c in args.cases.split(",") if c.strip()]
+        known = set(CONFIGS) | {t for t, _ in EXTRA}
+        for n in names:
+            if n not in known:
+                raise UsageError(f"--cases: unknown case {n!r}; choose from "
+                                 f"{', '.join(list(CONFIGS) + [t for t, _ in EXTRA])}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads: expected a positive number, got {args.threads}")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise MissingExtra("--plot needs matplotlib: pip install 'bpfast[plot]'") from None
+    cases = default_cases(args.quick, names, dtypes)
+    if not cases:
+        raise UsageError("no cases selected")
+
+    def log(line):
+        print(line, file=err, flush=True)
+
+    with _thread_limit(args.threads, log):
+        report = run_comparison(cases, peers=peers, quick=args.quick, log=log)
+    if args.threads is not None:
+        report["machine"]["threads_requested"] = args.threads
+    print(format_table(report), file=out)
+    if args.json:
+        write_json(report, args.json)
+        print(f"wrote {args.json}", file=out)
+    if args.plot:
+        plot_speedups(report, args.plot)
+        print(f"wrote {args.plot}", file=out)
+    return 0
+
+
+class MissingExtra(RuntimeError):
+    """An optional dependency an option needs is not installed."""
+
+
+class _thread_limit:
+    """``threadpool_limits(N)`` plus torch's and JAX's thread counts, when N is given."""
+
+    def __init__(self, n, log):
+        self.n, self.log, self.ctx, self.torch_before = n, log, None, None
+
+    def __enter__(self):
+        if self.n is None:
+            return self
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            self.log("threadpoolctl is not installed: BLAS threads left as they are "
+                     "(set OPENBLAS_NUM_THREADS before starting instead)")
+        else:
+            self.ctx = threadpool_limits(limits=self.n)
+            self.ctx.__enter__()
+        if "jax" not in sys.modules:  # XLA reads its flags once, at import
+            flags = os.environ.get("XLA_FLAGS", "")
+            if self.n == 1:
+                flags += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+            os.environ["XLA_FLAGS"] = flags.strip()
+        if _importable("torch"):
+            import torch
+            self.torch_before = torch.get_num_threads()
+            torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        if self.ctx is not None:
+            self.ctx.__exit__(*exc)
+        if self.torch_before is not None:
+            import torch
+            torch.set_num_threads(self.torch_before)
+        return False
+
+
+def build_parser(prog="compare.py"):
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Time one SGD epoch (and a forward pass and a backprop) of bpfast against "
+                    "the NumPy reference and the peers that are installed (PyTorch, JAX, "
+                    "scikit-learn), and against the machine's GEMM rate.",
+    )
+    return add_arguments(parser)
+
+
+def main(argv=None, prog="compare.py"):
+    """``python bench/compare.py [--quick] [--plot speed.png] [--json out.json]``."""
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    try:
+        return run_from_args(args)
+    except (UsageError, MissingExtra) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,474 @@
+"""scikit-learn's ``MLPRegressor`` and ``MLPClassifier`` on bpfast's compiled kernels.
+
+>>> from bpfast.sklearn import MLPClassifier        # instead of sklearn.neural_network
+>>> clf = MLPClassifier(hidden_layer_sizes=(64,), solver="sgd", random_state=0)
+
+Both classes subclass scikit-learn's own estimators (``sklearn.neural_network``) and
+replace only the two training loops:
+
+* ``solver="sgd"`` / ``"adam"``: every epoch is one call of the compiled
+  ``_kernels.Trainer.epoch`` (all batches: forward, back-propagation, L2 penalty and the
+  optimizer step, without the GIL). Python runs once per epoch what scikit-learn runs once
+  per epoch: the shuffle (the same ``sklearn.utils.shuffle`` calls on the same random
+  state, passed to the kernel as the row ``order``), the learning-rate schedule
+  (scikit-learn's own ``SGDOptimizer`` / ``AdamOptimizer`` objects hold the schedule and,
+  between ``partial_fit`` calls, the velocities or moments), the loss curve, early
+  stopping and the warnings.
+* ``solver="lbfgs"``: ``scipy.optimize.minimize(method="L-BFGS-B", jac=True)`` with
+  scikit-learn's options, each loss-and-gradient evaluation one compiled full-batch
+  ``Trainer.gradient`` call.
+
+Everything else -- parameters and their validation, initialisation, input checks, label
+handling, prediction, scoring, tags, ``get_params`` / ``set_params`` / ``clone`` /
+``repr``, attributes, warnings and errors -- is scikit-learn's code, so the estimators
+are drop-in replacements; with the same ``random_state`` they follow scikit-learn's
+training trajectory to rounding.
+
+Differences worth knowing:
+
+* Sparse ``X`` is converted to a dense array for training (the kernels are dense);
+  prediction accepts sparse input as in scikit-learn.
+* Training runs in one dtype: ``X``'s (float32 stays float32), or float64 when the
+  parameters are float64 while ``X`` is float32 (scikit-learn computes in float64 there
+  too; e.g. a warm start after an lbfgs fit, which leaves float64 coefficients).
+* Rare cases outside the kernels fall back to scikit-learn's NumPy code, with identical
+  results: a batch whose loss is NaN or infinite (the kernel stops before the update; that
+  batch runs in NumPy, then the kernel resumes), lbfgs with a non-positive sum of sample
+  weights, and a regressor whose ``loss`` was changed before a warm start (output layer and
+  loss then do not pair canonically).
+
+Importing ``bpfast`` never imports scikit-learn; importing ``bpfast.sklearn`` does.
+"""
+import warnings
+
+import numpy as np
+import scipy.optimize
+import scipy.sparse
+from sklearn.base import is_classifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+from sklearn.neural_network import MLPClassifier as _SkMLPClassifier
+from sklearn.neural_network import MLPRegressor as _SkMLPRegressor
+from sklearn.neural_network._stochastic_optimizers import AdamOptimizer, SGDOptimizer
+from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
+from sklearn.utils.optimize import _check_optimize_result
+
+from . import _kernels
+from .activations import ACTIVATIONS
+
+__all__ = ["MLPClassifier", "MLPRegressor"]
+
+#: scikit-learn activation name -> bpfast kernel activation code
+_ACTIVATION_CODES = {
+    name: ACTIVATIONS.index(bp)
+    for name, bp in [("identity", "identity"), ("logistic", "sigmoid"), ("tanh", "tanh"),
+                     ("relu", "relu"), ("softmax", "softmax"), ("exp", "exp")]
+}
+
+#: (scikit-learn loss, output activation) -> kernel loss code. These are the pairs for
+#: which scikit-learn's output delta ``A - Y`` is the true gradient, as in the kernels.
+_LOSS_CODES = {
+    ("squared_error", "identity"): 0,
+    ("log_loss", "softmax"): 1,
+    ("log_loss", "logistic"): 2,
+    ("poisson", "exp"): 3,
+}
+
+_SGD, _ADAM = 0, 1
+
+
+def _dense(X, dtype):
+    """A C-contiguous dense array of ``dtype`` (a copy only when needed)."""
+    if scipy.sparse.issparse(X):
+        X = X.toarray()
+    return np.ascontiguousarray(X, dtype=dtype)
+
+
+class _CompiledTraining:
+    """The training loops of scikit-learn's ``BaseMultilayerPerceptron``, on bpfast kernels.
+
+    Mixed in before scikit-learn's estimator classes; overrides ``_fit_stochastic`` and
+    ``_fit_lbfgs`` with the same signatures and semantics.
+    """
+
+    # -- what the kernels are told ------------------------------------------------------
+
+    def _kernel_spec(self, n_outputs):
+        """(activation codes, kernel loss code, loss scale), or None when the output layer
+        and the loss do not pair canonically (then scikit-learn's code trains)."""
+        loss = "log_loss" if is_classifier(self) else self.loss
+        code = _LOSS_CODES.get((loss, self.out_activation_))
+        if code is None:
+            return None
+        hidden = _ACTIVATION_CODES[self.activation]
+        codes = np.array([hidden] * (self.n_layers_ - 2)
+                         + [_ACTIVATION_CODES[self.out_activation_]], dtype=np.intc)
+        # scikit-learn's squared error averages over the outputs; its gradient does not
+        scale = 1.0 / n_outputs if code == 0 else 1.0
+        return codes, code, scale
+
+    def _training_dtype(self, X_dtype):
+        """X's dtype, or float64 when any parameter is float64 (NumPy's promotion, as
+        scikit-learn's own products of X with the parameters)."""
+        return np.result_type(
+            X_dtype, *[np.asarray(p).dtype for p in self.coefs_ + self.intercepts_]
+        )
+
+    # -- stochastic solvers -------------------------------------------------------------
+
+    def _fit_stochastic(self, X, y, sample_weight, activations, deltas, coef_grads,
+                        intercept_grads, layer_units, incremental):
+        spec = self._kernel_spec(y.shape[1])
+        if spec is None:
+            return super()._fit_stochastic(
+                X, y, sample_weight, activations, deltas, coef_grads, intercept_grads,
+                layer_units, incremental,
+            )
+        codes, loss_code, loss_scale = spec
+        params = self.coefs_ + self.intercepts_
+        if not incremental or not hasattr(self, "_optimizer"):
+            # scikit-learn's optimizer objects keep the learning-rate schedule and, between
+            # calls, the optimizer state; the kernel does the updates
+            if self.solver == "sgd":
+                self._optimizer = SGDOptimizer(
+                    params, self.learning_rate_init, self.learning_rate, self.momentum,
+                    self.nesterovs_momentum, self.power_t,
+                )
+            elif self.solver == "adam":
+                self._optimizer = AdamOptimizer(
+                    params, self.learning_rate_init, self.beta_1, self.beta_2, self.epsilon,
+                )
+        optimizer = self._optimizer
+
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        early_stopping = self.early_stopping
+        if early_stopping:
+            # stratified like scikit-learn, except for multilabel targets
+            stratify = y if is_classifier(self) and self.n_outputs_ == 1 else None
+            arrays = (X, y) if sample_weight is None else (X, y, sample_weight)
+            split = train_test_split(
+                *arrays, random_state=self._random_state,
+                test_size=self.validation_fraction, stratify=stratify,
+            )
+            X_train, X_val, y_train, y_val = split[:4]
+            sw_train, sw_val = split[4:] if sample_weight is not None else (None, None)
+            if X_val.shape[0] < 2:
+                raise ValueError(
+                    "The validation set is too small. Increase 'validation_fraction' "
+                    "or the size of your dataset."
+                )
+            if is_classifier(self):
+                y_val = self._label_binarizer.inverse_transform(y_val)
+        else:
+            X_train, y_train, sw_train = X, y, sample_weight
+            X_val = y_val = sw_val = None
+
+        n_samples = X_train.shape[0]
+        if self.batch_size == "auto":
+            batch_size = min(200, n_samples)
+        else:
+            if self.batch_size > n_samples:
+                warnings.warn(
+                    "Got `batch_size` less than 1 or larger than "
+                    "sample size. It is going to be clipped"
+                )
+            batch_size = int(np.clip(self.batch_size, 1, n_samples))
+
+        dtype = self._training_dtype(X_train.dtype)
+        Xk = _dense(X_train, dtype)
+        Yk = np.ascontiguousarray(y_train, dtype=dtype)
+        wk = None if sw_train is None else np.ascontiguousarray(sw_train, dtype=dtype)
+
+        # the kernel's layout: W^l = coefs_[l].T, C-contiguous; private copies
+        original_coefs, original_intercepts = self.coefs_, self.intercepts_
+        W = [np.array(c, dtype=dtype, order="F").T for c in original_coefs]
+        b = [np.array(v, dtype=dtype) for v in original_intercepts]
+        is_adam = isinstance(optimizer, AdamOptimizer)
+        # without momentum the velocities never enter an update: plain SGD in the kernel
+        velocity = not is_adam and optimizer.momentum != 0
+        trainer = _kernels.Trainer(W, b, codes, Xk.shape[1], batch_size, loss_code,
+                                   _ADAM if is_adam else _SGD, velocity)
+        self._load_optimizer_state(optimizer, trainer.state, len(W))
+        # during training coefs_ are views of the kernel's weights: validation scores
+        # (early stopping) and the NumPy fallback see the current parameters
+        self.coefs_ = [w.T for w in W]
+        self.intercepts_ = list(b)
+        sample_idx = np.arange(n_samples, dtype=int)
+        try:
+            try:
+                self.n_iter_ = 0
+                for it in range(self.max_iter):
+                    if self.shuffle:
+                        # sklearn.utils.shuffle(sample_idx, random_state=...), the same
+                        # draw without its per-call validation overhead
+                        perm = self._random_state.permutation(n_samples)
+                        sample_idx = sample_idx[perm]
+                        order = np.ascontiguousarray(sample_idx, dtype=np.intp)
+                    else:
+                        order = None
+                    loss_sum = self._epoch(trainer, optimizer, W, b, Xk, Yk, wk, order,
+                                           batch_size, loss_scale)
+                    self.n_iter_ += 1
+                    self.loss_ = dtype.type(loss_sum / n_samples)
+                    self.t_ += n_samples
+                    self.loss_curve_.append(self.loss_)
+                    if self.verbose:
+                        print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
+
+                    self._update_no_improvement_count(early_stopping, X_val, y_val, sw_val)
+                    optimizer.iteration_ends(self.t_)
+
+                    if self._no_improvement_count > self.n_iter_no_change:
+                        if early_stopping:
+                            msg = (
+                                "Validation score did not improve more than "
+                                "tol=%f for %d consecutive epochs."
+                                % (self.tol, self.n_iter_no_change)
+                            )
+                        else:
+                            msg = (
+                                "Training loss did not improve more than tol=%f"
+                                " for %d consecutive epochs."
+                                % (self.tol, self.n_iter_no_change)
+                            )
+                        if optimizer.trigger_stopping(msg, self.verbose):
+                            break
+                        self._no_improvement_count = 0
+
+                    if incremental:
+                        break
+
+                    if self.n_iter_ == self.max_iter:
+                        warnings.warn(
+                            "Stochastic Optimizer: Maximum iterations (%d) "
+                            "reached and the optimization hasn't converged yet."
+                            % self.max_iter,
+                            ConvergenceWarning,
+                        )
+            except KeyboardInterrupt:
+                warnings.warn("Training interrupted by user.")
+        finally:
+            self._save_optimizer_state(optimizer, trainer.state, len(W))
+            self.coefs_ = [_write_back(o, w.T) for o, w in zip(original_coefs, W)]
+            self.intercepts_ = [_write_back(o, v) for o, v in zip(original_intercepts, b)]
+
+        if early_stopping:
+            # restore best weights
+            self.coefs_ = self._best_coefs
+            self.intercepts_ = self._best_intercepts
+
+    def _epoch(self, trainer, optimizer, W, b, X, Y, w, order, batch_size, loss_scale):
+        """One epoch in the kernel; returns the sum of batch losses times batch rows.
+
+        The kernel stops before the update of a batch whose loss is not finite (NaN
+        weights, overflow, a batch of zero total weight); scikit-learn carries on with
+        that batch's update, so that batch runs here in NumPy and the kernel resumes.
+        """
+        n = X.shape[0]
+        start, loss_sum = 0, 0.0
+        while start < n:
+            if start == 0:
+                Xs, Ys, ws, o = X, Y, w, order
+            else:
+                rest = order[start:] if order is not None else slice(start, None)
+                Xs, Ys = X[rest], Y[rest]
+                ws = None if w is None else w[rest]
+                o = None
+            if isinstance(optimizer, AdamOptimizer):
+                batch_sum, optimizer.t, bad = trainer.epoch(
+                    Xs, Ys, ws, o, optimizer.learning_rate_init, 0.0, False,
+                    optimizer.beta_1, optimizer.beta_2, optimizer.epsilon, self.alpha,
+                    loss_scale, optimizer.t,
+                )
+                if optimizer.t > 0:
+                    optimizer.learning_rate = (
+                        optimizer.learning_rate_init
+                        * np.sqrt(1 - optimizer.beta_2**optimizer.t)
+                        / (1 - optimizer.beta_1**optimizer.t)
+                    )
+            else:
+                batch_sum, _, bad = trainer.epoch(
+                    Xs, Ys, ws, o, optimizer.learning_rate, optimizer.momentum,
+                    optimizer.nesterov, 0.9, 0.999, 1e-8, self.alpha, loss_scale, 0,
+                )
+            loss_sum += batch_sum
+            if bad < 0:
+                break
+            start += bad * batch_size
+            stop = min(start + batch_size, n)
+            rows = order[start:stop] if order is not None else slice(start, stop)
+            batch_loss = self._numpy_step(trainer, optimizer, W, b, X[rows], Y[rows],
+                                          None if w is None else w[rows])
+            loss_sum += batch_loss * (stop - start)
+            start = stop
+        return loss_sum
+
+    def _numpy_step(self, trainer, optimizer, W, b, X, Y, w):
+        """One batch with scikit-learn's NumPy back-propagation and update rules, on the
+        kernel's parameters and optimizer state (``coefs_`` are views of ``W`` here)."""
+        L = len(W)
+        activations = [X] + [None] * L
+        deltas = [None] * L
+        coef_grads, intercept_grads = [None] * L, [None] * L
+        loss, coef_grads, intercept_grads = self._backprop(
+            X, Y, w, activations, deltas, coef_grads, intercept_grads
+        )
+        grads = [g.T for g in coef_grads] + list(intercept_grads)
+        params = W + b
+        state = trainer.state
+        if isinstance(optimizer, AdamOptimizer):
+            optimizer.t += 1
+            b1, b2 = optimizer.beta_1, optimizer.beta_2
+            lr = (optimizer.learning_rate_init * np.sqrt(1 - b2**optimizer.t)
+                  / (1 - b1**optimizer.t))
+            optimizer.learning_rate = lr
+            for p, m, v, g in zip(params, state[:2 * L], state[2 * L:], grads):
+                m[...] = b1 * m + (1 - b1) * g
+                v[...] = b2 * v + (1 - b2) * (g**2)
+                p += -lr * m / (np.sqrt(v) + optimizer.epsilon)
+        elif not state:  # plain SGD, no velocities kept
+            for p, g in zip(params, grads):
+                p -= optimizer.learning_rate * g
+        else:
+            mu, lr = optimizer.momentum, optimizer.learning_rate
+            for p, v, g in zip(params, state, grads):
+                v[...] = mu * v - lr * g
+                p += mu * v - lr * g if optimizer.nesterov else v
+        return loss
+
+    @staticmethod
+    def _load_optimizer_state(optimizer, state, L):
+        """Copy scikit-learn's velocities (or Adam moments) into the kernel's state."""
+        if not state:
+            return
+        if isinstance(optimizer, AdamOptimizer):
+            held = list(optimizer.ms) + list(optimizer.vs)
+        else:
+            held = list(optimizer.velocities)
+        for k, (dst, src) in enumerate(zip(state, held)):
+            src = np.asarray(src)
+            dst[...] = src.T if k % (2 * L) < L else src
+
+    @staticmethod
+    def _save_optimizer_state(optimizer, state, L):
+        """The kernel's optimizer state back into scikit-learn's optimizer object."""
+        if not state:
+            return
+        arrays = [np.ascontiguousarray(s.T) if k % (2 * L) < L else s.copy()
+                  for k, s in enumerate(state)]
+        if isinstance(optimizer, AdamOptimizer):
+            optimizer.ms, optimizer.vs = arrays[:2 * L], arrays[2 * L:]
+        else:
+            optimizer.velocities = arrays
+
+    # -- lbfgs ----------------------------------------------------------------------------
+
+    def _fit_lbfgs(self, X, y, sample_weight, activations, deltas, coef_grads,
+                   intercept_grads, layer_units):
+        spec = self._kernel_spec(y.shape[1])
+        if spec is None or (sample_weight is not None
+                            and not np.sum(sample_weight, dtype=np.float64) > 0):
+            return super()._fit_lbfgs(
+                X, y, sample_weight, activations, deltas, coef_grads, intercept_grads,
+                layer_units,
+            )
+        codes, loss_code, loss_scale = spec
+
+        # scikit-learn's packing: all coefs_ (n_in, n_out) raveled, then all intercepts_
+        self._coef_indptr = []
+        self._intercept_indptr = []
+        start = 0
+        for i in range(self.n_layers_ - 1):
+            n_fan_in, n_fan_out = layer_units[i], layer_units[i + 1]
+            end = start + n_fan_in * n_fan_out
+            self._coef_indptr.append((start, end, (n_fan_in, n_fan_out)))
+            start = end
+        for i in range(self.n_layers_ - 1):
+            end = start + layer_units[i + 1]
+            self._intercept_indptr.append((start, end))
+            start = end
+        packed = np.hstack([np.ravel(p) for p in self.coefs_ + self.intercepts_])
+
+        # scipy hands fun x in x0's dtype; scikit-learn's products of X with it promote
+        dtype = np.result_type(X.dtype, packed.dtype)
+        Xk = _dense(X, dtype)
+        Yk = np.ascontiguousarray(y, dtype=dtype)
+        wk = None if sample_weight is None else np.ascontiguousarray(sample_weight, dtype)
+        W = [np.empty(shape[::-1], dtype) for _, _, shape in self._coef_indptr]
+        b = [np.empty(e - s, dtype) for s, e in self._intercept_indptr]
+        trainer = _kernels.Trainer(W, b, codes, Xk.shape[1], Xk.shape[0], loss_code,
+                                   _SGD, False)
+        dW, db = trainer.gradients
+        alpha = float(self.alpha)
+
+        def loss_grad(x):
+            for (s, e, shape), w in zip(self._coef_indptr, W):
+                w[...] = x[s:e].reshape(shape).T
+            for (s, e), v in zip(self._intercept_indptr, b):
+                v[...] = x[s:e]
+            loss = trainer.gradient(Xk, Yk, wk, alpha, loss_scale)
+            grad = np.empty(start, dtype)
+            for (s, e, shape), g in zip(self._coef_indptr, dW):
+                grad[s:e].reshape(shape)[...] = g.T
+            for (s, e), g in zip(self._intercept_indptr, db):
+                grad[s:e] = g
+            return dtype.type(loss), grad
+
+        iprint = 1 if self.verbose is True or self.verbose >= 1 else -1
+        opt_res = scipy.optimize.minimize(
+            loss_grad,
+            packed,
+            method="L-BFGS-B",
+            jac=True,
+            options={
+                "maxfun": self.max_fun,
+                "maxiter": self.max_iter,
+                "gtol": self.tol,
+                **_get_additional_lbfgs_options_dict("iprint", iprint),
+            },
+        )
+        self.n_iter_ = _check_optimize_result("lbfgs", opt_res, self.max_iter)
+        self.loss_ = opt_res.fun
+        self._unpack(opt_res.x)
+
+
+def _write_back(original, trained):
+    """``trained`` copied into ``original`` in place when it is a writable array of that
+    shape (scikit-learn updates its parameter arrays in place), else a C-contiguous copy."""
+    if (isinstance(original, np.ndarray) and original.shape == trained.shape
+            and original.flags.writeable):
+        original[...] = trained
+        return original
+    return np.ascontiguousarray(trained)
+
+
+class MLPClassifier(_CompiledTraining, _SkMLPClassifier):
+    """Multi-layer perceptron classifier: scikit-learn's ``MLPClassifier`` trained by
+    bpfast's compiled kernels.
+
+    The same parameters, defaults, methods, attributes, warnings and errors as
+    ``sklearn.neural_network.MLPClassifier`` (see its documentation); this class
+    subclasses it and replaces only the training loops (see :mod:`bpfast.sklearn`).
+    Sparse ``X`` is densified for training.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from bpfast.sklearn import MLPClassifier
+    >>> X, y = load_digits(return_X_y=True)
+    >>> clf = MLPClassifier((64,), solver="sgd", random_state=0).fit(X / 16, y)
+    >>> clf.score(X / 16, y) > 0.9
+    True
+    """
+
+
+class MLPRegressor(_CompiledTraining, _SkMLPRegressor):
+    """Multi-layer perceptron regressor: scikit-learn's ``MLPRegressor`` trained by
+    bpfast's compiled kernels.
+
+    The same parameters (``loss`` ``"squared_error"`` or ``"poisson"``), defaults, methods,
+    attributes, warnings and errors as ``sklearn.neural_network.MLPRegressor`` (see its
+    documentation); this class subclasses it and replaces only the training loops (see
+    :mod:`bpfast.sklearn`). Sparse ``X`` is densified for training.
+    """
