@@ -21,6 +21,18 @@ cimport numpy as cnp
 import numpy as np
 
 from ._blas cimport gemm, bpfast_small_gemm_limit
+
+cdef extern from "_reduce.h" nogil:
+    double bpfast_sumsq_d(const double* x, Py_ssize_t n)
+    double bpfast_sumsq_f(const float* x, Py_ssize_t n)
+
+
+cdef inline double sumsq(const floating* x, Py_ssize_t n) noexcept nogil:
+    """sum_k x_k^2, accumulated in double (a vectorised reduction)."""
+    if floating is double:
+        return bpfast_sumsq_d(x, n)
+    else:
+        return bpfast_sumsq_f(x, n)
 from ._activation_math cimport (activate, derivative, softmax_row, relu, relu_prime,
                                leaky_relu, leaky_relu_prime, IDENTITY, SIGMOID,
                                TANH, RELU, LEAKY_RELU, SOFTPLUS, SILU, SOFTMAX, EXP)
@@ -281,6 +293,23 @@ cdef void* checked_data(object arr, str name, int typenum, Py_ssize_t rows,
     return cnp.PyArray_DATA(a)
 
 
+cdef int check_permutation(const Py_ssize_t* order, Py_ssize_t n) except -1:
+    """Raise unless order[0..n) holds every index 0..n-1 exactly once (O(n))."""
+    cdef unsigned char* seen = <unsigned char*>calloc(n, 1)
+    cdef Py_ssize_t i, k
+    if seen == NULL:
+        raise MemoryError()
+    try:
+        for i in range(n):
+            k = order[i]
+            if k < 0 or k >= n or seen[k]:
+                raise ValueError("order: expected a permutation of range(n_samples)")
+            seen[k] = 1
+    finally:
+        free(seen)
+    return 0
+
+
 cdef class Layers:
     """Raw pointers to one network's parameters and buffers for a batch of m rows.
 
@@ -483,8 +512,8 @@ cdef double l2_penalty(int L, const int* sizes, floating** W, floating** dW,
     cdef double sq = 0
     for l in range(L):
         N = <Py_ssize_t>sizes[l + 1] * sizes[l]
+        sq += sumsq(W[l], N)
         for k in range(N):
-            sq += <double>W[l][k] * W[l][k]
             dW[l][k] += scale * W[l][k]
     return sq
 
@@ -511,11 +540,9 @@ cdef double batch_gradient(
 cdef double sum_of_squares(int L, const int* sizes, floating** W) noexcept nogil:
     """sum over layers of ||W[l]||^2, in double."""
     cdef int l
-    cdef Py_ssize_t k
     cdef double sq = 0
     for l in range(L):
-        for k in range(<Py_ssize_t>sizes[l + 1] * sizes[l]):
-            sq += <double>W[l][k] * W[l][k]
+        sq += sumsq(W[l], <Py_ssize_t>sizes[l + 1] * sizes[l])
     return sq
 
 
@@ -772,8 +799,7 @@ cdef class Trainer(Layers):
             w = checked_data(sample_weight, "sample_weight", self.typenum, n, -1, False)
         if order is not None:
             o = checked_data(order, "order", cnp.NPY_INTP, n, -1, False)
-            if not np.array_equal(np.sort(order), np.arange(n)):
-                raise ValueError("order: expected a permutation of range(n_samples)")
+            check_permutation(<Py_ssize_t*>o, n)
         cdef EpochResult res
         cdef int L = self.L, cap = self.m, bs = self.batch_size, loss = self.loss
         cdef int opt = self.optimizer
