@@ -93,9 +93,13 @@ class _CompiledTraining:
 
     # -- what the kernels are told ------------------------------------------------------
 
-    def _kernel_spec(self, n_outputs):
-        """(activation codes, kernel loss code, loss scale), or None when the output layer
-        and the loss do not pair canonically (then scikit-learn's code trains)."""
+    def _kernel_spec(self, y):
+        """(activation codes, kernel loss code, loss scale), or None when scikit-learn's
+        code trains: the output layer and the loss do not pair canonically, or the targets
+        are not numbers (scikit-learn then fails with its own error)."""
+        if y.dtype.kind not in "biuf":
+            return None
+        n_outputs = y.shape[1]
         loss = "log_loss" if is_classifier(self) else self.loss
         code = _LOSS_CODES.get((loss, self.out_activation_))
         if code is None:
@@ -118,7 +122,7 @@ class _CompiledTraining:
 
     def _fit_stochastic(self, X, y, sample_weight, activations, deltas, coef_grads,
                         intercept_grads, layer_units, incremental):
-        spec = self._kernel_spec(y.shape[1])
+        spec = self._kernel_spec(y)
         if spec is None:
             return super()._fit_stochastic(
                 X, y, sample_weight, activations, deltas, coef_grads, intercept_grads,
@@ -176,6 +180,9 @@ class _CompiledTraining:
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
 
         dtype = self._training_dtype(X_train.dtype)
+        # the type of loss_: scikit-learn multiplies each batch's loss by the batch's row
+        # count, an np.int64 when batch_size was given (np.clip), which promotes float32
+        loss_type = dtype.type if self.batch_size == "auto" else np.float64
         Xk = _dense(X_train, dtype)
         Yk = np.ascontiguousarray(y_train, dtype=dtype)
         wk = None if sw_train is None else np.ascontiguousarray(sw_train, dtype=dtype)
@@ -210,7 +217,7 @@ class _CompiledTraining:
                     loss_sum = self._epoch(trainer, optimizer, W, b, Xk, Yk, wk, order,
                                            batch_size, loss_scale)
                     self.n_iter_ += 1
-                    self.loss_ = dtype.type(loss_sum / n_samples)
+                    self.loss_ = loss_type(loss_sum / n_samples)
                     self.t_ += n_samples
                     self.loss_curve_.append(self.loss_)
                     if self.verbose:
@@ -261,48 +268,60 @@ class _CompiledTraining:
     def _epoch(self, trainer, optimizer, W, b, X, Y, w, order, batch_size, loss_scale):
         """One epoch in the kernel; returns the sum of batch losses times batch rows.
 
-        The kernel stops before the update of a batch whose loss is not finite (NaN
-        weights, overflow, a batch of zero total weight); scikit-learn carries on with
-        that batch's update, so that batch runs here in NumPy and the kernel resumes.
+        The kernel stops before the update of a batch whose loss is not finite (overflow,
+        a batch of zero total weight, non-finite parameters); scikit-learn carries on with
+        that batch's update, so that batch runs in NumPy (:meth:`_numpy_step`) and the
+        kernel resumes with the next one. Once a parameter is NaN or infinite, the rest of
+        training runs in NumPy: from there scikit-learn's NaN propagation (e.g. through
+        relu) is followed exactly, and fit ends with scikit-learn's error anyway.
         """
         n = X.shape[0]
         start, loss_sum = 0, 0.0
+        numpy_only = not _all_finite(W + b)
         while start < n:
-            if start == 0:
-                Xs, Ys, ws, o = X, Y, w, order
-            else:
-                rest = order[start:] if order is not None else slice(start, None)
-                Xs, Ys = X[rest], Y[rest]
-                ws = None if w is None else w[rest]
-                o = None
-            if isinstance(optimizer, AdamOptimizer):
-                batch_sum, optimizer.t, bad = trainer.epoch(
-                    Xs, Ys, ws, o, optimizer.learning_rate_init, 0.0, False,
-                    optimizer.beta_1, optimizer.beta_2, optimizer.epsilon, self.alpha,
-                    loss_scale, optimizer.t,
-                )
-                if optimizer.t > 0:
-                    optimizer.learning_rate = (
-                        optimizer.learning_rate_init
-                        * np.sqrt(1 - optimizer.beta_2**optimizer.t)
-                        / (1 - optimizer.beta_1**optimizer.t)
-                    )
-            else:
-                batch_sum, _, bad = trainer.epoch(
-                    Xs, Ys, ws, o, optimizer.learning_rate, optimizer.momentum,
-                    optimizer.nesterov, 0.9, 0.999, 1e-8, self.alpha, loss_scale, 0,
-                )
-            loss_sum += batch_sum
-            if bad < 0:
-                break
-            start += bad * batch_size
+            if not numpy_only:
+                if start == 0:
+                    Xs, Ys, ws, o = X, Y, w, order
+                else:
+                    rest = order[start:] if order is not None else slice(start, None)
+                    Xs, Ys = X[rest], Y[rest]
+                    ws = None if w is None else w[rest]
+                    o = None
+                batch_sum, bad = self._kernel_epoch(trainer, optimizer, Xs, Ys, ws, o,
+                                                    loss_scale)
+                loss_sum += batch_sum
+                if bad < 0:
+                    break
+                start += bad * batch_size
             stop = min(start + batch_size, n)
             rows = order[start:stop] if order is not None else slice(start, stop)
             batch_loss = self._numpy_step(trainer, optimizer, W, b, X[rows], Y[rows],
                                           None if w is None else w[rows])
             loss_sum += batch_loss * (stop - start)
             start = stop
+            numpy_only = numpy_only or not _all_finite(W + b)
         return loss_sum
+
+    def _kernel_epoch(self, trainer, optimizer, X, Y, w, order, loss_scale):
+        """``trainer.epoch`` with the optimizer's current settings; (loss sum, bad batch)."""
+        if isinstance(optimizer, AdamOptimizer):
+            loss_sum, optimizer.t, bad = trainer.epoch(
+                X, Y, w, order, optimizer.learning_rate_init, 0.0, False,
+                optimizer.beta_1, optimizer.beta_2, optimizer.epsilon, self.alpha,
+                loss_scale, optimizer.t,
+            )
+            if optimizer.t > 0:  # what AdamOptimizer leaves after its last step
+                optimizer.learning_rate = (
+                    optimizer.learning_rate_init
+                    * np.sqrt(1 - optimizer.beta_2**optimizer.t)
+                    / (1 - optimizer.beta_1**optimizer.t)
+                )
+        else:
+            loss_sum, _, bad = trainer.epoch(
+                X, Y, w, order, optimizer.learning_rate, optimizer.momentum,
+                optimizer.nesterov, 0.9, 0.999, 1e-8, self.alpha, loss_scale, 0,
+            )
+        return loss_sum, bad
 
     def _numpy_step(self, trainer, optimizer, W, b, X, Y, w):
         """One batch with scikit-learn's NumPy back-propagation and update rules, on the
@@ -366,7 +385,7 @@ class _CompiledTraining:
 
     def _fit_lbfgs(self, X, y, sample_weight, activations, deltas, coef_grads,
                    intercept_grads, layer_units):
-        spec = self._kernel_spec(y.shape[1])
+        spec = self._kernel_spec(y)
         if spec is None or (sample_weight is not None
                             and not np.sum(sample_weight, dtype=np.float64) > 0):
             return super()._fit_lbfgs(
@@ -431,6 +450,10 @@ class _CompiledTraining:
         self.n_iter_ = _check_optimize_result("lbfgs", opt_res, self.max_iter)
         self.loss_ = opt_res.fun
         self._unpack(opt_res.x)
+
+
+def _all_finite(arrays):
+    return all(np.isfinite(a).all() for a in arrays)
 
 
 def _write_back(original, trained):
