@@ -19,6 +19,10 @@ except ImportError as err:  # pragma: no cover - only in an unbuilt source tree
         "tree, or build in place with `python setup.py build_ext --inplace`."
     ) from err
 
+from ._blas_backend import blas_info, configure as _configure_blas
+
+_configure_blas()
+
 from . import reference
 from .activations import ACTIVATIONS
 from .engine import backprop, forward, loss
@@ -37,6 +41,7 @@ __all__ = [
     "Network",
     "load",
     "backprop",
+    "blas_info",
     "check_gradient",
     "forward",
     "loss",

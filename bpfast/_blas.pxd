@@ -12,6 +12,66 @@ cdef extern from "_small_gemm.h" nogil:
                             const float* a, int lda, const float* b, int ldb,
                             float beta, float* c, int ldc)
 
+# Function pointers to another BLAS's Fortran dgemm/sgemm (NumPy's OpenBLAS), set from
+# Python by bpfast._kernels.set_blas; NULL means SciPy's cython_blas. ILP64 libraries take
+# 64-bit integers.
+cdef extern from *:
+    """
+    #include <stdint.h>
+    typedef void (*bpfast_dgemm64_t)(const char*, const char*, const int64_t*, const int64_t*,
+        const int64_t*, const double*, const double*, const int64_t*, const double*,
+        const int64_t*, const double*, double*, const int64_t*);
+    typedef void (*bpfast_sgemm64_t)(const char*, const char*, const int64_t*, const int64_t*,
+        const int64_t*, const float*, const float*, const int64_t*, const float*,
+        const int64_t*, const float*, float*, const int64_t*);
+    typedef void (*bpfast_dgemm32_t)(const char*, const char*, const int*, const int*,
+        const int*, const double*, const double*, const int*, const double*,
+        const int*, const double*, double*, const int*);
+    typedef void (*bpfast_sgemm32_t)(const char*, const char*, const int*, const int*,
+        const int*, const float*, const float*, const int*, const float*,
+        const int*, const float*, float*, const int*);
+    static void *bpfast_dgemm_ptr = NULL;
+    static void *bpfast_sgemm_ptr = NULL;
+    static int bpfast_blas_ilp64 = 0;
+
+    static void bpfast_ext_dgemm(char ta, char tb, int m, int n, int k, double alpha,
+                                 const double *a, int lda, const double *b, int ldb,
+                                 double beta, double *c, int ldc)
+    {
+        if (bpfast_blas_ilp64) {
+            int64_t M = m, N = n, K = k, LA = lda, LB = ldb, LC = ldc;
+            ((bpfast_dgemm64_t)bpfast_dgemm_ptr)(&ta, &tb, &M, &N, &K, &alpha, a, &LA, b,
+                                                 &LB, &beta, c, &LC);
+        } else {
+            ((bpfast_dgemm32_t)bpfast_dgemm_ptr)(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b,
+                                                 &ldb, &beta, c, &ldc);
+        }
+    }
+
+    static void bpfast_ext_sgemm(char ta, char tb, int m, int n, int k, float alpha,
+                                 const float *a, int lda, const float *b, int ldb,
+                                 float beta, float *c, int ldc)
+    {
+        if (bpfast_blas_ilp64) {
+            int64_t M = m, N = n, K = k, LA = lda, LB = ldb, LC = ldc;
+            ((bpfast_sgemm64_t)bpfast_sgemm_ptr)(&ta, &tb, &M, &N, &K, &alpha, a, &LA, b,
+                                                 &LB, &beta, c, &LC);
+        } else {
+            ((bpfast_sgemm32_t)bpfast_sgemm_ptr)(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b,
+                                                 &ldb, &beta, c, &ldc);
+        }
+    }
+    """
+    void* bpfast_dgemm_ptr
+    void* bpfast_sgemm_ptr
+    int bpfast_blas_ilp64
+    void bpfast_ext_dgemm(char ta, char tb, int m, int n, int k, double alpha,
+                          const double* a, int lda, const double* b, int ldb,
+                          double beta, double* c, int ldc) nogil
+    void bpfast_ext_sgemm(char ta, char tb, int m, int n, int k, float alpha,
+                          const float* a, int lda, const float* b, int ldb,
+                          float beta, float* c, int ldc) nogil
+
 # Products with m * n * k up to this many multiply-adds take the plain-loop path: OpenBLAS's
 # small-matrix kernels win above it (measured: loops 0.8x the time of BLAS for 16-16-4 at
 # m = 1, 1.2x for 64-32-10 at m = 1, 1.6x at m = 32).
@@ -40,8 +100,14 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating 
             bpfast_small_sgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
         return
     if floating is double:
+        if bpfast_dgemm_ptr != NULL:
+            bpfast_ext_dgemm(ta, tb, n, m, k, alpha, b, ldb, a, lda, beta, c, ldc)
+            return
         dgemm(&ta, &tb, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda,
               &beta, c, &ldc)
     else:
+        if bpfast_sgemm_ptr != NULL:
+            bpfast_ext_sgemm(ta, tb, n, m, k, alpha, b, ldb, a, lda, beta, c, ldc)
+            return
         sgemm(&ta, &tb, &n, &m, &k, &alpha, <float*>b, &ldb, <float*>a, &lda,
               &beta, c, &ldc)

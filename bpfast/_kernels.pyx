@@ -20,7 +20,8 @@ from cython cimport floating
 cimport numpy as cnp
 import numpy as np
 
-from ._blas cimport gemm, bpfast_small_gemm_limit
+from ._blas cimport (gemm, bpfast_small_gemm_limit, bpfast_dgemm_ptr, bpfast_sgemm_ptr,
+                     bpfast_blas_ilp64)
 
 cdef extern from "_reduce.h" nogil:
     double bpfast_sumsq_d(const double* x, Py_ssize_t n)
@@ -879,3 +880,42 @@ def set_small_gemm_limit(long long limit):
     old = bpfast_small_gemm_limit
     bpfast_small_gemm_limit = limit
     return old
+
+
+def set_blas(size_t dgemm_address, size_t sgemm_address, bint ilp64):
+    """Call this dgemm/sgemm (Fortran interface) for large products; 0, 0 for SciPy's.
+
+    Private: bpfast._blas_backend finds the addresses and checks them with gemm_probe.
+    """
+    global bpfast_dgemm_ptr, bpfast_sgemm_ptr, bpfast_blas_ilp64
+    if (dgemm_address == 0) != (sgemm_address == 0):
+        raise ValueError("set_blas: give both addresses or neither")
+    bpfast_dgemm_ptr = <void*>dgemm_address
+    bpfast_sgemm_ptr = <void*>sgemm_address
+    bpfast_blas_ilp64 = ilp64
+
+
+def gemm_probe(A, B):
+    """A @ B.T through the kernels' BLAS route (never the plain-loop path); for checks."""
+    A = np.ascontiguousarray(A)
+    B = np.ascontiguousarray(B, dtype=A.dtype)
+    if A.ndim != 2 or B.ndim != 2 or A.shape[1] != B.shape[1] or A.dtype not in (np.float32, np.float64):
+        raise ValueError("gemm_probe: expected 2-D float arrays with equal column counts")
+    C = np.empty((A.shape[0], B.shape[0]), dtype=A.dtype)
+    cdef int m = A.shape[0], n = B.shape[0], k = A.shape[1]
+    cdef long long saved = bpfast_small_gemm_limit
+    cdef void* a = cnp.PyArray_DATA(A)
+    cdef void* b = cnp.PyArray_DATA(B)
+    cdef void* c = cnp.PyArray_DATA(C)
+    global bpfast_small_gemm_limit
+    bpfast_small_gemm_limit = -1
+    try:
+        if A.dtype == np.float64:
+            gemm[double](False, True, m, n, k, 1.0, <double*>a, k, <double*>b, k, 0.0,
+                         <double*>c, n)
+        else:
+            gemm[float](False, True, m, n, k, 1.0, <float*>a, k, <float*>b, k, 0.0,
+                        <float*>c, n)
+    finally:
+        bpfast_small_gemm_limit = saved
+    return C

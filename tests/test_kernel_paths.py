@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import bpfast
-from bpfast import _kernels, reference
+from bpfast import _blas_backend, _kernels, reference
 
 from conftest import assert_close, make_data, make_params, rtol_for
 
@@ -12,11 +12,20 @@ SIZES = [(3, 4, 2), (9, 17, 5, 3), (64, 32, 10), (20, 40, 30, 1)]
 ACTS = ["tanh", "relu", "leaky_relu", "sigmoid", "silu"]
 
 
-@pytest.fixture(params=["loops", "blas"])
+@pytest.fixture(params=["loops", "numpy-blas", "scipy-blas"])
 def gemm_path(request):
-    old = _kernels.set_small_gemm_limit(10**15 if request.param == "loops" else 0)
+    """Every product through the plain loops, or through each BLAS backend."""
+    before = bpfast.blas_info()["backend"]
+    if request.param == "loops":
+        old = _kernels.set_small_gemm_limit(10**15)
+    else:
+        old = _kernels.set_small_gemm_limit(0)
+        backend = request.param.split("-")[0]
+        if _blas_backend.use(backend) != backend:
+            pytest.skip(f"{backend}'s BLAS cannot be found here")
     yield request.param
     _kernels.set_small_gemm_limit(old)
+    _blas_backend.use(before)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -56,3 +65,42 @@ def test_fit_on_each_gemm_path(gemm_path, optimizer, l2, batch_size, dtype):
     for got, want in zip(net.weights + net.biases, W_ref + b_ref):
         assert_close(got, want, rtol=rtol)
     np.testing.assert_allclose(hist, hist_ref, rtol=rtol)
+
+
+def test_blas_backends_are_selectable_and_fall_back(monkeypatch):
+    before = bpfast.blas_info()["backend"]
+    try:
+        assert _blas_backend.use("scipy") == "scipy"
+        assert bpfast.blas_info() == {"backend": "scipy", "library": "scipy.linalg.cython_blas"}
+        monkeypatch.setattr(_blas_backend, "_numpy_blas_candidates", lambda: [])
+        assert _blas_backend.use("numpy") == "scipy"  # not found: SciPy's, never a crash
+        with pytest.raises(ValueError, match="backend"):
+            _blas_backend.use("mkl")
+    finally:
+        monkeypatch.undo()
+        _blas_backend.use(before)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_gemm_probe_matches_numpy(dtype):
+    rng = np.random.default_rng(5)
+    A = rng.standard_normal((40, 33)).astype(dtype)
+    B = rng.standard_normal((21, 33)).astype(dtype)
+    assert_close(_kernels.gemm_probe(A, B), A @ B.T, dtype)
+
+
+@pytest.mark.parametrize("choice,expected", [("scipy", "scipy"), ("bogus", None)])
+def test_BPFAST_BLAS_environment_variable(tmp_path, choice, expected):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, BPFAST_BLAS=choice)
+    out = subprocess.run(
+        [sys.executable, "-c", "import bpfast; print(bpfast.blas_info()['backend'])"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    if expected:
+        assert out == expected
+    else:  # an unknown value means the default: NumPy's BLAS when it can be found
+        assert out in ("numpy", "scipy")

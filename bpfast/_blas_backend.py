@@ -1,0 +1,114 @@
+"""Which BLAS the kernels' large matrix products call.
+
+bpfast's kernels reach BLAS without a link step. Two libraries are always at hand:
+
+- ``numpy``: the OpenBLAS inside NumPy's wheel (``numpy.libs`` / ``numpy/.dylibs``),
+  found by file name and called through its ``dgemm``/``sgemm`` symbol. Preferred: it is
+  the library NumPy's own ``@`` uses (the GEMM rate users compare against), it is often a
+  newer OpenBLAS than SciPy's, and sharing NumPy's thread pool avoids two pools of
+  spinning threads competing for the same cores.
+- ``scipy``: ``scipy.linalg.cython_blas``, always available; the fallback when NumPy's
+  library cannot be found (a NumPy built against a system BLAS, for instance).
+
+Set ``BPFAST_BLAS=scipy`` (or ``numpy``) before importing bpfast to choose;
+:func:`bpfast.blas_info` tells which is in use. Thread counts follow the library's usual
+controls (``OPENBLAS_NUM_THREADS``, ``threadpoolctl.threadpool_limits``).
+"""
+import ctypes
+import glob
+import os
+
+import numpy as np
+
+from . import _kernels
+
+#: Symbol names to try, with whether they take 64-bit integers (ILP64).
+_SYMBOLS = [
+    ("scipy_{}gemm_64_", True),   # NumPy >= 2 wheels: scipy-openblas64, prefixed
+    ("{}gemm_64_", True),
+    ("scipy_{}gemm_", False),
+    ("{}gemm_", False),
+]
+
+_state = {"backend": "scipy", "library": "scipy.linalg.cython_blas"}
+
+
+def _numpy_blas_candidates():
+    root = os.path.dirname(np.__file__)
+    patterns = [
+        os.path.join(root, os.pardir, "numpy.libs", "*openblas*"),
+        os.path.join(root, ".dylibs", "*openblas*"),
+    ]
+    found = []
+    for pattern in patterns:
+        found.extend(sorted(glob.glob(pattern)))
+    return [os.path.normpath(p) for p in found]
+
+
+def _find_numpy_gemm():
+    """(dgemm address, sgemm address, ilp64, path) of NumPy's OpenBLAS, or None."""
+    for path in _numpy_blas_candidates():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for pattern, ilp64 in _SYMBOLS:
+            try:
+                d = getattr(lib, pattern.format("d"))
+                s = getattr(lib, pattern.format("s"))
+            except AttributeError:
+                continue
+            daddr = ctypes.cast(d, ctypes.c_void_p).value
+            saddr = ctypes.cast(s, ctypes.c_void_p).value
+            if daddr and saddr:
+                return daddr, saddr, ilp64, path
+    return None
+
+
+def _probe(backend):
+    """A tiny product through ``backend`` must equal NumPy's."""
+    rng = np.random.default_rng(0)
+    for dtype in (np.float64, np.float32):
+        A = rng.standard_normal((7, 5)).astype(dtype)
+        B = rng.standard_normal((6, 5)).astype(dtype)
+        got = _kernels.gemm_probe(A, B)  # A @ B.T through the kernels' GEMM
+        if not np.allclose(got, A @ B.T, rtol=1e-4, atol=1e-5):
+            raise RuntimeError(f"{backend} BLAS gave a wrong product")
+
+
+def use(backend):
+    """Route the kernels' large products through ``"numpy"`` or ``"scipy"`` BLAS.
+
+    Returns the backend now in use (``"numpy"`` falls back to ``"scipy"`` when NumPy's
+    library cannot be found or fails a probe product).
+    """
+    if backend not in ("numpy", "scipy"):
+        raise ValueError(f"backend: expected 'numpy' or 'scipy', got {backend!r}")
+    if backend == "numpy":
+        found = _find_numpy_gemm()
+        if found is not None:
+            daddr, saddr, ilp64, path = found
+            _kernels.set_blas(daddr, saddr, ilp64)
+            try:
+                _probe("numpy")
+            except Exception:
+                _kernels.set_blas(0, 0, False)
+            else:
+                _state.update(backend="numpy", library=path)
+                return "numpy"
+    _kernels.set_blas(0, 0, False)
+    _state.update(backend="scipy", library="scipy.linalg.cython_blas")
+    return "scipy"
+
+
+def blas_info():
+    """``{"backend": "numpy" or "scipy", "library": path or module}`` in use now."""
+    return dict(_state)
+
+
+def configure():
+    """Choose the backend at import: ``BPFAST_BLAS`` if set, else NumPy's library."""
+    choice = os.environ.get("BPFAST_BLAS", "numpy").strip().lower() or "numpy"
+    if choice not in ("numpy", "scipy"):
+        choice = "numpy"
+    return use(choice)
