@@ -1,10 +1,34 @@
-"""The ``bpfast`` command line (``bpfast --help``)."""
+"""The ``bpfast`` command line (``bpfast --help``, also ``python -m bpfast``).
+
+Subcommands: ``check`` (a gradient three ways), ``demo`` (the embedded digits), ``train``
+and ``predict`` (a user's CSV or NPZ file), ``bench`` (the speed comparison of
+:mod:`bpfast.benchmarks`). Bad input (a missing or unreadable file, a malformed CSV, a
+missing column, a model that does not fit the data, ...) prints one line on stderr,
+``bpfast: error: ...``, and exits with status 2.
+"""
 import argparse
+import hashlib
+import json
+import os
 import sys
+import tempfile
 import time
 
 import numpy as np
 
+#: Exit status for bad input and usage errors (argparse's own).
+EXIT_USAGE = 2
+
+PLOT_HINT = "pip install 'bpfast[plot]'"
+
+
+class CLIError(Exception):
+    """A problem with the user's input: reported on one line, exit status 2."""
+
+
+# --------------------------------------------------------------------------------------
+# check
+# --------------------------------------------------------------------------------------
 
 def _check(args):
     """Compute a gradient with the compiled kernels and check it three ways."""
@@ -12,7 +36,10 @@ def _check(args):
     from bpfast import reference
 
     rng = np.random.default_rng(args.seed)
-    sizes = [int(s) for s in args.sizes.split("-")]
+    try:
+        sizes = [int(s) for s in args.sizes.split("-")]
+    except ValueError:
+        raise CLIError(f"--sizes: expected sizes like 64-32-10, got {args.sizes!r}") from None
     net = bpfast.Network(sizes, activations=args.activation, seed=args.seed)
     X = rng.normal(size=(args.samples, sizes[0]))
     Y = rng.uniform(size=(args.samples, sizes[-1]))
@@ -40,14 +67,527 @@ def _check(args):
     return 0 if ok else 1
 
 
+# --------------------------------------------------------------------------------------
+# shared helpers
+# --------------------------------------------------------------------------------------
+
+def _need_matplotlib():
+    """pyplot with the Agg backend, or a CLIError naming the extra to install."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise CLIError(f"--plot needs matplotlib: {PLOT_HINT}") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _atomic_write(path, write, binary=False):
+    """``write(f)`` into a temporary file beside ``path``, then rename it to ``path``."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise CLIError(f"{path}: the directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=".bpfast-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as f:
+            write(f)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _check_out_dir(path):
+    """Fail before any work when an output file's directory does not exist."""
+    directory = os.path.dirname(os.path.abspath(os.fspath(path)))
+    if not os.path.isdir(directory):
+        raise CLIError(f"{path}: the directory {directory} does not exist")
+    if os.path.isdir(path):
+        raise CLIError(f"{path}: is a directory")
+
+
+def _arch(net):
+    return "-".join(map(str, net.sizes)) + " " + "/".join(net.activations)
+
+
+def _plot_losses(plt, path, curves, title, ylabel="loss"):
+    """Write the loss curves (label -> list of per-epoch values) to ``path`` (PNG)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for label, values in curves.items():
+        if values:
+            ax.plot(np.arange(1, len(values) + 1), values, label=label)
+    ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylabel(ylabel)
+    ax.set_yscale("log")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110), binary=True)
+    plt.close(fig)
+
+
+def _progress(total, desc, quiet):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="epoch", desc=desc, disable=quiet, file=sys.stderr,
+                dynamic_ncols=True)
+
+
+def _accuracy(net, X, labels):
+    return float(np.mean(net.forward(X).argmax(axis=1) == labels))
+
+
+def _fmt_rate(samples_per_second):
+    return f"{samples_per_second:,.0f}"
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return value
+
+    return parse
+
+
+def _fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+# --------------------------------------------------------------------------------------
+# demo
+# --------------------------------------------------------------------------------------
+
+#: Epochs of the NumPy reference trainer the demo times at most (it is the slow one).
+DEMO_REFERENCE_EPOCHS = 30
+
+
+def _demo(args):
+    """Train a 64-64-10 classifier on the embedded 8x8 handwritten digits, report its
+    held-out accuracy, and time the same training with the NumPy reference trainer."""
+    import bpfast
+    from bpfast import reference
+    from bpfast.datasets import load_digits
+
+    plt = _need_matplotlib() if args.plot else None
+    if args.plot:
+        _check_out_dir(args.plot)
+    dtype = np.dtype(args.dtype)
+    X8, y = load_digits()
+    X = (X8 / 16.0).astype(dtype)
+    Y = np.eye(10, dtype=dtype)[y]
+    rng = np.random.default_rng(args.seed)
+    order = rng.permutation(len(X))
+    n_test = int(round(0.2 * len(X)))
+    test, train = order[:n_test], order[n_test:]
+    Xtr, Ytr, Xte, yte = X[train], Y[train], X[test], y[test]
+
+    net = bpfast.Network([64, 64, 10], activations=["relu", "softmax"], dtype=dtype,
+                         seed=args.seed)
+    W0 = [W.copy() for W in net.weights]
+    b0 = [b.copy() for b in net.biases]
+    settings = dict(batch_size=args.batch_size, learning_rate=args.learning_rate,
+                    optimizer=args.optimizer, loss="cross_entropy")
+    print(f"bpfast demo: 8x8 handwritten digits ({len(X):,} images, 10 classes), "
+          f"{len(train):,} to train on, {n_test} held out (seed {args.seed})")
+    print(f"{net}: {args.optimizer}, learning rate {args.learning_rate}, batch {args.batch_size}, "
+          f"{args.epochs} epochs, cross-entropy, inputs scaled to [0, 1]", flush=True)
+
+    ref_epochs = min(args.epochs, DEMO_REFERENCE_EPOCHS)
+    held_loss, held_acc, at_ref = [], [], {}
+    bar = _progress(args.epochs, "training", args.quiet)
+
+    def callback(net, epoch, history):
+        A = net.forward(Xte).astype(np.float64)
+        p = np.clip(A[np.arange(len(yte)), yte], 1e-300, None)
+        held_loss.append(float(-np.mean(np.log(p))))
+        held_acc.append(float(np.mean(A.argmax(axis=1) == yte)))
+        if epoch + 1 == ref_epochs:
+            at_ref["params"] = [q.copy() for q in net.weights + net.biases]
+        bar.set_postfix({"loss": f"{history.loss[-1]:.4f}", "accuracy": f"{held_acc[-1]:.3f}",
+                         "samples/s": _fmt_rate(len(Xtr) / max(history.time[-1], 1e-9))},
+                        refresh=False)
+        bar.update(1)
+
+    try:
+        # shuffle off, so the reference can follow the very same steps
+        history = net.fit(Xtr, Ytr, epochs=args.epochs, shuffle=False, callback=callback,
+                          **settings)
+    finally:
+        bar.close()
+    t_fast = sum(history.time)
+    right = int(round(held_acc[-1] * n_test))
+    print(f"held-out accuracy: {held_acc[-1]:.3f} ({right} of {n_test} digits right)")
+    print(f"bpfast: {args.epochs} epochs in {t_fast:.3f} s "
+          f"({_fmt_rate(args.epochs * len(Xtr) / t_fast)} samples/s)")
+
+    print(f"NumPy reference trainer (bpfast.reference.fit), same start and settings, "
+          f"{ref_epochs} epochs ...", end=" ", flush=True)
+    t0 = time.perf_counter()
+    Wr, br, _ = reference.fit(W0, b0, net.activations, Xtr, Ytr, epochs=ref_epochs,
+                              **settings)
+    t_ref = time.perf_counter() - t0
+    t_same = sum(history.time[:ref_epochs])
+    diff = max(float(np.max(np.abs(a - r)) / max(float(np.max(np.abs(r))), 1e-300))
+               for a, r in zip(at_ref["params"], Wr + br))
+    print(f"{t_ref:.2f} s (bpfast {t_same:.3f} s); same weights to {diff:.1e}")
+    print(f"speed-up over the NumPy reference: {t_ref / t_same:.1f}x")
+    if plt is not None:
+        _plot_losses(plt, args.plot, {"training (mean over the epoch)": history.loss,
+                                      "held-out": held_loss},
+                     f"bpfast demo: {_arch(net)}, {args.optimizer}, batch {args.batch_size}; "
+                     f"held-out accuracy {held_acc[-1]:.3f}", "cross-entropy")
+        print(f"wrote {args.plot}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------
+# train
+# --------------------------------------------------------------------------------------
+
+SIDECAR_FORMAT = "bpfast-cli"
+SIDECAR_VERSION = 1
+
+
+def sidecar_path(model_path):
+    """The JSON file beside a model that keeps what the model file cannot: column names,
+    class labels and input scaling (``model.npz`` -> ``model.npz.json``)."""
+    return os.fspath(model_path) + ".json"
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _split_names(text, option):
+    names = [n.strip() for n in text.split(",")]
+    if not text.strip() or any(not n for n in names):
+        raise CLIError(f"{option}: expected comma-separated column names, got {text!r}")
+    if len(set(names)) != len(names):
+        raise CLIError(f"{option}: a column is named twice in {text!r}")
+    return names
+
+
+def _parse_hidden(text):
+    if text.strip().lower() in ("", "none", "0"):
+        return []
+    try:
+        sizes = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise CLIError(f"--hidden: expected layer sizes like 64,32, got {text!r}") from None
+    if any(s < 1 for s in sizes):
+        raise CLIError(f"--hidden: layer sizes must be positive, got {text!r}")
+    return sizes
+
+
+def _output_names(table, names):
+    out = []
+    for n in names:
+        w = table.width(n)
+        out.extend([n] if w == 1 and table.columns[n].ndim == 1 else
+                   [f"{n}[{i}]" for i in range(w)])
+    return out
+
+
+def _train(args):
+    """Train a network on a CSV or NPZ file and save it (with a JSON sidecar)."""
+    import bpfast
+    from bpfast.datasets import read_table
+    from bpfast.training import evaluate_loss
+
+    plt = _need_matplotlib() if args.plot else None
+    _check_out_dir(args.out)
+    if args.plot:
+        _check_out_dir(args.plot)
+    table = read_table(args.data)
+    if args.target is None:
+        if table.kind == "npz" and "X" in table.columns and "Y" in table.columns:
+            targets = ["Y"]
+        else:
+            raise CLIError(f"--target is required: name the target column(s) of {args.data} "
+                           f"(its columns: {', '.join(table.names)})")
+    else:
+        targets = _split_names(args.target, "--target")
+    table._require(targets, "target")
+    if args.features:
+        features = _split_names(args.features, "--features")
+        overlap = set(features) & set(targets)
+        if overlap:
+            raise CLIError(f"--features: {', '.join(sorted(overlap))} is also a target")
+    else:
+        features = [n for n in table.names if n not in targets]
+    if not features:
+        raise CLIError(f"{args.data}: no feature columns left besides the target(s)")
+    X = table.numeric(features, "feature")
+
+    classes = None
+    if args.loss == "cross_entropy" and len(targets) == 1 and table.width(targets[0]) == 1:
+        labels = table.labels(targets[0])
+        classes, codes = np.unique(labels, return_inverse=True)
+        if len(classes) < 2:
+            raise CLIError(f"{args.data}: target {targets[0]!r} holds only one class "
+                           f"({classes[0]!r}); cross_entropy needs at least two")
+        Y = np.eye(len(classes))[codes]
+    else:
+        Y = table.numeric(targets, "target")
+        codes = Y.argmax(axis=1) if args.loss == "cross_entropy" else None
+        if args.loss == "cross_entropy" and ((Y < 0).any() or (Y > 1).any()):
+            raise CLIError(f"{args.data}: cross_entropy targets over several columns must be "
+                           "probabilities in [0, 1] (one-hot rows); give one column of class "
+                           "labels instead")
+
+    m = X.shape[0]
+    rng = np.random.default_rng(args.seed)
+    order = rng.permutation(m)
+    n_val = int(round(args.validation * m))
+    if args.validation > 0 and n_val == 0:
+        n_val = 1
+    if m - n_val < 1:
+        raise CLIError(f"{args.data}: {m} rows leave none to train on with "
+                       f"--validation {args.validation}")
+    val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
+
+    scale = None
+    if args.scale == "standard":
+        mean = X[train].mean(axis=0)
+        std = X[train].std(axis=0)
+        std[std == 0] = 1.0
+        X = (X - mean) / std
+        scale = {"mean": mean.tolist(), "std": std.tolist()}
+
+    dtype = np.dtype(args.dtype)
+    X, Y = X.astype(dtype), Y.astype(dtype)
+    hidden = _parse_hidden(args.hidden)
+    if args.loss == "cross_entropy":
+        if args.output_activation not in (None, "softmax"):
+            raise CLIError("--output-activation: cross_entropy needs a softmax output layer, "
+                           f"got {args.output_activation!r}")
+        out_act = "softmax"
+    else:
+        out_act = args.output_activation or "identity"
+    sizes = [X.shape[1]] + hidden + [Y.shape[1]]
+    net = bpfast.Network(sizes, activations=[args.activation] * len(hidden) + [out_act],
+                         dtype=dtype, seed=args.seed)
+    Xtr, Ytr, Xv, Yv = X[train], Y[train], X[val], Y[val]
+
+    print(f"bpfast train: {args.data}, {m:,} rows: {len(train):,} to train on, "
+          f"{len(val):,} for validation; {len(features)} feature column(s) -> "
+          f"{X.shape[1]} inputs, target {', '.join(targets)}"
+          + (f" ({len(classes)} classes)" if classes is not None else ""))
+    print(f"{net}: {args.optimizer}, learning rate {args.learning_rate}, batch "
+          f"{args.batch_size}, {args.epochs} epochs, loss {args.loss}", flush=True)
+
+    bar = _progress(args.epochs, "training", args.quiet)
+    val_acc = []
+
+    def callback(net, epoch, history):
+        post = {"loss": f"{history.loss[-1]:.4g}"}
+        if history.val_loss:
+            post["val_loss"] = f"{history.val_loss[-1]:.4g}"
+        if codes is not None and len(val):
+            val_acc.append(_accuracy(net, Xv, codes[val]))
+            post["val_acc"] = f"{val_acc[-1]:.3f}"
+        post["samples/s"] = _fmt_rate(len(Xtr) / max(history.time[-1], 1e-9))
+        bar.set_postfix(post, refresh=False)
+        bar.update(1)
+
+    try:
+        history = net.fit(Xtr, Ytr, epochs=args.epochs, batch_size=args.batch_size,
+                          learning_rate=args.learning_rate, optimizer=args.optimizer,
+                          loss=args.loss, l2=args.l2, seed=args.seed,
+                          validation_data=(Xv, Yv) if len(val) else None, callback=callback)
+    finally:
+        bar.close()
+
+    for name, rows in (("training", train), ("validation", val)):
+        if not len(rows):
+            continue
+        line = f"{name + ':':<12} loss {evaluate_loss(net, X[rows], Y[rows], args.loss):.6g}"
+        if codes is not None:
+            line += f", accuracy {_accuracy(net, X[rows], codes[rows]):.4f}"
+        print(line + f" ({len(rows):,} rows)")
+    print(f"time: {sum(history.time):.3f} s for {history.epochs} epochs "
+          f"({_fmt_rate(history.epochs * len(train) / max(sum(history.time), 1e-9))} samples/s)")
+
+    net.save(args.out)
+    side = {
+        "format": SIDECAR_FORMAT,
+        "version": SIDECAR_VERSION,
+        "model_sha256": _sha256(args.out),
+        "sizes": list(net.sizes),
+        "data": os.path.basename(args.data),
+        "loss": args.loss,
+        "features": features,
+        "feature_widths": [table.width(n) for n in features],
+        "targets": targets,
+        "outputs": _output_names(table, targets),
+        "classes": None if classes is None else [
+            int(c) if isinstance(c, (np.integer, int)) else str(c) for c in classes],
+        "scale": scale,
+    }
+    _atomic_write(sidecar_path(args.out), lambda f: json.dump(side, f, indent=1))
+    what = "class labels, column names and input scaling" if classes is not None else \
+        "column names and input scaling"
+    print(f"wrote {args.out} and {sidecar_path(args.out)} ({what}: bpfast's model files "
+          "hold only the network)")
+    if plt is not None:
+        _plot_losses(plt, args.plot, {"training (mean over the epoch)": history.loss,
+                                      "validation": history.val_loss},
+                     f"bpfast train: {os.path.basename(args.data)}, {_arch(net)}", args.loss)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------
+# predict
+# --------------------------------------------------------------------------------------
+
+def _read_sidecar(model_path, net):
+    path = sidecar_path(model_path)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            side = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CLIError(f"{path}: not a readable bpfast sidecar file ({err})") from None
+    try:
+        if side.get("format") != SIDECAR_FORMAT or side.get("version") != SIDECAR_VERSION:
+            raise CLIError(f"{path}: not a bpfast sidecar file of version {SIDECAR_VERSION}")
+        if side.get("model_sha256") != _sha256(model_path):
+            raise CLIError(f"{path} was written for another version of {model_path}; "
+                           "retrain, or delete the sidecar to predict from raw columns")
+        if list(side["sizes"]) != list(net.sizes):
+            raise CLIError(f"{path}: describes a {side['sizes']} network, the model is "
+                           f"{list(net.sizes)}")
+        features = [str(n) for n in side["features"]]
+        outputs = [str(n) for n in side["outputs"]]
+        scale = side["scale"]
+        if scale is not None:
+            scale = {k: np.asarray(scale[k], dtype=np.float64) for k in ("mean", "std")}
+            if any(v.shape != (net.sizes[0],) for v in scale.values()):
+                raise CLIError(f"{path}: input scaling does not match the model's "
+                               f"{net.sizes[0]} inputs")
+        classes = side["classes"]
+        if classes is not None and len(classes) != net.sizes[-1]:
+            raise CLIError(f"{path}: {len(classes)} class labels for {net.sizes[-1]} outputs")
+        return {"features": features, "outputs": outputs, "scale": scale, "classes": classes,
+                "targets": [str(n) for n in side["targets"]], "loss": side.get("loss")}
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CLIError(f"{path}: malformed sidecar file ({type(err).__name__}: {err})") from None
+
+
+def _predict(args):
+    """Predict with a trained model on a CSV or NPZ file; write the predictions as CSV."""
+    import bpfast
+    from bpfast.datasets import read_table, write_csv
+
+    if args.out not in (None, "-"):
+        _check_out_dir(args.out)
+    net = bpfast.load(args.model)
+    side = _read_sidecar(args.model, net)
+    table = read_table(args.data)
+    if side is not None:
+        X = table.numeric(side["features"], "feature")
+        source = f"columns {', '.join(side['features'])}"
+    else:
+        names = ["X"] if table.kind == "npz" and "X" in table.columns else table.names
+        X = table.numeric(names, "feature")
+        source = (f"every column ({len(names)}); no sidecar {sidecar_path(args.model)} names "
+                  "the model's columns")
+    if X.shape[1] != net.sizes[0]:
+        raise CLIError(f"the model {args.model} expects {net.sizes[0]} inputs, but "
+                       f"{args.data} gives {X.shape[1]} ({source})")
+    if side is not None and side["scale"] is not None:
+        X = (X - side["scale"]["mean"]) / side["scale"]["std"]
+    A = net.forward(X.astype(net.dtype))
+    precision = 9 if net.dtype == np.float32 else None
+    info = sys.stderr if args.out in (None, "-") else sys.stdout
+
+    if side is not None and side["classes"] is not None:
+        classes = side["classes"]
+        target = side["targets"][0]
+        pred = np.asarray(classes, dtype=object)[A.argmax(axis=1)]
+        header = [target] + [f"p_{c}" for c in classes]
+        columns = [pred.astype(str)] + [A[:, k].astype(np.float64) for k in range(A.shape[1])]
+        if target in table.columns:  # the data holds the answers: say how well it did
+            true = table.columns[target].reshape(-1)
+            if true.dtype.kind == "f":
+                true = np.where(true == np.round(true), true, np.nan)
+                same = np.array([t == c for t, c in zip(true, pred)])
+            else:
+                same = np.array([str(t) == str(c) for t, c in zip(true, pred)])
+            print(f"accuracy on {args.data}: {same.mean():.4f} ({int(same.sum())} of "
+                  f"{len(same)} right)", file=info)
+    else:
+        header = side["outputs"] if side is not None else \
+            [f"y{k}" for k in range(A.shape[1])]
+        columns = [A[:, k].astype(np.float64) for k in range(A.shape[1])]
+    write_csv(args.out, header, columns, precision=precision)
+    if args.out not in (None, "-"):
+        print(f"wrote {len(A):,} predictions to {args.out}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------
+# bench
+# --------------------------------------------------------------------------------------
+
+def _bench(args):
+    """Time bpfast against the NumPy reference and the installed peers (PyTorch, JAX,
+    scikit-learn) and against the machine's GEMM rate; print the table."""
+    from bpfast import benchmarks
+
+    if args.plot:
+        _need_matplotlib()
+    for path in (args.plot, args.json):
+        if path:
+            _check_out_dir(path)
+    try:
+        return benchmarks.run_from_args(args)
+    except (benchmarks.UsageError, benchmarks.MissingExtra) as err:
+        raise CLIError(str(err)) from None
+
+
+# --------------------------------------------------------------------------------------
+# the parser
+# --------------------------------------------------------------------------------------
+
 def build_parser():
     import bpfast
+    from bpfast import benchmarks
+    from bpfast.activations import ACTIVATIONS
 
     parser = argparse.ArgumentParser(
-        prog="bpfast", description="Fast, exact back-propagation for fully connected networks."
+        prog="bpfast",
+        description="Fast, exact back-propagation for fully connected networks.",
+        epilog="Run `bpfast COMMAND --help` for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"bpfast {bpfast.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
     check = sub.add_parser(
         "check",
         help="compute a gradient and check it against the NumPy reference and finite differences",
@@ -55,23 +595,135 @@ def build_parser():
     )
     check.add_argument("--sizes", default="64-32-10", help="layer sizes, e.g. 64-32-10")
     check.add_argument("--activation", default="sigmoid", help="activation of every layer")
-    check.add_argument("--samples", type=int, default=256, help="number of samples m")
+    check.add_argument("--samples", type=_positive(int), default=256,
+                       help="number of samples m")
     check.add_argument("--seed", type=int, default=0, help="random seed")
     check.set_defaults(run=_check)
+
+    demo = sub.add_parser(
+        "demo", help="train a digit classifier on the embedded 8x8 digits (no network needed)",
+        description=_demo.__doc__,
+    )
+    demo.add_argument("--epochs", type=_positive(int), default=20,
+                      help="training epochs (default 20)")
+    demo.add_argument("--seed", type=int, default=0,
+                      help="seeds the held-out split and the initial weights (default 0)")
+    demo.add_argument("--batch-size", type=_positive(int), default=8, help="default 8")
+    demo.add_argument("--learning-rate", type=_positive(float), default=0.1,
+                      help="default 0.1 (try 0.005 with adam)")
+    demo.add_argument("--optimizer", choices=["sgd", "momentum", "nesterov", "adam"],
+                      default="sgd", help="default sgd")
+    demo.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    demo.add_argument("--plot", metavar="PNG",
+                      help=f"write the loss curves to a PNG file (needs {PLOT_HINT})")
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.set_defaults(run=_demo)
+
+    train = sub.add_parser(
+        "train", help="train a network on a CSV or NPZ file and save it",
+        description=_train.__doc__ + " FILE is a .csv with a header row, or an .npz with "
+        "arrays X and Y (then --target defaults to Y) or one array per named column. "
+        "Every column that is not a target is an input. With --loss cross_entropy, a single "
+        "target column of class labels (integers or text) is one-hot encoded; the labels, "
+        "the column names and the input scaling go to a sidecar MODEL.json beside the "
+        "model (model.npz.json for model.npz).",
+    )
+    train.add_argument("--data", required=True, metavar="FILE", help=".csv or .npz file")
+    train.add_argument("--target", metavar="COLUMNS",
+                       help="target column(s), comma-separated")
+    train.add_argument("--features", metavar="COLUMNS",
+                       help="input columns, comma-separated (default: all but the targets)")
+    train.add_argument("--hidden", default="64", metavar="SIZES",
+                       help="hidden layer sizes, e.g. 64,32 ('none' for no hidden layer; "
+                            "default 64)")
+    train.add_argument("--activation", default="relu", choices=ACTIVATIONS[:7],
+                       help="activation of the hidden layers (default relu)")
+    train.add_argument("--output-activation", choices=ACTIVATIONS,
+                       help="activation of the output layer (default: softmax for "
+                            "cross_entropy, identity for mse)")
+    train.add_argument("--loss", choices=["mse", "cross_entropy"], default="mse",
+                       help="mse: the seed's E (regression, default); cross_entropy: "
+                            "classification with a softmax output")
+    train.add_argument("--epochs", type=_positive(int), default=50, help="default 50")
+    train.add_argument("--batch-size", type=_positive(int), default=32, help="default 32")
+    train.add_argument("--learning-rate", type=_positive(float), default=0.005,
+                       help="default 0.005")
+    train.add_argument("--optimizer", choices=["sgd", "momentum", "nesterov", "adam"],
+                       default="adam", help="default adam")
+    train.add_argument("--l2", type=float, default=0.0,
+                       help="L2 penalty on the weights (default 0)")
+    train.add_argument("--validation", type=_fraction, default=0.2, metavar="FRACTION",
+                       help="fraction of the rows held out for validation (default 0.2)")
+    train.add_argument("--scale", choices=["standard", "none"], default="standard",
+                       help="standardise the inputs with the training rows' mean and "
+                            "standard deviation (default) or use them as they are")
+    train.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    train.add_argument("--seed", type=int, default=0,
+                       help="seeds the split, the initial weights and the shuffling")
+    train.add_argument("--out", default="model.npz", metavar="MODEL",
+                       help="model file to write (default model.npz; its sidecar is "
+                            "MODEL.json)")
+    train.add_argument("--plot", metavar="PNG",
+                       help=f"write the loss curves to a PNG file (needs {PLOT_HINT})")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(run=_train)
+
+    predict = sub.add_parser(
+        "predict", help="predict with a trained model; write the predictions as CSV",
+        description=_predict.__doc__ + " The model's sidecar MODEL.json (written by "
+        "`bpfast train`) selects the input columns by name, scales them, and names the "
+        "output columns; classification writes the predicted label and one probability "
+        "column per class. Without a sidecar every column (or an .npz's X) is an input.",
+    )
+    predict.add_argument("--model", required=True, metavar="MODEL", help="model .npz file")
+    predict.add_argument("--data", required=True, metavar="FILE", help=".csv or .npz file")
+    predict.add_argument("--out", metavar="CSV",
+                         help="predictions file (default: standard output)")
+    predict.set_defaults(run=_predict)
+
+    bench = sub.add_parser(
+        "bench", help="time bpfast against the NumPy reference and installed peers",
+        description=_bench.__doc__,
+    )
+    benchmarks.add_arguments(bench)
+    bench.set_defaults(run=_bench)
     return parser
 
 
+def _one_line(err):
+    text = str(err) or type(err).__name__
+    return " ".join(text.split())
+
+
 def main(argv=None):
+    import bpfast
+    from bpfast.datasets import DataError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
         parser.print_help()
-        return 2
+        return EXIT_USAGE
     try:
         return args.run(args)
-    except (ValueError, TypeError) as err:
-        print(f"bpfast: error: {err}", file=sys.stderr)
-        return 2
+    except (CLIError, DataError, bpfast.ModelFileError, bpfast.DivergenceError,
+            ValueError, TypeError) as err:
+        print(f"bpfast: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:  # `bpfast predict ... | head`: stop quietly
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except OSError:
+            pass
+        return 1
+    except OSError as err:
+        name = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        print(f"bpfast: error: {name}{_one_line(err.strerror or err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("bpfast: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -74,14 +74,13 @@ class Table:
     def _require(self, names, what):
         missing = [n for n in names if n not in self.columns]
         if missing:
-            listed = ", ".join(repr(n) for n in self.columns)
             s = "s" if len(missing) > 1 else ""
             hint = ""
             if self.kind == "csv" and all(_is_number(n) for n in self.columns):
                 hint = "; its first row looks like data: the CSV needs a header row"
             raise DataError(
-                f"{self.path}: {what} column{s} {', '.join(repr(n) for n in missing)} not "
-                f"found (the file has: {listed}{hint})"
+                f"{self.path}: {what} column{s} {name_list(missing)} not found "
+                f"(the file has: {name_list(self.names)}{hint})"
             )
 
     def numeric(self, names, what="feature"):
@@ -132,6 +131,13 @@ class Table:
         return col.astype(np.int64)
 
 
+def name_list(names, limit=6):
+    """``'a', 'b', 'c'``, shortened to the first ``limit`` names and a count."""
+    names = list(names)
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown if len(names) <= limit else f"{shown}, ... ({len(names)} in all)"
+
+
 def _is_number(text):
     try:
         float(text)
@@ -153,6 +159,17 @@ def read_table(path):
 
 
 def _read_npz(path):
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except PermissionError:
+        raise DataError(f"{path}: permission denied") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
+    if not magic:
+        raise DataError(f"{path}: empty file")
+    if magic != b"PK\x03\x04":
+        raise DataError(f"{path}: not an .npz archive (no zip header)")
     try:
         with np.load(path, allow_pickle=False) as data:
             if not isinstance(data, np.lib.npyio.NpzFile):
