@@ -96,6 +96,9 @@ def test_BPFAST_BLAS_environment_variable(tmp_path, choice, expected):
     import sys
 
     env = dict(os.environ, BPFAST_BLAS=choice)
+    if env.get("PYTHONPATH"):  # a development run: keep pointing at the source tree
+        env["PYTHONPATH"] = os.pathsep.join(
+            os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p)
     out = subprocess.run(
         [sys.executable, "-c", "import bpfast; print(bpfast.blas_info()['backend'])"],
         cwd=tmp_path, env=env, capture_output=True, text=True, check=True,

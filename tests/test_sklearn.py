@@ -154,10 +154,21 @@ def test_same_api_as_sklearn():
     assert bps.MLPRegressor().loss == "squared_error"
 
 
-def test_import_bpfast_does_not_import_sklearn():
+def _absolute_pythonpath_env():
+    import os
+
+    env = dict(os.environ)
+    if env.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(
+            os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p)
+    return env
+
+
+def test_import_bpfast_does_not_import_sklearn(tmp_path):
     code = "import sys, bpfast; print(any(m.split('.')[0] == 'sklearn' for m in sys.modules))"
+    # cwd away from the repository, so that the installed bpfast is the one imported
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+                         check=True, cwd=tmp_path, env=_absolute_pythonpath_env())
     assert out.stdout.strip() == "False"
 
 
