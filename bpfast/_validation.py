@@ -2,7 +2,8 @@
 
 Every check raises ``TypeError`` or ``ValueError`` with a message that names the argument,
 says what was expected and what came. Nothing here writes into the caller's arrays: data
-are converted with ``np.ascontiguousarray``, which copies only when it has to.
+are converted with :func:`as_kernel_array` (C-contiguous, aligned, native byte order),
+which copies only when it has to.
 """
 import numbers
 
@@ -16,6 +17,15 @@ _INT_MAX = 2**31 - 1
 
 def _describe(x):
     return f"{type(x).__name__}"
+
+
+def as_kernel_array(a, dtype):
+    """``a`` as a C-contiguous, aligned array of ``dtype``: what the kernels read.
+
+    ``np.ascontiguousarray`` alone can return an unaligned array (e.g. one unpickled from
+    a byte buffer), which the kernels refuse; this copies in that case too.
+    """
+    return np.require(a, dtype=dtype, requirements=["C", "A"])
 
 
 def check_dtype(dtype, name="dtype"):
@@ -127,8 +137,8 @@ def check_parameters(weights, biases):
                 f"{w.shape}, got {b.shape}"
             )
         sizes.append(n_out)
-    ws = [np.ascontiguousarray(w, dtype=dtype) for w in ws]
-    bs = [np.ascontiguousarray(b, dtype=dtype) for b in bs]
+    ws = [as_kernel_array(w, dtype) for w in ws]
+    bs = [as_kernel_array(b, dtype) for b in bs]
     for l, (w, b) in enumerate(zip(ws, bs)):
         _check_finite(w, f"weights[{l}]")
         _check_finite(b, f"biases[{l}]")
@@ -167,7 +177,7 @@ def check_data(X, name, n_columns, dtype, column_meaning):
         )
     if a.shape[0] > _INT_MAX:
         raise ValueError(f"{name}: expected fewer than 2**31 rows, got {a.shape[0]}")
-    a = np.ascontiguousarray(a, dtype=dtype)
+    a = as_kernel_array(a, dtype)
     _check_finite(a, name)
     return a
 

@@ -629,3 +629,21 @@ def test_random_non_finite_injection_raises(problem, target, value, data):
         for call in calls:
             with pytest.raises(ValueError, match=_name(name)):
                 call()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_unaligned_inputs_are_accepted(dtype):
+    """An unaligned view (e.g. data unpickled from a byte buffer) is copied, not refused."""
+    sizes = (5, 4, 3)
+    W, b = make_params(sizes, dtype, seed=1)
+    X, Y = make_data(sizes, 9, dtype, seed=2)
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.zeros(X.nbytes + 1, dtype=np.uint8)
+    Xu = np.frombuffer(raw.data, dtype=dtype, count=X.size, offset=1).reshape(X.shape)
+    raw[1:] = np.frombuffer(X.tobytes(), dtype=np.uint8)
+    assert not Xu.flags.aligned and itemsize > 1
+    E, dW, db = bpfast.backprop(W, b, "tanh", Xu, Y)
+    E_ref, dW_ref, db_ref = bpfast.backprop(W, b, "tanh", X, Y)
+    assert E == E_ref
+    for got, want in zip(dW + db, dW_ref + db_ref):
+        np.testing.assert_array_equal(got, want)
