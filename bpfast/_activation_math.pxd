@@ -110,17 +110,3 @@ cdef inline floating derivative(int code, floating z, floating a) noexcept nogil
     elif code == EXP:
         return a
     return 1
-
-
-cdef inline void softmax_row(Py_ssize_t n, const floating* z, floating* a) noexcept nogil:
-    """a = e^(z - max z) / sum e^(z - max z) over one sample's n outputs."""
-    cdef Py_ssize_t j
-    cdef floating top = z[0], total = 0
-    for j in range(1, n):
-        if z[j] > top:
-            top = z[j]
-    for j in range(n):
-        a[j] = _exp(z[j] - top)
-        total = total + a[j]
-    for j in range(n):
-        a[j] = a[j] / total

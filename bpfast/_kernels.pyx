@@ -55,7 +55,7 @@ cdef inline double sumsq(const floating* x, Py_ssize_t n) noexcept nogil:
         return bpfast_sumsq_d(x, n)
     else:
         return bpfast_sumsq_f(x, n)
-from ._activation_math cimport (activate, derivative, softmax_row, relu, relu_prime,
+from ._activation_math cimport (activate, derivative, relu, relu_prime,
                                leaky_relu, leaky_relu_prime, IDENTITY, SIGMOID,
                                TANH, RELU, LEAKY_RELU, SOFTPLUS, SILU, SOFTMAX, EXP)
 

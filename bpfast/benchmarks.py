@@ -32,7 +32,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -778,20 +777,9 @@ def plot_speedups(report, path):
 
 
 def _atomic(path, write, binary=False):
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".bpfast-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from .io import atomic_write
+
+    return atomic_write(path, write, binary=binary)
 
 
 def write_json(report, path):

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -84,23 +83,14 @@ def _need_matplotlib():
 
 
 def _atomic_write(path, write, binary=False):
-    """``write(f)`` into a temporary file beside ``path``, then rename it to ``path``."""
+    """``bpfast.io.atomic_write``, with a one-line error for a missing directory."""
+    from .io import atomic_write
+
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise CLIError(f"{path}: the directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".bpfast-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as f:
-            write(f)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    return atomic_write(path, write, binary=binary, **({} if binary else {"newline": ""}))
 
 
 def _check_out_dir(path):

@@ -279,7 +279,6 @@ def write_csv(path, header, columns, precision=None):
     ``precision`` is the number of significant digits of floats (default: round-trip).
     """
     import sys
-    import tempfile
 
     fmt = (lambda v: repr(float(v))) if precision is None else (lambda v: f"{v:.{precision}g}")
 
@@ -294,19 +293,11 @@ def write_csv(path, header, columns, precision=None):
         w.writerows(rows())
         sys.stdout.flush()
         return
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".bpfast-", suffix=".csv.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(header)
-            w.writerows(rows())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from .io import atomic_write
+
+    def write(f):
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows())
+
+    atomic_write(path, write, binary=False, suffix=".csv.tmp", newline="", encoding="utf-8")

@@ -30,6 +30,29 @@ def _umask():
     return mask
 
 
+def atomic_write(path, write, binary=True, suffix=".tmp", **open_kwargs):
+    """Call ``write(f)`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    A crash or an exception never leaves half a file at ``path`` (an old file stays as it
+    was), and no temporary file is left behind. The file gets the usual mode
+    (``0o666 & ~umask``, where ``mkstemp`` alone would give 0600). ``open_kwargs`` go to
+    ``open`` for text files (``newline``, ``encoding``).
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".bpfast-", suffix=suffix, dir=directory)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **open_kwargs) as f:
+            write(f)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
 def save(net, path):
     """Write ``net`` to ``path`` (conventionally ending in ``.npz``); returns ``path``."""
     meta = {
@@ -44,19 +67,7 @@ def save(net, path):
     for l, (W, b) in enumerate(zip(net.weights, net.biases)):
         arrays[f"W{l}"] = W
         arrays[f"b{l}"] = b
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".bpfast-", suffix=".npz.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: np.savez(f, **arrays), suffix=".npz.tmp")
 
 
 def load(path):
