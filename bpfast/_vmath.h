@@ -27,7 +27,13 @@
 
 static inline double bp_pow2_d(double n)   /* 2^n for integral n in [-1022, 1023] */
 {
-    int64_t bits = ((int64_t)n + 1023) << 52;
+    /* Adding 1.5 * 2^52 puts n in the low bits of the sum's pattern, whose high bits are
+       those of 1.5 * 2^52: integer arithmetic on the pattern then gives 2^n's. (A cast to
+       int64_t would do, but without AVX-512DQ it keeps the loops from vectorising.) */
+    double shifted = n + 6755399441055744.0;
+    uint64_t bits;
+    memcpy(&bits, &shifted, sizeof bits);
+    bits = (bits - UINT64_C(0x4338000000000000) + 1023) << 52;
     double out;
     memcpy(&out, &bits, sizeof out);
     return out;
