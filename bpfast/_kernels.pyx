@@ -566,33 +566,31 @@ cdef class Layers:
 # Training: whole epochs of mini-batch steps without the GIL
 # ---------------------------------------------------------------------------
 
-cdef void update(int optimizer, Py_ssize_t N, floating* p, const floating* g,
-                 floating* s1, floating* s2, floating lr, floating momentum,
-                 bint nesterov, floating beta1, floating beta2, floating epsilon,
-                 floating lr_t) noexcept nogil:
-    """One optimizer step on N parameters p with gradient g (scikit-learn's rules).
+cdef extern from "_update.h" nogil:
+    double bpfast_update_d(Py_ssize_t n, double* P, const double* G, double* V, double* S,
+                           int adam, double lr, double mu, int nesterov, double beta1,
+                           double beta2, double eps, double lr_t, double l2)
+    double bpfast_update_f(Py_ssize_t n, float* P, const float* G, float* V, float* S,
+                           int adam, float lr, float mu, int nesterov, float beta1,
+                           float beta2, float eps, float lr_t, float l2)
+
+
+cdef inline double update(int optimizer, Py_ssize_t N, floating* p, const floating* g,
+                          floating* s1, floating* s2, floating lr, floating momentum,
+                          bint nesterov, floating beta1, floating beta2, floating epsilon,
+                          floating lr_t, floating l2) noexcept nogil:
+    """One optimizer step on N parameters p with gradient g + l2 p (scikit-learn's rules);
+    returns sum p^2 of the new values.
 
     sgd: p -= lr g, or with momentum v = mu v - lr g and p += v (nesterov: p += mu v - lr g).
     adam: m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2, p += -lr_t m / (sqrt(v) + eps).
     """
-    cdef Py_ssize_t k
-    cdef floating v
-    if optimizer == OPT_ADAM:
-        for k in range(N):
-            s1[k] = beta1 * s1[k] + (1 - beta1) * g[k]
-            s2[k] = beta2 * s2[k] + (1 - beta2) * (g[k] * g[k])
-            p[k] = p[k] + (-lr_t * s1[k] / (_sqrt(s2[k]) + epsilon))
-    elif s1 == NULL:
-        for k in range(N):
-            p[k] = p[k] - lr * g[k]
+    if floating is double:
+        return bpfast_update_d(N, p, g, s1, s2, optimizer == OPT_ADAM, lr, momentum,
+                               nesterov, beta1, beta2, epsilon, lr_t, l2)
     else:
-        for k in range(N):
-            v = momentum * s1[k] - lr * g[k]
-            s1[k] = v
-            if nesterov:
-                p[k] = p[k] + (momentum * v - lr * g[k])
-            else:
-                p[k] = p[k] + v
+        return bpfast_update_f(N, p, g, s1, s2, optimizer == OPT_ADAM, lr, momentum,
+                               nesterov, beta1, beta2, epsilon, lr_t, l2)
 
 
 cdef inline floating _sqrt(floating x) noexcept nogil:
@@ -621,7 +619,8 @@ cdef double batch_gradient(
         int loss, floating loss_scale, floating alpha, bint first_t=False) noexcept nogil:
     """One batch's loss (data term times loss_scale, plus alpha/(2 denom) sum ||W||^2)
     and its gradient in dW, db: forward, output delta, backward, L2. ``first_t``: W[0]
-    and dW[0] are stored transposed."""
+    and dW[0] are stored transposed. With alpha = 0 the L2 term is left out (the
+    trainer adds it in its update pass)."""
     cdef double value
     forward_pass(L, m, sizes, codes, X, W, b, Z, A, first_t)
     value = output_delta(loss, codes[L - 1], m, sizes[L], A[L - 1], Y, w, denom,
@@ -710,7 +709,7 @@ cdef EpochResult train_epoch(
     cdef const floating* yp
     cdef const floating* wp
     cdef floating denom, lr_t = 0
-    cdef double wsum, batch_loss
+    cdef double wsum, batch_loss, sq = -1  # sum ||W||^2 when known (after an update)
     res.loss_sum = 0
     res.bad_batch = -1
     start = 0
@@ -747,21 +746,29 @@ cdef EpochResult train_epoch(
             res.loss_sum += batch_loss * mb
             start += mb
             continue
+        # the data term's gradient; the L2 term's gradient goes into the update pass,
+        # which also returns sum ||W||^2 for the next batch's loss
         batch_loss = batch_gradient(L, mb, sizes, codes, W, b, Z, A, dW, db, scratch,
-                                    xp, yp, wp, denom, loss, loss_scale, alpha, first_t)
+                                    xp, yp, wp, denom, loss, loss_scale, 0, first_t)
+        if alpha != 0:
+            if sq < 0:
+                sq = sum_of_squares(L, sizes, W)
+            batch_loss += 0.5 * alpha * sq / denom
         if not isfinite(batch_loss):
             res.bad_batch = start // batch_size
             break
         t += 1
         if optimizer == OPT_ADAM:
             lr_t = lr * <floating>(sqrt(1 - pow(beta2, t)) / (1 - pow(beta1, t)))
+        sq = 0
         for l in range(L):
-            update(optimizer, <Py_ssize_t>sizes[l + 1] * sizes[l], W[l], dW[l],
-                   sW1[l] if sW1 != NULL else NULL, sW2[l] if sW2 != NULL else NULL,
-                   lr, momentum, nesterov, beta1, beta2, epsilon, lr_t)
+            sq += update(optimizer, <Py_ssize_t>sizes[l + 1] * sizes[l], W[l], dW[l],
+                         sW1[l] if sW1 != NULL else NULL, sW2[l] if sW2 != NULL else NULL,
+                         lr, momentum, nesterov, beta1, beta2, epsilon, lr_t,
+                         alpha / denom)
             update(optimizer, sizes[l + 1], b[l], db[l],
                    sb1[l] if sb1 != NULL else NULL, sb2[l] if sb2 != NULL else NULL,
-                   lr, momentum, nesterov, beta1, beta2, epsilon, lr_t)
+                   lr, momentum, nesterov, beta1, beta2, epsilon, lr_t, 0)
         res.loss_sum += batch_loss * mb
         start += mb
     res.steps = t
