@@ -44,9 +44,33 @@ cdef inline floating vsigmoid(floating z) noexcept nogil:
         return bp_sigmoid_f(z)
 
 
+cdef extern from "_pointwise.h" nogil:
+    void bpfast_bias_pwl_d(int kind, Py_ssize_t m, Py_ssize_t n, const double* b,
+                           double* Z, double* A)
+    void bpfast_bias_pwl_f(int kind, Py_ssize_t m, Py_ssize_t n, const float* b,
+                           float* Z, float* A)
+    void bpfast_delta_pwl_d(int kind, Py_ssize_t m, Py_ssize_t n, const double* dA,
+                            double* Z, double* db)
+    void bpfast_delta_pwl_f(int kind, Py_ssize_t m, Py_ssize_t n, const float* dA,
+                            float* Z, float* db)
+
+
+cdef inline int pwl_kind(int code) noexcept nogil:
+    """_pointwise.h's kind for a piecewise-linear activation code, or -1."""
+    if code == IDENTITY:
+        return 0
+    if code == RELU:
+        return 1
+    if code == LEAKY_RELU:
+        return 2
+    return -1
+
+
 cdef extern from "_reduce.h" nogil:
     double bpfast_sumsq_d(const double* x, Py_ssize_t n)
     double bpfast_sumsq_f(const float* x, Py_ssize_t n)
+    int bpfast_all_finite_d(const double* x, Py_ssize_t n)
+    int bpfast_all_finite_f(const float* x, Py_ssize_t n)
 
 
 cdef inline double sumsq(const floating* x, Py_ssize_t n) noexcept nogil:
@@ -173,6 +197,13 @@ cdef void bias_activate(int code, int m, int n, const floating* b,
     cdef floating* z
     cdef floating* a
     cdef floating top, total
+    cdef int kind = pwl_kind(code)
+    if kind >= 0:
+        if floating is double:
+            bpfast_bias_pwl_d(kind, m, n, b, Z, A)
+        else:
+            bpfast_bias_pwl_f(kind, m, n, b, Z, A)
+        return
     if code == SIGMOID or code == TANH or code == SILU or code == EXP or code == SOFTMAX:
         for i in range(m):
             z = Z + i * n
@@ -276,6 +307,13 @@ cdef void hidden_delta(int code, int m, int n, const floating* dA, const floatin
                        floating* Z, floating* db) noexcept nogil:
     """dZ = dA (.) g'(Z) written over Z, db = column sums of dZ."""
     cdef Py_ssize_t i
+    cdef int kind = pwl_kind(code)
+    if kind >= 0:
+        if floating is double:
+            bpfast_delta_pwl_d(kind, m, n, dA, Z, db)
+        else:
+            bpfast_delta_pwl_f(kind, m, n, dA, Z, db)
+        return
     memset(db, 0, n * sizeof(floating))
     for i in range(m):
         delta_row(code, n, dA + i * n, Z + i * n, A + i * n, db)
@@ -510,6 +548,25 @@ cdef class Layers:
             if self.sizes[l] > widest:
                 widest = self.sizes[l]
         return widest
+
+    def parameters_finite(self):
+        """True if every weight and bias is finite (one vectorised pass, no copies)."""
+        self.check_ready()
+        cdef int l
+        cdef Py_ssize_t N
+        cdef bint ok = True
+        with nogil:
+            for l in range(self.L):
+                N = <Py_ssize_t>self.sizes[l + 1] * self.sizes[l]
+                if self.typenum == cnp.NPY_DOUBLE:
+                    ok = (bpfast_all_finite_d(<double*>self.W[l], N)
+                          and bpfast_all_finite_d(<double*>self.b[l], self.sizes[l + 1]))
+                else:
+                    ok = (bpfast_all_finite_f(<float*>self.W[l], N)
+                          and bpfast_all_finite_f(<float*>self.b[l], self.sizes[l + 1]))
+                if not ok:
+                    break
+        return ok
 
     cdef int check_ready(self) except -1:
         if not self.ready:

@@ -277,7 +277,7 @@ class _CompiledTraining:
         """
         n = X.shape[0]
         start, loss_sum = 0, 0.0
-        numpy_only = not _all_finite(W + b)
+        numpy_only = not trainer.parameters_finite()
         while start < n:
             if not numpy_only:
                 if start == 0:
@@ -299,7 +299,7 @@ class _CompiledTraining:
                                           None if w is None else w[rows])
             loss_sum += batch_loss * (stop - start)
             start = stop
-            numpy_only = numpy_only or not _all_finite(W + b)
+            numpy_only = numpy_only or not trainer.parameters_finite()
         return loss_sum
 
     def _kernel_epoch(self, trainer, optimizer, X, Y, w, order, loss_scale):
@@ -450,10 +450,6 @@ class _CompiledTraining:
         self.n_iter_ = _check_optimize_result("lbfgs", opt_res, self.max_iter)
         self.loss_ = opt_res.fun
         self._unpack(opt_res.x)
-
-
-def _all_finite(arrays):
-    return all(np.isfinite(a).all() for a in arrays)
 
 
 def _write_back(original, trained):

@@ -427,3 +427,20 @@ def test_extreme_sizes_are_rejected_not_overflowed(dtype):
     d["n_inputs"] = 2**31
     with pytest.raises((OverflowError, ValueError)):
         _build(d)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("where", ["weight", "bias", "last-weight", "none"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_parameters_finite_finds_any_non_finite_parameter(dtype, where, bad):
+    rng = np.random.default_rng(0)
+    W = [rng.normal(size=(5, 3)).astype(dtype), rng.normal(size=(17, 5)).astype(dtype)]
+    b = [np.zeros(5, dtype), np.full(17, 1e30, dtype)]  # huge but finite
+    if where == "weight":
+        W[0][4, 2] = bad
+    elif where == "bias":
+        b[0][3] = bad
+    elif where == "last-weight":
+        W[1][16, 4] = bad
+    trainer = _kernels.Trainer(W, b, [1, 0], 3, 4, 0, 0, False)
+    assert trainer.parameters_finite() is (where == "none")
