@@ -1,8 +1,8 @@
 # cython: language_level=3
-"""Row-major GEMM: SciPy's Fortran BLAS (``scipy.linalg.cython_blas``) for large products,
-plain vectorised loops (``_small_gemm.h``) for small ones."""
+"""Row-major GEMM: a Fortran BLAS found at run time (NumPy's OpenBLAS, or SciPy's
+``cython_blas``) for large products, plain vectorised loops (``_small_gemm.h``) for small
+ones and whenever no BLAS has been set."""
 from cython cimport floating
-from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 cdef extern from "_small_gemm.h" nogil:
     void bpfast_small_dgemm(int trans_a, int trans_b, int m, int n, int k, double alpha,
@@ -12,9 +12,11 @@ cdef extern from "_small_gemm.h" nogil:
                             const float* a, int lda, const float* b, int ldb,
                             float beta, float* c, int ldc)
 
-# Function pointers to another BLAS's Fortran dgemm/sgemm (NumPy's OpenBLAS), set from
-# Python by bpfast._kernels.set_blas; NULL means SciPy's cython_blas. ILP64 libraries take
-# 64-bit integers.
+# Function pointers to a BLAS's Fortran dgemm/sgemm (NumPy's OpenBLAS or SciPy's
+# cython_blas), set from Python by bpfast._kernels.set_blas when bpfast is imported; NULL
+# means none was found, and every product takes the plain loops. ILP64 libraries take
+# 64-bit integers. Finding the functions at run time, rather than cimporting SciPy's,
+# keeps SciPy (27 MB of resident memory) out of ``import bpfast``.
 cdef extern from *:
     """
     #include <stdint.h>
@@ -93,21 +95,12 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating 
     """
     cdef char ta = b'T' if trans_b else b'N'
     cdef char tb = b'T' if trans_a else b'N'
-    if <long long>m * n * k <= bpfast_small_gemm_limit:
+    if <long long>m * n * k <= bpfast_small_gemm_limit or bpfast_dgemm_ptr == NULL:
         if floating is double:
             bpfast_small_dgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
         else:
             bpfast_small_sgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
-        return
-    if floating is double:
-        if bpfast_dgemm_ptr != NULL:
-            bpfast_ext_dgemm(ta, tb, n, m, k, alpha, b, ldb, a, lda, beta, c, ldc)
-            return
-        dgemm(&ta, &tb, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda,
-              &beta, c, &ldc)
+    elif floating is double:
+        bpfast_ext_dgemm(ta, tb, n, m, k, alpha, b, ldb, a, lda, beta, c, ldc)
     else:
-        if bpfast_sgemm_ptr != NULL:
-            bpfast_ext_sgemm(ta, tb, n, m, k, alpha, b, ldb, a, lda, beta, c, ldc)
-            return
-        sgemm(&ta, &tb, &n, &m, &k, &alpha, <float*>b, &ldb, <float*>a, &lda,
-              &beta, c, &ldc)
+        bpfast_ext_sgemm(ta, tb, n, m, k, alpha, b, ldb, a, lda, beta, c, ldc)

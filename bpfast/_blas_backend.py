@@ -7,8 +7,10 @@ bpfast's kernels reach BLAS without a link step. Two libraries are always at han
   the library NumPy's own ``@`` uses (the GEMM rate users compare against), it is often a
   newer OpenBLAS than SciPy's, and sharing NumPy's thread pool avoids two pools of
   spinning threads competing for the same cores.
-- ``scipy``: ``scipy.linalg.cython_blas``, always available; the fallback when NumPy's
-  library cannot be found (a NumPy built against a system BLAS, for instance).
+- ``scipy``: ``scipy.linalg.cython_blas``, reached through the function pointers it
+  exports, and imported only when chosen: the fallback when NumPy's library cannot be
+  found (a NumPy built against a system BLAS, for instance). Importing SciPy's linear
+  algebra costs about 27 MB of resident memory, which ``import bpfast`` thus avoids.
 
 Set ``BPFAST_BLAS=scipy`` (or ``numpy``) before importing bpfast to choose;
 :func:`bpfast.blas_info` tells which is in use. Thread counts follow the library's usual
@@ -30,7 +32,7 @@ _SYMBOLS = [
     ("{}gemm_", False),
 ]
 
-_state = {"backend": "scipy", "library": "scipy.linalg.cython_blas"}
+_state = {"backend": "none", "library": None}
 
 
 def _numpy_blas_candidates():
@@ -65,6 +67,22 @@ def _find_numpy_gemm():
     return None
 
 
+def _scipy_gemm():
+    """(dgemm address, sgemm address) of ``scipy.linalg.cython_blas``, or None."""
+    try:
+        from scipy.linalg import cython_blas
+    except ImportError:
+        return None
+    get = ctypes.pythonapi.PyCapsule_GetPointer
+    get.restype = ctypes.c_void_p
+    get.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    name = ctypes.pythonapi.PyCapsule_GetName
+    name.restype = ctypes.c_char_p
+    name.argtypes = [ctypes.py_object]
+    capi = cython_blas.__pyx_capi__
+    return tuple(get(capi[f], name(capi[f])) for f in ("dgemm", "sgemm"))
+
+
 def _probe(backend):
     """A tiny product through ``backend`` must equal NumPy's."""
     rng = np.random.default_rng(0)
@@ -79,8 +97,9 @@ def _probe(backend):
 def use(backend):
     """Route the kernels' large products through ``"numpy"`` or ``"scipy"`` BLAS.
 
-    Returns the backend now in use (``"numpy"`` falls back to ``"scipy"`` when NumPy's
-    library cannot be found or fails a probe product).
+    Returns the backend now in use: ``"numpy"`` falls back to ``"scipy"`` when NumPy's
+    library cannot be found or fails a probe product, and ``"none"`` (every product in
+    plain loops: correct, slow for large layers) is left only if SciPy is missing too.
     """
     if backend not in ("numpy", "scipy"):
         raise ValueError(f"backend: expected 'numpy' or 'scipy', got {backend!r}")
@@ -88,21 +107,31 @@ def use(backend):
         found = _find_numpy_gemm()
         if found is not None:
             daddr, saddr, ilp64, path = found
-            _kernels.set_blas(daddr, saddr, ilp64)
-            try:
-                _probe("numpy")
-            except Exception:
-                _kernels.set_blas(0, 0, False)
-            else:
+            if _try(daddr, saddr, ilp64, "numpy"):
                 _state.update(backend="numpy", library=path)
                 return "numpy"
+    found = _scipy_gemm()
+    if found is not None and _try(*found, False, "scipy"):
+        _state.update(backend="scipy", library="scipy.linalg.cython_blas")
+        return "scipy"
     _kernels.set_blas(0, 0, False)
-    _state.update(backend="scipy", library="scipy.linalg.cython_blas")
-    return "scipy"
+    _state.update(backend="none", library=None)
+    return "none"
+
+
+def _try(daddr, saddr, ilp64, backend):
+    """Route products through these functions if they pass the probe; else unset."""
+    _kernels.set_blas(daddr, saddr, ilp64)
+    try:
+        _probe(backend)
+    except Exception:
+        _kernels.set_blas(0, 0, False)
+        return False
+    return True
 
 
 def blas_info():
-    """``{"backend": "numpy" or "scipy", "library": path or module}`` in use now."""
+    """``{"backend": "numpy", "scipy" or "none", "library": path, module or None}``."""
     return dict(_state)
 
 

@@ -1143,7 +1143,8 @@ def set_small_gemm_limit(long long limit):
 
 
 def set_blas(size_t dgemm_address, size_t sgemm_address, bint ilp64):
-    """Call this dgemm/sgemm (Fortran interface) for large products; 0, 0 for SciPy's.
+    """Call this dgemm/sgemm (Fortran interface) for large products; 0, 0 for none (then
+    every product takes the plain loops).
 
     Private: bpfast._blas_backend finds the addresses and checks them with gemm_probe.
     """

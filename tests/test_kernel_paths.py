@@ -82,6 +82,47 @@ def test_blas_backends_are_selectable_and_fall_back(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_without_any_blas_every_product_takes_the_loops(monkeypatch, dtype):
+    before = bpfast.blas_info()["backend"]
+    monkeypatch.setattr(_blas_backend, "_numpy_blas_candidates", lambda: [])
+    monkeypatch.setattr(_blas_backend, "_scipy_gemm", lambda: None)
+    try:
+        assert _blas_backend.use("numpy") == "none"
+        assert bpfast.blas_info() == {"backend": "none", "library": None}
+        sizes = (30, 40, 5)  # products well above the plain-loop limit
+        W, b = make_params(sizes, dtype, seed=3)
+        X, Y = make_data(sizes, 50, dtype, seed=4)
+        E, dW, db = bpfast.backprop(W, b, ["tanh", "sigmoid"], X, Y)
+        E_ref, dW_ref, db_ref = reference.backprop(W, b, ["tanh", "sigmoid"], X, Y)
+        assert E == pytest.approx(E_ref, rel=rtol_for(dtype))
+        for got, want in zip(dW + db, dW_ref + db_ref):
+            assert_close(got, want, dtype)
+    finally:
+        monkeypatch.undo()
+        _blas_backend.use(before)
+
+
+def test_import_bpfast_leaves_scipy_unloaded(tmp_path):
+    """NumPy's BLAS found, ``import bpfast`` does not load SciPy (27 MB resident)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env.pop("BPFAST_BLAS", None)
+    if env.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(
+            os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p)
+    code = ("import sys, bpfast; print(bpfast.blas_info()['backend'], "
+            "any(m == 'scipy' or m.startswith('scipy.') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+    if out[0] != "numpy":
+        pytest.skip("NumPy's own BLAS is not reachable here")
+    assert out[1] == "False"
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_gemm_probe_matches_numpy(dtype):
     rng = np.random.default_rng(5)
     A = rng.standard_normal((40, 33)).astype(dtype)
