@@ -26,12 +26,12 @@ enum { BPFAST_PWL_IDENTITY = 0, BPFAST_PWL_RELU = 1, BPFAST_PWL_LEAKY = 2 };
 
 #define BPFAST_DEFINE_POINTWISE(T, FWD, DELTA)                                          \
 BPFAST_PTARGETS static void FWD(int kind, ptrdiff_t m, ptrdiff_t n,                     \
-                                const T *restrict b, T *restrict Z, T *restrict A)      \
+                                const T *restrict b, T *Z, T *A)                        \
 {                                                                                       \
     ptrdiff_t i, j;                                                                     \
     for (i = 0; i < m; i++) {                                                           \
-        T *restrict z = Z + i * n;                                                      \
-        T *restrict a = A + i * n;                                                      \
+        T *z = Z + i * n;  /* A may be Z itself: an in-place forward pass */            \
+        T *a = A + i * n;                                                               \
         if (kind == BPFAST_PWL_RELU) {                                                  \
             for (j = 0; j < n; j++) {                                                   \
                 T v = z[j] + b[j];                                                      \

