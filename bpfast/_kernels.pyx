@@ -650,10 +650,6 @@ cdef inline double update(int optimizer, Py_ssize_t N, floating* p, const floati
                                nesterov, beta1, beta2, epsilon, lr_t, l2)
 
 
-cdef inline floating _sqrt(floating x) noexcept nogil:
-    return sqrt(x)
-
-
 cdef double l2_penalty(int L, const int* sizes, floating** W, floating** dW,
                        floating scale) noexcept nogil:
     """dW[l] += scale W[l] for every layer; returns sum of W[l]^2 over all layers."""
@@ -852,6 +848,17 @@ cdef inline void transpose_pair(bint into, int rows, int cols, floating* a,
         transpose(rows, cols, a, a_t)
     else:
         transpose(cols, rows, a_t, a)
+
+
+cdef void transpose_layer0(bint into, int n1, int n0, floating** W, floating** W_t,
+                           floating** s1, floating** s1_t, floating** s2,
+                           floating** s2_t) noexcept nogil:
+    """transpose_pair for entry 0 of the weights and of each optimizer state present."""
+    transpose_pair(into, n1, n0, W[0], W_t[0])
+    if s1_t != NULL:
+        transpose_pair(into, n1, n0, s1[0], s1_t[0])
+    if s2_t != NULL:
+        transpose_pair(into, n1, n0, s2[0], s2_t[0])
 
 
 cdef void** with_first(void** pointers, int count, void* first) noexcept:
@@ -1069,23 +1076,16 @@ cdef class Trainer(Layers):
     cdef void transpose_first(self, bint into) noexcept nogil:
         """Copy the first layer's weights and optimizer state into the transposed copies
         (``into``) or back to the caller's arrays."""
-        cdef int n1 = self.sizes[1], n0 = self.sizes[0]
         if self.typenum == cnp.NPY_DOUBLE:
-            transpose_pair[double](into, n1, n0, <double*>self.W[0], <double*>self.tW[0])
-            if self.tsW1 != NULL:
-                transpose_pair[double](into, n1, n0, <double*>self.sW1[0],
-                                       <double*>self.tsW1[0])
-            if self.tsW2 != NULL:
-                transpose_pair[double](into, n1, n0, <double*>self.sW2[0],
-                                       <double*>self.tsW2[0])
+            transpose_layer0[double](into, self.sizes[1], self.sizes[0],
+                                     <double**>self.W, <double**>self.tW,
+                                     <double**>self.sW1, <double**>self.tsW1,
+                                     <double**>self.sW2, <double**>self.tsW2)
         else:
-            transpose_pair[float](into, n1, n0, <float*>self.W[0], <float*>self.tW[0])
-            if self.tsW1 != NULL:
-                transpose_pair[float](into, n1, n0, <float*>self.sW1[0],
-                                      <float*>self.tsW1[0])
-            if self.tsW2 != NULL:
-                transpose_pair[float](into, n1, n0, <float*>self.sW2[0],
-                                      <float*>self.tsW2[0])
+            transpose_layer0[float](into, self.sizes[1], self.sizes[0],
+                                    <float**>self.W, <float**>self.tW,
+                                    <float**>self.sW1, <float**>self.tsW1,
+                                    <float**>self.sW2, <float**>self.tsW2)
 
     @property
     def gradients(self):
