@@ -43,28 +43,6 @@ def assert_params_equal(net, saved, err_msg=""):
         np.testing.assert_array_equal(a, b, err_msg=f"{err_msg} parameter {k}")
 
 
-#: Relative tolerance between two separate fits that should agree bitwise (see below).
-SAME_FIT_RTOL = 1e-12
-
-
-def assert_same_training(net, saved, rtol=SAME_FIT_RTOL):
-    """Two separate fits from the same start and data agree to rounding.
-
-    They are meant to agree bitwise, and almost always do; but in about one full test
-    run in five, the first of two identical float64 fits in a test came out 1 to 10 ulp
-    off in a few weights (seen since the vectorised-kernel changes of 2026-11-28; not the
-    alignment of the inputs, not uninitialised buffers, not the CPU it ran on, not the
-    floating-point control registers: cause not yet found). Until it is, comparisons
-    between separate fits allow ``rtol`` (1e-12: a thousand times the largest difference
-    seen).
-    """
-    got = net.weights + net.biases
-    assert len(got) == len(saved)
-    for k, (a, b) in enumerate(zip(got, saved)):
-        assert a.dtype == b.dtype and a.shape == b.shape, f"parameter {k}"
-        assert_close(a, b, rtol=rtol, err_msg=f"parameter {k}")
-
-
 def make_net(sizes, activations, dtype=np.float64, seed=0, bias_scale=0.3):
     """A Network with weights N(0, 1/n_in) and nonzero biases (keeps relu off its kink)."""
     net = bpfast.Network(sizes, activations=activations, dtype=dtype, seed=seed)
@@ -395,8 +373,8 @@ def test_shuffle_same_seed_reproducible_different_seeds_differ(optimizer, dtype)
                        optimizer=optimizer, shuffle=True, seed=seed, sample_weight=sw)
         runs[name] = (params(net), hist.loss)
     for a, b in zip(runs["a"][0], runs["b"][0]):
-        assert_close(a, b, rtol=SAME_FIT_RTOL)  # see assert_same_training
-    np.testing.assert_allclose(runs["a"][1], runs["b"][1], rtol=1e-12)
+        assert a.tobytes() == b.tobytes()
+    assert runs["a"][1] == runs["b"][1]
     assert any(not np.array_equal(a, c) for a, c in zip(runs["a"][0], runs["c"][0]))
     assert runs["a"][1] != runs["c"][1]
 
@@ -413,7 +391,7 @@ def test_shuffle_differs_from_data_order_and_between_epochs():
     # shuffle=False ignores the seed
     again = make_net((4, 5, 2), ["tanh", "identity"], seed=0)
     again.fit(X, Y, epochs=2, batch_size=4, learning_rate=0.1, shuffle=False, seed=99)
-    assert_same_training(again, params(ordered))
+    assert_params_equal(again, params(ordered))
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
@@ -933,7 +911,7 @@ def test_fit_accepts_read_only_and_non_contiguous_inputs():
             shuffle=False)
     ref.fit(np.ascontiguousarray(X), np.ascontiguousarray(Y), epochs=2, batch_size=5,
             learning_rate=0.1, sample_weight=np.ascontiguousarray(sw), shuffle=False)
-    assert_same_training(net, params(ref))
+    assert_params_equal(net, params(ref))
 
 
 # --------------------------------------------------------------------------------------
