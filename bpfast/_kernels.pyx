@@ -13,8 +13,8 @@ pointer is taken, then run the whole pass without the GIL and without allocating
 """
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset, memcpy
-from libc.math cimport sqrt, pow, isfinite, log, logf
-from libc.float cimport FLT_EPSILON, DBL_EPSILON
+from libc.math cimport sqrt, pow, isfinite, log, logf, HUGE_VAL
+from libc.float cimport FLT_EPSILON, DBL_EPSILON, FLT_MAX, DBL_MAX
 from cython cimport floating
 
 cimport numpy as cnp
@@ -71,6 +71,16 @@ cdef extern from "_reduce.h" nogil:
     double bpfast_sumsq_f(const float* x, Py_ssize_t n)
     int bpfast_all_finite_d(const double* x, Py_ssize_t n)
     int bpfast_all_finite_f(const float* x, Py_ssize_t n)
+    double bpfast_max_abs_d(const double* x, Py_ssize_t n)
+    double bpfast_max_abs_f(const float* x, Py_ssize_t n)
+
+
+cdef inline double max_abs(const floating* x, Py_ssize_t n) noexcept nogil:
+    """max_k |x_k|, or +inf if any x_k is not finite."""
+    if floating is double:
+        return bpfast_max_abs_d(x, n)
+    else:
+        return bpfast_max_abs_f(x, n)
 
 
 cdef inline double sumsq(const floating* x, Py_ssize_t n) noexcept nogil:
@@ -699,7 +709,9 @@ cdef double sgd_step(
         floating** W, floating** b, floating** Z, floating** A, floating** db,
         floating* scratch, const floating* X, const floating* Y, const floating* w,
         floating denom, int loss, floating loss_scale, floating alpha,
-        floating lr, bint first_t=False) noexcept nogil:
+        floating lr, bint first_t=False, double* bound=NULL,
+        const double* data_bound=NULL, floating** Wbak=NULL, floating** bbak=NULL,
+        int* overflow=NULL) noexcept nogil:
     """One plain SGD step with the update fused into back-propagation; returns the loss.
 
     Per layer, top down: dA[l-1] = dZ[l] W[l] is taken from the old W[l], then
@@ -707,11 +719,18 @@ cdef double sgd_step(
     shrink), and b[l] -= lr db[l]. Equal to W -= lr (dW + alpha/denom W) to rounding,
     without writing or re-reading dW. Nothing is updated when the loss is not finite.
     ``first_t``: W[0] is stored transposed.
+
+    With ``bound`` (per layer, a bound on the magnitude of every weight and bias) and
+    ``data_bound`` (see :func:`update_is_safe`), the step never leaves a parameter that is
+    not finite: :func:`update_is_safe` proves that it cannot overflow (the usual case: no
+    copy at all), or else the parameters are copied to ``Wbak``/``bbak`` before the step
+    and put back if it overflowed, with ``overflow[0] = 1``.
     """
     cdef int l
     cdef Py_ssize_t k
     cdef const floating* prev
     cdef double value
+    cdef bint safe
     cdef floating shrink = 1 - lr * (alpha / denom)
     forward_pass(L, m, sizes, codes, X, W, b, Z, A, first_t)
     value = output_delta(loss, codes[L - 1], m, sizes[L], A[L - 1], Y, w, denom,
@@ -721,6 +740,11 @@ cdef double sgd_step(
         value += 0.5 * alpha * sum_of_squares(L, sizes, W) / denom
     if not isfinite(value):
         return value
+    # the guard decides before the step (its bounds need only the forward pass's values)
+    safe = bound == NULL or update_is_safe(L, m, sizes, codes, loss, denom, data_bound, A,
+                                           Z, bound, shrink, lr)
+    if not safe:
+        copy_parameters(L, sizes, W, b, Wbak, bbak)
     for l in range(L - 1, -1, -1):
         prev = X if l == 0 else A[l - 1]
         if l > 0:
@@ -731,13 +755,122 @@ cdef double sgd_step(
                         shrink, W[l])
         for k in range(sizes[l + 1]):
             b[l][k] = b[l][k] - lr * db[l][k]
+    if not safe and not parameter_bounds(L, sizes, W, b, bound):
+        copy_parameters(L, sizes, Wbak, bbak, W, b)
+        parameter_bounds(L, sizes, W, b, bound)
+        overflow[0] = 1
     return value
+
+
+cdef bint update_is_safe(int L, int m, const int* sizes, const int* codes, int loss,
+                         double denom, const double* data_bound, floating** A,
+                         floating** Z, double* bound, double shrink,
+                         double lr) noexcept nogil:
+    """Whether the plain-SGD step from the deltas in Z provably leaves every parameter
+    finite; sets bound[l] to a bound on the magnitudes after the step (``bound`` has room
+    for 3 L doubles; the last 2 L are scratch).
+
+    With B_l = bound[l] (weights and biases of layer l before the step), a_l a bound on
+    |A| of the layer below and d_l one on |dZ[l]|: |dW_ij| = |sum_r dZ_ri A_rj| <= m d_l a_l
+    and |db_i| <= m d_l, so every new weight or bias is at most
+    max(|shrink|, 1) B_l + lr m d_l max(a_l, 1). a_0 is the inputs' bound, a_l is 1 for
+    sigmoid, tanh and softmax layers and the largest |A| of any other layer (one pass:
+    bounds chained through n B per layer grow too fast to be of use). At the output,
+    dZ = w (A - Y) g' / denom with w and |Y| at most their data bounds, |g'| <= 1/4 for
+    sigmoid, 2 for a softmax under squared error (its Jacobian), 1.1 for silu, else 1
+    (an exp output takes its measured largest |dZ| instead: e^z has no such bound), and
+    downwards |dZ[l-1]| <= n^(l+1) d_l B_l max|g'|. ``data_bound``: max |X|, max |Y|,
+    max sample weight (1 without weights). When that cannot prove the step safe, the
+    output delta's measured maximum replaces its bound before the verdict. So networks
+    of sigmoid, tanh or softmax layers need no pass at all, and others one pass over the
+    activations per batch (against the products' n' passes).
+
+    The step is safe when every new bound is below a quarter of the dtype's largest
+    finite value (room for the rounding of the products); anything not finite makes it
+    unsafe. Loose bounds only ever send a batch to the careful path (copy, step, check),
+    never let an overflow through.
+    """
+    cdef int l, code, measured
+    cdef double a = 1, gmax, grown
+    cdef double limit = (FLT_MAX if floating is float else DBL_MAX) / 4
+    cdef double keep = shrink if shrink > 1 or shrink < -1 else 1
+    cdef double* act = bound + L  # a_l, then d_l: the caller's room of 3 L doubles
+    cdef double* dlt = bound + 2 * L
+    cdef bint safe = True
+    if keep < 0:
+        keep = -keep
+    # first with the output delta's bound; when that cannot prove it, again with its
+    # measured maximum
+    for measured in range(2):
+        act[0] = data_bound[0]
+        for l in range(1, L + 1):
+            code = codes[l - 1]
+            if code == SIGMOID or code == TANH or code == SOFTMAX:
+                a = 1
+            elif measured and l < L:
+                a = act[l]  # taken in the first round
+            else:  # unbounded activations: their largest magnitude, one pass
+                a = max_abs(A[l - 1], <Py_ssize_t>m * sizes[l])
+            if l < L:
+                act[l] = a
+        code = codes[L - 1]
+        if code == EXP or measured:
+            dlt[L - 1] = max_abs(Z[L - 1], <Py_ssize_t>m * sizes[L])
+        else:  # a is now the bound on the outputs
+            gmax = 1
+            if loss == LOSS_MSE:
+                gmax = (0.25 if code == SIGMOID else 2 if code == SOFTMAX
+                        else 1.1 if code == SILU else 1)
+            dlt[L - 1] = data_bound[2] * (a + data_bound[1]) * gmax / denom
+        for l in range(L - 1, 0, -1):
+            code = codes[l - 1]
+            gmax = (0.25 if code == SIGMOID else 1.1 if code == SILU
+                    else act[l] if code == EXP else 1)
+            dlt[l - 1] = sizes[l + 1] * dlt[l] * bound[l] * gmax
+        safe = True
+        for l in range(L):  # the new bounds, over the a_l no longer needed
+            a = act[l] if act[l] > 1 else 1
+            grown = keep * bound[l] + lr * m * dlt[l] * a
+            if not grown < limit:  # also when it is NaN
+                safe = False
+            act[l] = grown
+        if safe:
+            break
+    for l in range(L):
+        bound[l] = act[l]
+    return safe
+
+
+cdef bint parameter_bounds(int L, const int* sizes, floating** W, floating** b,
+                           double* bound) noexcept nogil:
+    """bound[l] = max |W[l]|, |b[l]|; returns whether every parameter is finite."""
+    cdef int l
+    cdef double top, tb
+    cdef bint finite = True
+    for l in range(L):
+        top = max_abs(W[l], <Py_ssize_t>sizes[l + 1] * sizes[l])
+        tb = max_abs(b[l], sizes[l + 1])
+        bound[l] = top if top > tb else tb
+        if not bound[l] < HUGE_VAL:
+            finite = False
+    return finite
+
+
+cdef void copy_parameters(int L, const int* sizes, floating** W, floating** b,
+                          floating** W_to, floating** b_to) noexcept nogil:
+    """W_to[l], b_to[l] = W[l], b[l] for every layer."""
+    cdef int l
+    for l in range(L):
+        memcpy(W_to[l], W[l], <size_t>sizes[l + 1] * sizes[l] * sizeof(floating))
+        memcpy(b_to[l], b[l], <size_t>sizes[l + 1] * sizeof(floating))
 
 
 cdef struct EpochResult:
     double loss_sum      # sum over batches of batch loss x batch rows
     long long steps      # optimizer steps taken (t, for adam)
-    long long bad_batch  # index of the first batch whose loss was not finite, or -1
+    long long bad_batch  # index of the first batch whose loss (or guarded update) was
+                         # not finite, or -1
+    int overflow         # 1 when bad_batch's loss was finite but its update overflowed
 
 
 cdef EpochResult train_epoch(
@@ -750,11 +883,14 @@ cdef EpochResult train_epoch(
         const Py_ssize_t* order, int batch_size, int loss, floating loss_scale,
         int optimizer, floating lr, floating momentum, bint nesterov,
         floating beta1, floating beta2, floating epsilon, floating alpha,
-        long long t, bint first_t) noexcept nogil:
+        long long t, bint first_t, double* bound=NULL, const double* data_bound=NULL,
+        floating** Wbak=NULL, floating** bbak=NULL) noexcept nogil:
     """One epoch: for each batch, forward, the loss's output delta, backward, L2, update.
 
-    ``first_t``: W[0], dW[0] and their optimizer state are stored transposed.
+    ``first_t``: W[0], dW[0] and their optimizer state are stored transposed. ``bound``
+    and the rest: plain SGD's overflow guard (see :func:`sgd_step`).
     """
+    cdef int overflow = 0
     cdef EpochResult res
     cdef Py_ssize_t start, i, k, src
     cdef int l, mb, n0 = sizes[0], nL = sizes[L]
@@ -765,6 +901,7 @@ cdef EpochResult train_epoch(
     cdef double wsum, batch_loss, sq = -1  # sum ||W||^2 when known (after an update)
     res.loss_sum = 0
     res.bad_batch = -1
+    res.overflow = 0
     start = 0
     while start < n:
         mb = <int>(n - start if n - start < batch_size else batch_size)
@@ -791,9 +928,11 @@ cdef EpochResult train_epoch(
         if optimizer == OPT_SGD and sW1 == NULL:
             # plain SGD: the update is fused into the backward pass (no dW at all)
             batch_loss = sgd_step(L, mb, sizes, codes, W, b, Z, A, db, scratch,
-                                  xp, yp, wp, denom, loss, loss_scale, alpha, lr, first_t)
-            if not isfinite(batch_loss):
+                                  xp, yp, wp, denom, loss, loss_scale, alpha, lr, first_t,
+                                  bound, data_bound, Wbak, bbak, &overflow)
+            if not isfinite(batch_loss) or overflow:
                 res.bad_batch = start // batch_size
+                res.overflow = overflow
                 break
             t += 1
             res.loss_sum += batch_loss * mb
@@ -937,10 +1076,17 @@ cdef class Trainer(Layers):
     cdef void** tdW
     cdef void** tsW1
     cdef void** tsW2
+    # plain SGD's overflow guard: per-layer magnitude bounds and bias backups (the
+    # weights' backups are the dW buffers, which plain SGD never uses)
+    cdef double* bound
+    cdef void** bbak
+    cdef readonly bint overflowed
 
     def __cinit__(self):
         self.sW1 = self.sb1 = self.sW2 = self.sb2 = NULL
         self.tW = self.tdW = self.tsW1 = self.tsW2 = NULL
+        self.bound = NULL
+        self.bbak = NULL
 
     def __init__(self, list weights, list biases, codes, int n_inputs, int batch_size,
                  int loss, int optimizer, bint momentum_state):
@@ -1008,6 +1154,12 @@ cdef class Trainer(Layers):
             self.tsW2 = with_first(self.sW2, self.L, cnp.PyArray_DATA(s20t))
             if self.tsW2 == NULL:
                 raise MemoryError()
+        bias_backup = [np.empty(s, dtype) for s in bshapes]
+        self.own += (bias_backup,)
+        self.bbak = pointer_list(bias_backup, "bias backup", self.typenum, bshapes, True)
+        self.bound = <double*>malloc(3 * self.L * sizeof(double))  # see update_is_safe
+        if self.bound == NULL:
+            raise MemoryError()
         self.ready = True
 
     def __dealloc__(self):
@@ -1019,18 +1171,32 @@ cdef class Trainer(Layers):
         free(self.tdW)
         free(self.tsW1)
         free(self.tsW2)
+        free(self.bbak)
+        free(self.bound)
 
     def epoch(self, X, Y, sample_weight, order, double lr, double momentum=0,
               bint nesterov=False, double beta1=0.9, double beta2=0.999,
-              double epsilon=1e-8, double alpha=0, double loss_scale=1, long long t=0):
+              double epsilon=1e-8, double alpha=0, double loss_scale=1, long long t=0,
+              bint guard=False, data_bound=None):
         """Run one epoch over (X, Y) in batches; returns (loss_sum, t, bad_batch).
 
         ``order`` (an intp array holding a permutation of the rows, or None for data
         order) decides the batches. ``loss_sum`` adds each batch's loss times its rows.
         ``bad_batch`` is -1, or the index of the batch whose loss was not finite: training
         stopped there before updating.
+
+        ``guard`` (plain SGD only): also stop at a batch whose update would leave a
+        parameter that is not finite, with the parameters from before that batch, and set
+        :attr:`overflowed`. The parameters are then finite after every epoch without any
+        copy of them, except in the rare batches whose magnitudes come near overflow.
+        ``data_bound``: the guard's (max |X|, max |Y|, largest sample weight or 1) when
+        the caller knows them (a fit takes them once for all its epochs, with
+        :func:`magnitude_bound`); None to have them computed here.
         """
         self.check_ready()
+        if guard and (self.optimizer != OPT_SGD or self.sW1 != NULL):
+            raise ValueError("guard: only for plain sgd (no momentum or adam state)")
+        self.overflowed = False
         cdef Py_ssize_t n = X.shape[0] if cnp.PyArray_Check(X) else -1
         if n < 1:
             raise ValueError("X: expected a non-empty 2-D array")
@@ -1046,9 +1212,19 @@ cdef class Trainer(Layers):
         cdef EpochResult res
         cdef int L = self.L, cap = self.m, bs = self.batch_size, loss = self.loss
         cdef int opt = self.optimizer, n0 = self.sizes[0], n1 = self.sizes[1]
+        cdef double* bound = self.bound if guard else NULL
+        cdef double bounds[3]
+        if guard:
+            if data_bound is None:
+                data_bound = (magnitude_bound(X), magnitude_bound(Y),
+                              1.0 if sample_weight is None else magnitude_bound(sample_weight))
+            bounds[0], bounds[1], bounds[2] = data_bound
         if self.typenum == cnp.NPY_DOUBLE:
             with nogil:
                 self.transpose_first(True)
+                if guard:
+                    parameter_bounds[double](L, self.sizes, <double**>self.tW,
+                                             <double**>self.b, bound)
                 res = train_epoch[double](
                     L, self.sizes, self.codes, cap, <double**>self.tW, <double**>self.b,
                     <double**>self.Z, <double**>self.A, <double**>self.tdW,
@@ -1056,11 +1232,15 @@ cdef class Trainer(Layers):
                     <double**>self.sb1, <double**>self.tsW2, <double**>self.sb2,
                     <double*>self.Xb, <double*>self.Yb, <double*>self.wb, n, <double*>x,
                     <double*>y, <double*>w, <Py_ssize_t*>o, bs, loss, loss_scale, opt, lr,
-                    momentum, nesterov, beta1, beta2, epsilon, alpha, t, True)
+                    momentum, nesterov, beta1, beta2, epsilon, alpha, t, True, bound,
+                    bounds, <double**>self.tdW, <double**>self.bbak)
                 self.transpose_first(False)
         else:
             with nogil:
                 self.transpose_first(True)
+                if guard:
+                    parameter_bounds[float](L, self.sizes, <float**>self.tW,
+                                            <float**>self.b, bound)
                 res = train_epoch[float](
                     L, self.sizes, self.codes, cap, <float**>self.tW, <float**>self.b,
                     <float**>self.Z, <float**>self.A, <float**>self.tdW, <float**>self.db,
@@ -1069,8 +1249,10 @@ cdef class Trainer(Layers):
                     <float*>self.Yb, <float*>self.wb, n, <float*>x, <float*>y,
                     <float*>w, <Py_ssize_t*>o, bs, loss, <float>loss_scale, opt,
                     <float>lr, <float>momentum, nesterov, <float>beta1, <float>beta2,
-                    <float>epsilon, <float>alpha, t, True)
+                    <float>epsilon, <float>alpha, t, True, bound, bounds,
+                    <float**>self.tdW, <float**>self.bbak)
                 self.transpose_first(False)
+        self.overflowed = res.overflow != 0
         return res.loss_sum, res.steps, res.bad_batch
 
     cdef void transpose_first(self, bint into) noexcept nogil:
@@ -1129,6 +1311,26 @@ cdef class Trainer(Layers):
                     <float*>self.scratch, <float*>x, <float*>y, <float*>w, <float>s, loss,
                     <float>loss_scale, <float>alpha)
         return value
+
+
+def magnitude_bound(X):
+    """max |X| over a float32 or float64 array (C-contiguous), or inf if any entry is not
+    finite: for the ``data_bound`` of :meth:`Trainer.epoch`."""
+    if not cnp.PyArray_Check(X) or not cnp.PyArray_IS_C_CONTIGUOUS(X):
+        raise TypeError("X: expected a C-contiguous NumPy array")
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(X)
+    cdef int typenum = cnp.PyArray_TYPE(X)
+    cdef void* data = cnp.PyArray_DATA(X)
+    cdef double top
+    if typenum == cnp.NPY_DOUBLE:
+        with nogil:
+            top = max_abs[double](<double*>data, n)
+    elif typenum == cnp.NPY_FLOAT:
+        with nogil:
+            top = max_abs[float](<float*>data, n)
+    else:
+        raise TypeError(f"X: expected float32 or float64, got {X.dtype}")
+    return top
 
 
 def set_small_gemm_limit(long long limit):

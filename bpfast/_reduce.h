@@ -1,5 +1,6 @@
 /* Sums of squares accumulated in double, split into independent partial sums; a
- * finiteness check.
+ * finiteness check; the largest magnitude (for the trainer's overflow bound, see
+ * ``update_is_safe`` in _kernels.pyx).
  *
  * A plain `s += x[k] * x[k]` loop is latency-bound (one dependent add per element) and the
  * compiler may not split the sum by itself; splitting it here changes the result at
@@ -8,6 +9,7 @@
 #ifndef BPFAST_REDUCE_H
 #define BPFAST_REDUCE_H
 
+#include <math.h>
 #include <stddef.h>
 
 /* Eight independent partial sums (vector lanes times unrolling) hide the add latency;
@@ -47,5 +49,30 @@ static inline int NAME(const T *x, ptrdiff_t n)                                 
 
 BPFAST_DEFINE_ALL_FINITE(double, bpfast_all_finite_d)
 BPFAST_DEFINE_ALL_FINITE(float, bpfast_all_finite_f)
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__INTEL_COMPILER) && \
+    !defined(BPFAST_NO_TARGET_CLONES)
+#define BPFAST_RTARGETS __attribute__((target_clones("avx512f", "avx2,fma", "default")))
+#else
+#define BPFAST_RTARGETS
+#endif
+
+/* max_k |x[k]| if every x[k] is finite, else +inf (NaN counts as not finite). */
+#define BPFAST_DEFINE_MAX_ABS(T, NAME)                                                  \
+BPFAST_RTARGETS static double NAME(const T *x, ptrdiff_t n)                             \
+{                                                                                       \
+    T top = 0, s = 0;                                                                   \
+    ptrdiff_t k;                                                                        \
+    _Pragma("omp simd reduction(max:top) reduction(+:s)")                               \
+    for (k = 0; k < n; k++) {                                                           \
+        T a = x[k] < 0 ? -x[k] : x[k];                                                  \
+        top = a > top ? a : top;                                                        \
+        s += x[k] * (T)0;                                                               \
+    }                                                                                   \
+    return s == 0 ? (double)top : HUGE_VAL;                                             \
+}
+
+BPFAST_DEFINE_MAX_ABS(double, bpfast_max_abs_d)
+BPFAST_DEFINE_MAX_ABS(float, bpfast_max_abs_f)
 
 #endif

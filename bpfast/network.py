@@ -25,7 +25,7 @@ def _init_layer(rng, n_out, n_in, name, dtype):
         W = rng.uniform(-r, r, size=(n_out, n_in))
     else:
         W = rng.normal(0.0, np.sqrt(2.0 / n_in), size=(n_out, n_in))
-    return W.astype(dtype), np.zeros(n_out, dtype=dtype)
+    return W.astype(dtype, copy=False), np.zeros(n_out, dtype=dtype)
 
 
 class Network:
@@ -155,8 +155,10 @@ class Network:
         Raises
         ------
         DivergenceError
-            When a batch's loss is NaN or infinite; the network keeps its parameters from
-            the end of the previous epoch.
+            When a batch's loss is NaN or infinite, or (plain ``"sgd"``) its update would
+            overflow a parameter. With ``"sgd"`` the network keeps its parameters from just
+            before that batch; with the other optimizers, from the end of the previous
+            epoch. Either way they are finite: the last finite weights.
         """
         from .training import fit
 

@@ -212,3 +212,62 @@ def test_results_do_not_depend_on_where_buffers_sit(sizes, m, dtype):
         assert got[0] == expected[0]
         for g, e in zip(got[1:], expected[1:]):
             np.testing.assert_array_equal(g, e, err_msg=f"order {order}, offset {offset}")
+
+
+def _sgd_trainer(sizes, acts, dtype, batch_size, seed=0):
+    W, b = make_params(sizes, dtype, seed=seed)
+    codes = bpfast.activations.activation_codes(acts)
+    return W, b, _kernels.Trainer(W, b, codes, sizes[0], batch_size, 0, 0, False)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("acts", [["relu", "sigmoid"], ["exp", "identity"],
+                                  ["softplus", "silu"]])
+@pytest.mark.parametrize("force_careful", [False, True])
+def test_sgd_guard_changes_no_result(acts, dtype, force_careful):
+    """Plain SGD with the overflow guard gives the bits of the unguarded step, whether
+    the bound proves the step safe or (huge data bounds) sends every batch through the
+    careful copy-step-check path."""
+    sizes = (5, 7, 3)
+    X, Y = make_data(sizes, 23, dtype, seed=1)
+    X = X * 0.5
+    W, b, plain = _sgd_trainer(sizes, acts, dtype, 4)
+    W2, b2, guarded = _sgd_trainer(sizes, acts, dtype, 4)
+    bounds = (1e300, 1e300, 1.0) if force_careful else None
+    for epoch in range(3):
+        order = np.random.default_rng(epoch).permutation(23).astype(np.intp)
+        a = plain.epoch(X, Y, None, order, 0.05, alpha=0.01)
+        g = guarded.epoch(X, Y, None, order, 0.05, alpha=0.01, guard=True,
+                          data_bound=bounds)
+        assert a == g and not guarded.overflowed
+    for p, q in zip(W + b, W2 + b2):
+        np.testing.assert_array_equal(p, q)
+
+
+def test_sgd_guard_rejects_other_optimizers_and_bad_bounds():
+    W, b = make_params((3, 4, 2), np.float64, seed=0)
+    codes = bpfast.activations.activation_codes(["tanh", "identity"])
+    X, Y = make_data((3, 4, 2), 5, np.float64, seed=1)
+    momentum = _kernels.Trainer(W, b, codes, 3, 5, 0, 0, True)
+    with pytest.raises(ValueError, match="guard"):
+        momentum.epoch(X, Y, None, None, 0.1, 0.9, guard=True)
+    *_, plain = _sgd_trainer((3, 4, 2), ["tanh", "identity"], np.float64, 5)
+    with pytest.raises((TypeError, ValueError)):
+        plain.epoch(X, Y, None, None, 0.1, guard=True, data_bound=(1.0, 2.0))
+
+
+def test_magnitude_bound():
+    x = np.array([[1.0, -7.5], [3.0, 0.25]])
+    assert _kernels.magnitude_bound(x) == 7.5
+    assert _kernels.magnitude_bound(x.astype(np.float32)) == 7.5
+    assert _kernels.magnitude_bound(np.zeros(0)) == 0
+    for bad in (np.nan, np.inf, -np.inf):
+        y = x.copy()
+        y[1, 0] = bad
+        assert _kernels.magnitude_bound(y) == np.inf
+    with pytest.raises(TypeError, match="X"):
+        _kernels.magnitude_bound(np.ones((4, 4))[:, ::2])
+    with pytest.raises(TypeError, match="X"):
+        _kernels.magnitude_bound(np.ones(3, dtype=np.int64))
+    with pytest.raises(TypeError, match="X"):
+        _kernels.magnitude_bound([1.0, 2.0])

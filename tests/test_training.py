@@ -479,15 +479,72 @@ def _finite(net):
     return all(np.isfinite(p).all() for p in net.weights + net.biases)
 
 
+def _diverging_sgd_fit(dtype, batch_size, lr, epochs=30):
+    X, Y = teacher_problem(m=40, sizes=(3, 5, 2))
+    net = bpfast.Network([3, 8, 2], activations=["relu", "identity"], dtype=dtype, seed=1)
+    with pytest.raises(bpfast.DivergenceError) as info:
+        net.fit(X, Y, epochs=epochs, batch_size=batch_size, learning_rate=lr,
+                shuffle=False)
+    return X, Y, net, str(info.value)
+
+
+@pytest.mark.parametrize("lr", [1e6, 1e30, 1e200])
 @pytest.mark.parametrize("batch_size", [1, 8, 40])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
-def test_divergence_raises_and_keeps_last_good_epoch(dtype, batch_size):
+def test_sgd_divergence_keeps_the_weights_from_before_the_failing_batch(dtype, batch_size,
+                                                                        lr):
+    """Plain sgd: the error names the epoch and batch, and the network holds exactly the
+    parameters of a fit that stopped just before that batch (all finite). Large learning
+    rates make the update itself overflow, which the kernel's guard must catch."""
+    X, Y, net, msg = _diverging_sgd_fit(dtype, batch_size, lr)
+    match = re.search(r"epoch (\d+), batch (\d+)", msg)
+    assert match, msg
+    epoch, batch = int(match.group(1)), int(match.group(2))  # both 1-based
+    assert "learning_rate" in msg and "before that batch" in msg
+    assert _finite(net)
+    replay = bpfast.Network([3, 8, 2], activations=["relu", "identity"], dtype=dtype, seed=1)
+    if epoch > 1:
+        replay.fit(X, Y, epochs=epoch - 1, batch_size=batch_size, learning_rate=lr,
+                   shuffle=False)
+    rows = (batch - 1) * batch_size
+    if rows:
+        replay.fit(X[:rows], Y[:rows], epochs=1, batch_size=batch_size, learning_rate=lr,
+                   shuffle=False)
+    assert_params_equal(net, params(replay))
+
+
+@pytest.mark.parametrize("batches", [1, 3])
+def test_sgd_divergence_by_overflow_is_named(batches):
+    """float32, inputs near 1e15: the outputs (1e15) and the loss (1e30, summed in
+    double) are finite, but the gradient is near 1e30 and learning_rate 1e10 would put
+    the weights past float32's 3.4e38. The guard refuses that update."""
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.standard_normal((5 * (batches - 1), 3)),
+                   1e15 * rng.standard_normal((5, 3))])
+    Y = np.zeros((X.shape[0], 2))
+    net = bpfast.Network([3, 2], activations="identity", dtype=np.float32, seed=1)
+    with pytest.raises(bpfast.DivergenceError) as info:
+        net.fit(X, Y, epochs=1, batch_size=5, learning_rate=1e10, shuffle=False)
+    msg = str(info.value)
+    assert f"epoch 1, batch {batches}" in msg and "overflow" in msg, msg
+    replay = bpfast.Network([3, 2], activations="identity", dtype=np.float32, seed=1)
+    if batches > 1:
+        replay.fit(X[:-5], Y[:-5], epochs=1, batch_size=5, learning_rate=1e10,
+                   shuffle=False)
+    assert_params_equal(net, params(replay))
+    assert _finite(net)
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "nesterov"])
+@pytest.mark.parametrize("batch_size", [1, 8, 40])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+def test_divergence_raises_and_keeps_last_good_epoch(dtype, batch_size, optimizer):
     X, Y = teacher_problem(m=40, sizes=(3, 5, 2))
     net = bpfast.Network([3, 8, 2], activations=["relu", "identity"], dtype=dtype, seed=1)
     snapshots = [params(net)]
     with pytest.raises(bpfast.DivergenceError) as info:
         net.fit(X, Y, epochs=30, batch_size=batch_size, learning_rate=1e6, shuffle=False,
-                callback=lambda n, e, h: snapshots.append(params(n)))
+                optimizer=optimizer, callback=lambda n, e, h: snapshots.append(params(n)))
     assert isinstance(info.value, FloatingPointError)
     msg = str(info.value)
     match = re.search(r"epoch (\d+)", msg)
