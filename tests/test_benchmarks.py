@@ -5,6 +5,7 @@ computed the same thing as bpfast. Peers that are not installed are skipped.
 """
 import argparse
 import json
+import os
 
 import numpy as np
 import pytest
@@ -207,3 +208,21 @@ def test_bad_options():
                  ["--threads", "0"]):
         with pytest.raises(bm.UsageError):
             bm.run_from_args(parser.parse_args(argv))
+
+
+def test_format_table_names_requested_threads_and_pinning():
+    report = fake_report()
+    report["machine"].update(threads_requested=1, cpus_pinned=[0])
+    text = bm.format_table(report)
+    assert "threads: 1 (--threads; process pinned to CPU(s) [0])" in text
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs CPU affinity and at least 2 usable CPUs")
+def test_thread_limit_pins_the_process_and_restores():
+    before = os.sched_getaffinity(0)
+    lines = []
+    with bm._thread_limit(1, lines.append) as limit:
+        assert len(os.sched_getaffinity(0)) == 1 and limit.cpus == [min(before)]
+    assert os.sched_getaffinity(0) == before
+    assert any("pinned" in line for line in lines)
