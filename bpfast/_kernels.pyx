@@ -828,16 +828,16 @@ cdef bint update_is_safe(int L, int m, const int* sizes, const int* codes, int l
                     else act[l] if code == EXP else 1)
             dlt[l - 1] = sizes[l + 1] * dlt[l] * bound[l] * gmax
         safe = True
-        for l in range(L):  # the new bounds, over the a_l no longer needed
+        for l in range(L):  # the new bounds, over the d_l (each used once, just here)
             a = act[l] if act[l] > 1 else 1
             grown = keep * bound[l] + lr * m * dlt[l] * a
             if not grown < limit:  # also when it is NaN
                 safe = False
-            act[l] = grown
+            dlt[l] = grown
         if safe:
             break
     for l in range(L):
-        bound[l] = act[l]
+        bound[l] = dlt[l]
     return safe
 
 

@@ -4,6 +4,7 @@ learning, divergence, early stopping, callbacks, progress, validation and bad ar
 Helpers live in this file on purpose (tests/conftest.py belongs to another suite).
 """
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -1008,3 +1009,35 @@ def test_trainer_gradient_equals_reference(loss, dtype, weighted, l2):
     assert_params_equal(net, before, "gradient must not update")
     with pytest.raises(ValueError, match="X"):
         trainer.gradient(np.zeros((m + 1, sizes[0]), dtype), np.zeros((m + 1, 3), dtype))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_sgd_guard_never_leaves_non_finite_weights(seed):
+    """Random float32 networks, input scales and learning rates near overflow: whether fit
+    ends normally or with DivergenceError, every parameter is finite, and after an error
+    the network equals a fit stopped just before the failing batch."""
+    rng = np.random.default_rng(seed)
+    acts_pool = ["relu", "identity", "leaky_relu", "tanh", "sigmoid", "softplus", "exp"]
+    depth = int(rng.integers(1, 4))
+    sizes = [int(rng.integers(2, 9)) for _ in range(depth + 1)]
+    acts = [str(rng.choice(acts_pool)) for _ in range(depth)]
+    X = rng.standard_normal((24, sizes[0])) * 10.0 ** rng.integers(0, 12)
+    Y = rng.standard_normal((24, sizes[-1])) * 10.0 ** rng.integers(0, 6)
+    lr = float(10.0 ** rng.integers(-2, 12))
+    kw = dict(batch_size=int(rng.integers(1, 9)), learning_rate=lr, shuffle=False)
+    net = bpfast.Network(sizes, activations=acts, dtype=np.float32, seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        try:
+            net.fit(X, Y, epochs=3, **kw)
+        except bpfast.DivergenceError as e:
+            match = re.search(r"epoch (\d+), batch (\d+)", str(e))
+            epoch, batch = int(match.group(1)), int(match.group(2))
+            replay = bpfast.Network(sizes, activations=acts, dtype=np.float32, seed=seed)
+            if epoch > 1:
+                replay.fit(X, Y, epochs=epoch - 1, **kw)
+            rows = (batch - 1) * kw["batch_size"]
+            if rows:
+                replay.fit(X[:rows], Y[:rows], epochs=1, **kw)
+            assert_params_equal(net, params(replay))
+    assert _finite(net), (sizes, acts, lr)
