@@ -1053,11 +1053,13 @@ cdef class Trainer(Layers):
 
     Notes
     -----
-    During :meth:`epoch` the first layer's weights (and their gradient and optimizer
-    state) live in private transposed copies, n^0 x n^1, copied in at the start and back
-    at the end: the forward product X W^T then runs as a non-transposed GEMM, which
-    OpenBLAS's small-matrix kernels take (measured 5.7 against 8.2 us for 32 x 64 x 64).
-    The first layer's dA is never needed, so its transposed layout costs nothing.
+    When the first layer's product is small (``first_transposed``: batch_size * n^0 * n^1
+    at most 2^20 multiply-adds, see :func:`set_first_transpose_limit`), during
+    :meth:`epoch` its weights (and their gradient and optimizer state) live in private
+    transposed copies, n^0 x n^1, copied in at the start and back at the end: the forward
+    product X W^T then runs as a non-transposed GEMM, which OpenBLAS's small-matrix
+    kernels take (measured 5.7 against 8.2 us for 32 x 64 x 64). The first layer's dA is
+    never needed, so its transposed layout costs nothing but the copies.
     """
     cdef readonly int loss, optimizer, batch_size
     cdef readonly list state
@@ -1081,6 +1083,7 @@ cdef class Trainer(Layers):
     cdef double* bound
     cdef void** bbak
     cdef readonly bint overflowed
+    cdef readonly bint first_transposed
 
     def __cinit__(self):
         self.sW1 = self.sb1 = self.sW2 = self.sb2 = NULL
@@ -1134,24 +1137,32 @@ cdef class Trainer(Layers):
             self.state += second
             self.sW2 = pointer_list(second[:self.L], "state", self.typenum, wshapes, True)
             self.sb2 = pointer_list(second[self.L:], "state", self.typenum, bshapes, True)
-        # transposed first-layer copies; plain sgd (fused update) never writes dW in epoch
+        # transposed first-layer copies, for small first layers only (see the class
+        # notes); plain sgd (fused update) never writes dW in epoch
+        self.first_transposed = (<long long>batch_size * sizes[0] * sizes[1]
+                                 <= bpfast_first_transpose_limit)
         transposed = (sizes[0], sizes[1])
-        W0t = np.empty(transposed, dtype)
         needs_gradient = optimizer == OPT_ADAM or momentum_state
-        dW0t = np.empty(transposed, dtype) if needs_gradient else dW[0]
-        s10t = np.empty(transposed, dtype) if self.sW1 != NULL else None
-        s20t = np.empty(transposed, dtype) if self.sW2 != NULL else None
-        self.own += (W0t, dW0t, s10t, s20t)
-        self.tW = with_first(self.W, self.L, cnp.PyArray_DATA(W0t))
-        self.tdW = with_first(self.dW, self.L, cnp.PyArray_DATA(dW0t))
+        if self.first_transposed:
+            W0t = np.empty(transposed, dtype)
+            dW0t = np.empty(transposed, dtype) if needs_gradient else dW[0]
+            s10t = np.empty(transposed, dtype) if self.sW1 != NULL else None
+            s20t = np.empty(transposed, dtype) if self.sW2 != NULL else None
+            self.own += (W0t, dW0t, s10t, s20t)
+        self.tW = with_first(self.W, self.L, cnp.PyArray_DATA(W0t) if self.first_transposed
+                             else self.W[0])
+        self.tdW = with_first(self.dW, self.L, cnp.PyArray_DATA(dW0t)
+                              if self.first_transposed else self.dW[0])
         if self.tW == NULL or self.tdW == NULL:
             raise MemoryError()
-        if s10t is not None:
-            self.tsW1 = with_first(self.sW1, self.L, cnp.PyArray_DATA(s10t))
+        if self.sW1 != NULL:
+            self.tsW1 = with_first(self.sW1, self.L, cnp.PyArray_DATA(s10t)
+                                   if self.first_transposed else self.sW1[0])
             if self.tsW1 == NULL:
                 raise MemoryError()
-        if s20t is not None:
-            self.tsW2 = with_first(self.sW2, self.L, cnp.PyArray_DATA(s20t))
+        if self.sW2 != NULL:
+            self.tsW2 = with_first(self.sW2, self.L, cnp.PyArray_DATA(s20t)
+                                   if self.first_transposed else self.sW2[0])
             if self.tsW2 == NULL:
                 raise MemoryError()
         bias_backup = [np.empty(s, dtype) for s in bshapes]
@@ -1232,7 +1243,8 @@ cdef class Trainer(Layers):
                     <double**>self.sb1, <double**>self.tsW2, <double**>self.sb2,
                     <double*>self.Xb, <double*>self.Yb, <double*>self.wb, n, <double*>x,
                     <double*>y, <double*>w, <Py_ssize_t*>o, bs, loss, loss_scale, opt, lr,
-                    momentum, nesterov, beta1, beta2, epsilon, alpha, t, True, bound,
+                    momentum, nesterov, beta1, beta2, epsilon, alpha, t,
+                    self.first_transposed, bound,
                     bounds, <double**>self.tdW, <double**>self.bbak)
                 self.transpose_first(False)
         else:
@@ -1249,7 +1261,7 @@ cdef class Trainer(Layers):
                     <float*>self.Yb, <float*>self.wb, n, <float*>x, <float*>y,
                     <float*>w, <Py_ssize_t*>o, bs, loss, <float>loss_scale, opt,
                     <float>lr, <float>momentum, nesterov, <float>beta1, <float>beta2,
-                    <float>epsilon, <float>alpha, t, True, bound, bounds,
+                    <float>epsilon, <float>alpha, t, self.first_transposed, bound, bounds,
                     <float**>self.tdW, <float**>self.bbak)
                 self.transpose_first(False)
         self.overflowed = res.overflow != 0
@@ -1258,6 +1270,8 @@ cdef class Trainer(Layers):
     cdef void transpose_first(self, bint into) noexcept nogil:
         """Copy the first layer's weights and optimizer state into the transposed copies
         (``into``) or back to the caller's arrays."""
+        if not self.first_transposed:
+            return
         if self.typenum == cnp.NPY_DOUBLE:
             transpose_layer0[double](into, self.sizes[1], self.sizes[0],
                                      <double**>self.W, <double**>self.tW,
@@ -1331,6 +1345,23 @@ def magnitude_bound(X):
     else:
         raise TypeError(f"X: expected float32 or float64, got {X.dtype}")
     return top
+
+
+# Trainers keep the first layer transposed while batch_size * n^0 * n^1 is at most this
+# many multiply-adds: about where OpenBLAS stops taking products with its small-matrix
+# kernels. Above it both layouts go the same packed way (measured on 784-128-10 at batch
+# 64 and 784-1024-1024-10 at 256: within a few percent either way, run to run), and the
+# transposed copies would only cost memory (6.1 MiB for the latter in float64).
+cdef long long bpfast_first_transpose_limit = 1LL << 20
+
+
+def set_first_transpose_limit(long long limit):
+    """Trainers built afterwards keep the first layer transposed during an epoch when
+    batch_size * n^0 * n^1 <= limit; returns the old limit. For benchmarks and tests."""
+    global bpfast_first_transpose_limit
+    old = bpfast_first_transpose_limit
+    bpfast_first_transpose_limit = limit
+    return old
 
 
 def set_small_gemm_limit(long long limit):

@@ -43,22 +43,32 @@ def test_backprop_on_each_gemm_path(gemm_path, sizes, m, dtype):
     assert_close(bpfast.forward(W, b, acts, X), reference.forward(W, b, acts, X), dtype)
 
 
+@pytest.fixture(params=["transposed", "plain"])
+def first_layer(request):
+    """The trainer's first layer kept transposed during epochs (small layers) or not."""
+    old = _kernels.set_first_transpose_limit(2**62 if request.param == "transposed" else 0)
+    yield request.param
+    _kernels.set_first_transpose_limit(old)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("optimizer", ["sgd", "momentum"])
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
 @pytest.mark.parametrize("l2", [0.0, 0.5])
 @pytest.mark.parametrize("batch_size", [1, 5, 64])
-def test_fit_on_each_gemm_path(gemm_path, optimizer, l2, batch_size, dtype):
-    """sgd takes the fused step (no dW), momentum the gradient-then-update route."""
+def test_fit_on_each_gemm_path(gemm_path, first_layer, optimizer, l2, batch_size, dtype):
+    """sgd takes the fused step (no dW), momentum and adam the gradient-then-update
+    route; each with the first layer transposed during epochs or in place."""
     sizes = (9, 17, 5, 3)
     W, b = make_params(sizes, dtype, seed=3)
     X, Y = make_data(sizes, 41, dtype, seed=4)
     net = bpfast.Network(sizes, ["relu", "tanh", "sigmoid"], dtype=dtype)
     for p, q in zip(net.weights + net.biases, W + b):
         p[...] = q
-    hist = net.fit(X, Y, epochs=3, batch_size=batch_size, learning_rate=0.1,
+    lr = 0.01 if optimizer == "adam" else 0.1
+    hist = net.fit(X, Y, epochs=3, batch_size=batch_size, learning_rate=lr,
                    optimizer=optimizer, l2=l2, shuffle=False).loss
     W_ref, b_ref, hist_ref = reference.fit(W, b, net.activations, X, Y, epochs=3,
-                                           batch_size=batch_size, learning_rate=0.1,
+                                           batch_size=batch_size, learning_rate=lr,
                                            optimizer=optimizer, l2=l2)
     # three epochs of steps compound rounding differences a little
     rtol = 1e-9 if np.dtype(dtype) == np.float64 else 1e-3
