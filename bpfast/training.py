@@ -170,11 +170,15 @@ def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="
     history = History()
     bar = _progress_bar(epochs) if progress else None
     best, best_params, waited, t = math.inf, None, 0, 0
+    # the others' copy to roll back to, allocated once and refilled every epoch
+    saved = None if guard else [np.empty_like(p) for p in net.weights + net.biases]
     try:
         for epoch in range(epochs):
             started = time.perf_counter()
             order = rng.permutation(X.shape[0]).astype(np.intp) if shuffle else None
-            saved = None if guard else [p.copy() for p in net.weights + net.biases]
+            if saved is not None:
+                for s, p in zip(saved, net.weights + net.biases):
+                    np.copyto(s, p)
             loss_sum, t, bad = trainer.epoch(
                 X, Y, sample_weight, order, learning_rate, momentum, nesterov,
                 beta1, beta2, epsilon, float(l2), 1.0, t, guard, data_bound,
@@ -187,8 +191,7 @@ def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="
                     f"the network keeps its weights from before that batch. "
                     f"Try a smaller learning_rate (now {learning_rate})."
                 )
-            if not guard and (bad >= 0 or not all(np.isfinite(p).all()
-                                                  for p in net.weights + net.biases)):
+            if not guard and (bad >= 0 or not trainer.parameters_finite()):
                 # the loss (summed in float64) can stay finite while a float32 update
                 # overflows: the parameters themselves are checked too
                 for p, s in zip(net.weights + net.biases, saved):
