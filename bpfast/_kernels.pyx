@@ -69,8 +69,6 @@ cdef inline int pwl_kind(int code) noexcept nogil:
 cdef extern from "_reduce.h" nogil:
     double bpfast_sumsq_d(const double* x, Py_ssize_t n)
     double bpfast_sumsq_f(const float* x, Py_ssize_t n)
-    int bpfast_all_finite_d(const double* x, Py_ssize_t n)
-    int bpfast_all_finite_f(const float* x, Py_ssize_t n)
     double bpfast_max_abs_d(const double* x, Py_ssize_t n)
     double bpfast_max_abs_f(const float* x, Py_ssize_t n)
 
@@ -562,20 +560,14 @@ cdef class Layers:
     def parameters_finite(self):
         """True if every weight and bias is finite (one vectorised pass, no copies)."""
         self.check_ready()
-        cdef int l
-        cdef Py_ssize_t N
-        cdef bint ok = True
+        cdef bint ok
         with nogil:
-            for l in range(self.L):
-                N = <Py_ssize_t>self.sizes[l + 1] * self.sizes[l]
-                if self.typenum == cnp.NPY_DOUBLE:
-                    ok = (bpfast_all_finite_d(<double*>self.W[l], N)
-                          and bpfast_all_finite_d(<double*>self.b[l], self.sizes[l + 1]))
-                else:
-                    ok = (bpfast_all_finite_f(<float*>self.W[l], N)
-                          and bpfast_all_finite_f(<float*>self.b[l], self.sizes[l + 1]))
-                if not ok:
-                    break
+            if self.typenum == cnp.NPY_DOUBLE:
+                ok = all_finite[double](self.L, self.sizes, <double**>self.W,
+                                        <double**>self.b)
+            else:
+                ok = all_finite[float](self.L, self.sizes, <float**>self.W,
+                                       <float**>self.b)
         return ok
 
     cdef int check_ready(self) except -1:
@@ -841,6 +833,16 @@ cdef bint update_is_safe(int L, int m, const int* sizes, const int* codes, int l
     return safe
 
 
+cdef bint all_finite(int L, const int* sizes, floating** W, floating** b) noexcept nogil:
+    """Whether every weight and bias is finite."""
+    cdef int l
+    for l in range(L):
+        if not (max_abs(W[l], <Py_ssize_t>sizes[l + 1] * sizes[l]) < HUGE_VAL
+                and max_abs(b[l], sizes[l + 1]) < HUGE_VAL):
+            return False
+    return True
+
+
 cdef bint parameter_bounds(int L, const int* sizes, floating** W, floating** b,
                            double* bound) noexcept nogil:
     """bound[l] = max |W[l]|, |b[l]|; returns whether every parameter is finite."""
@@ -1000,6 +1002,13 @@ cdef void transpose_layer0(bint into, int n1, int n0, floating** W, floating** W
         transpose_pair(into, n1, n0, s2[0], s2_t[0])
 
 
+cdef void* transposed_copy(list keep, list sizes, dtype) except NULL:
+    """Data pointer of a new n^0 x n^1 array, kept alive in ``keep``."""
+    copy = np.empty((sizes[0], sizes[1]), dtype)
+    keep.append(copy)
+    return cnp.PyArray_DATA(copy)
+
+
 cdef void** with_first(void** pointers, int count, void* first) noexcept:
     """malloc'd copy of a pointer array with entry 0 replaced (NULL stays NULL)."""
     if pointers == NULL:
@@ -1141,30 +1150,27 @@ cdef class Trainer(Layers):
         # notes); plain sgd (fused update) never writes dW in epoch
         self.first_transposed = (<long long>batch_size * sizes[0] * sizes[1]
                                  <= bpfast_first_transpose_limit)
-        transposed = (sizes[0], sizes[1])
-        needs_gradient = optimizer == OPT_ADAM or momentum_state
-        if self.first_transposed:
-            W0t = np.empty(transposed, dtype)
-            dW0t = np.empty(transposed, dtype) if needs_gradient else dW[0]
-            s10t = np.empty(transposed, dtype) if self.sW1 != NULL else None
-            s20t = np.empty(transposed, dtype) if self.sW2 != NULL else None
-            self.own += (W0t, dW0t, s10t, s20t)
-        self.tW = with_first(self.W, self.L, cnp.PyArray_DATA(W0t) if self.first_transposed
-                             else self.W[0])
-        self.tdW = with_first(self.dW, self.L, cnp.PyArray_DATA(dW0t)
-                              if self.first_transposed else self.dW[0])
-        if self.tW == NULL or self.tdW == NULL:
+        cdef void* w0 = self.W[0]
+        cdef void* dw0 = self.dW[0]
+        cdef void* s10 = self.sW1[0] if self.sW1 != NULL else NULL
+        cdef void* s20 = self.sW2[0] if self.sW2 != NULL else NULL
+        if self.first_transposed:  # private n^0 x n^1 copies of what entry 0 holds
+            copies = []
+            w0 = transposed_copy(copies, sizes, dtype)
+            if optimizer == OPT_ADAM or momentum_state:
+                dw0 = transposed_copy(copies, sizes, dtype)
+            if s10 != NULL:
+                s10 = transposed_copy(copies, sizes, dtype)
+            if s20 != NULL:
+                s20 = transposed_copy(copies, sizes, dtype)
+            self.own += (copies,)
+        self.tW = with_first(self.W, self.L, w0)
+        self.tdW = with_first(self.dW, self.L, dw0)
+        self.tsW1 = with_first(self.sW1, self.L, s10)
+        self.tsW2 = with_first(self.sW2, self.L, s20)
+        if (self.tW == NULL or self.tdW == NULL or (self.sW1 != NULL and self.tsW1 == NULL)
+                or (self.sW2 != NULL and self.tsW2 == NULL)):
             raise MemoryError()
-        if self.sW1 != NULL:
-            self.tsW1 = with_first(self.sW1, self.L, cnp.PyArray_DATA(s10t)
-                                   if self.first_transposed else self.sW1[0])
-            if self.tsW1 == NULL:
-                raise MemoryError()
-        if self.sW2 != NULL:
-            self.tsW2 = with_first(self.sW2, self.L, cnp.PyArray_DATA(s20t)
-                                   if self.first_transposed else self.sW2[0])
-            if self.tsW2 == NULL:
-                raise MemoryError()
         bias_backup = [np.empty(s, dtype) for s in bshapes]
         self.own += (bias_backup,)
         self.bbak = pointer_list(bias_backup, "bias backup", self.typenum, bshapes, True)
@@ -1202,7 +1208,7 @@ cdef class Trainer(Layers):
         copy of them, except in the rare batches whose magnitudes come near overflow.
         ``data_bound``: the guard's (max |X|, max |Y|, largest sample weight or 1) when
         the caller knows them (a fit takes them once for all its epochs, with
-        :func:`magnitude_bound`); None to have them computed here.
+        :func:`data_bounds`); None to have them computed here.
         """
         self.check_ready()
         if guard and (self.optimizer != OPT_SGD or self.sW1 != NULL):
@@ -1222,14 +1228,12 @@ cdef class Trainer(Layers):
             check_permutation(<Py_ssize_t*>o, n)
         cdef EpochResult res
         cdef int L = self.L, cap = self.m, bs = self.batch_size, loss = self.loss
-        cdef int opt = self.optimizer, n0 = self.sizes[0], n1 = self.sizes[1]
+        cdef int opt = self.optimizer
         cdef double* bound = self.bound if guard else NULL
         cdef double bounds[3]
         if guard:
-            if data_bound is None:
-                data_bound = (magnitude_bound(X), magnitude_bound(Y),
-                              1.0 if sample_weight is None else magnitude_bound(sample_weight))
-            bounds[0], bounds[1], bounds[2] = data_bound
+            bounds[0], bounds[1], bounds[2] = (data_bounds(X, Y, sample_weight)
+                                               if data_bound is None else data_bound)
         if self.typenum == cnp.NPY_DOUBLE:
             with nogil:
                 self.transpose_first(True)
@@ -1329,7 +1333,7 @@ cdef class Trainer(Layers):
 
 def magnitude_bound(X):
     """max |X| over a float32 or float64 array (C-contiguous), or inf if any entry is not
-    finite: for the ``data_bound`` of :meth:`Trainer.epoch`."""
+    finite (see :func:`data_bounds`)."""
     if not cnp.PyArray_Check(X) or not cnp.PyArray_IS_C_CONTIGUOUS(X):
         raise TypeError("X: expected a C-contiguous NumPy array")
     cdef Py_ssize_t n = cnp.PyArray_SIZE(X)
@@ -1353,6 +1357,13 @@ def magnitude_bound(X):
 # 64 and 784-1024-1024-10 at 256: within a few percent either way, run to run), and the
 # transposed copies would only cost memory (6.1 MiB for the latter in float64).
 cdef long long bpfast_first_transpose_limit = 1LL << 20
+
+
+def data_bounds(X, Y, sample_weight=None):
+    """The overflow guard's (max |X|, max |Y|, largest sample weight or 1): the
+    ``data_bound`` of :meth:`Trainer.epoch`."""
+    return (magnitude_bound(X), magnitude_bound(Y),
+            1.0 if sample_weight is None else magnitude_bound(sample_weight))
 
 
 def set_first_transpose_limit(long long limit):

@@ -1,6 +1,6 @@
-/* Sums of squares accumulated in double, split into independent partial sums; a
- * finiteness check; the largest magnitude (for the trainer's overflow bound, see
- * ``update_is_safe`` in _kernels.pyx).
+/* Sums of squares accumulated in double, split into independent partial sums; and
+ * the largest magnitude, which also tells whether every value is finite (the trainer's
+ * overflow bound, see ``update_is_safe`` in _kernels.pyx, and its finiteness checks).
  *
  * A plain `s += x[k] * x[k]` loop is latency-bound (one dependent add per element) and the
  * compiler may not split the sum by itself; splitting it here changes the result at
@@ -33,22 +33,6 @@ static inline double NAME(const T *x, ptrdiff_t n)                              
 
 BPFAST_DEFINE_SUMSQ(double, bpfast_sumsq_d)
 BPFAST_DEFINE_SUMSQ(float, bpfast_sumsq_f)
-
-/* 1 if every x[k] is finite: x * 0 is (+-)0 for finite x and NaN for inf and NaN, and a
- * sum of zeros stays zero while any NaN makes it NaN. */
-#define BPFAST_DEFINE_ALL_FINITE(T, NAME)                                               \
-static inline int NAME(const T *x, ptrdiff_t n)                                         \
-{                                                                                       \
-    T s = 0;                                                                            \
-    ptrdiff_t k;                                                                        \
-    _Pragma("omp simd reduction(+:s)")                                                  \
-    for (k = 0; k < n; k++)                                                             \
-        s += x[k] * (T)0;                                                               \
-    return s == 0;                                                                      \
-}
-
-BPFAST_DEFINE_ALL_FINITE(double, bpfast_all_finite_d)
-BPFAST_DEFINE_ALL_FINITE(float, bpfast_all_finite_f)
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__INTEL_COMPILER) && \
     !defined(BPFAST_NO_TARGET_CLONES)

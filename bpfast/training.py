@@ -161,11 +161,7 @@ def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="
         min(batch_size, X.shape[0]), loss_code, opt_code, velocity,
     )
     # the guard's bounds on the data, once for all epochs (the data do not change)
-    data_bound = None
-    if guard:
-        data_bound = (_kernels.magnitude_bound(X), _kernels.magnitude_bound(Y),
-                      1.0 if sample_weight is None else
-                      _kernels.magnitude_bound(sample_weight))
+    data_bound = _kernels.data_bounds(X, Y, sample_weight) if guard else None
     rng = np.random.default_rng(seed)
     history = History()
     bar = _progress_bar(epochs) if progress else None
