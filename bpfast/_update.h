@@ -26,8 +26,10 @@
 #define BPFAST_UTARGETS
 #endif
 
-#define BPFAST_DEFINE_UPDATE(T, NAME, SQRT)                                             \
-BPFAST_UTARGETS static double NAME(                                                     \
+/* The loops, always inlined: into the run-time-dispatched NAME below and into the fused
+ * gradient-and-update kernel of _grad_update.h, so both evaluate the same expressions. */
+#define BPFAST_DEFINE_UPDATE_BODY(T, NAME, SQRT)                                        \
+static inline __attribute__((always_inline)) double NAME(                               \
     ptrdiff_t n, T *restrict P, const T *restrict G, T *restrict V, T *restrict S,      \
     int adam, T lr, T mu, int nesterov, T beta1, T beta2, T eps, T lr_t, T l2)          \
 {                                                                                       \
@@ -75,7 +77,17 @@ BPFAST_UTARGETS static double NAME(                                             
     return s;                                                                           \
 }
 
-BPFAST_DEFINE_UPDATE(double, bpfast_update_d, sqrt)
-BPFAST_DEFINE_UPDATE(float, bpfast_update_f, sqrtf)
+#define BPFAST_DEFINE_UPDATE(T, NAME, BODY)                                             \
+BPFAST_UTARGETS static double NAME(                                                     \
+    ptrdiff_t n, T *restrict P, const T *restrict G, T *restrict V, T *restrict S,      \
+    int adam, T lr, T mu, int nesterov, T beta1, T beta2, T eps, T lr_t, T l2)          \
+{                                                                                       \
+    return BODY(n, P, G, V, S, adam, lr, mu, nesterov, beta1, beta2, eps, lr_t, l2);    \
+}
+
+BPFAST_DEFINE_UPDATE_BODY(double, bpfast_update_body_d, sqrt)
+BPFAST_DEFINE_UPDATE_BODY(float, bpfast_update_body_f, sqrtf)
+BPFAST_DEFINE_UPDATE(double, bpfast_update_d, bpfast_update_body_d)
+BPFAST_DEFINE_UPDATE(float, bpfast_update_f, bpfast_update_body_f)
 
 #endif

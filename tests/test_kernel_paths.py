@@ -51,13 +51,29 @@ def first_layer(request):
     _kernels.set_first_transpose_limit(old)
 
 
+@pytest.fixture(params=["fused", "separate"])
+def update_route(request):
+    """Momentum and Adam steps through the fused gradient-and-update kernel for every
+    layer, or the weight gradient into dW and then the update pass."""
+    if request.param == "fused" and not _kernels.fused_update_available():
+        pytest.skip("the fused gradient-and-update kernel needs AVX-512")
+    old = _kernels.set_fused_update_limit(2**62 if request.param == "fused" else 0)
+    yield request.param
+    _kernels.set_fused_update_limit(old)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("optimizer, update_route",
+                         [("sgd", "separate"), ("momentum", "fused"),
+                          ("momentum", "separate"), ("adam", "fused"),
+                          ("adam", "separate")], indirect=["update_route"])
 @pytest.mark.parametrize("l2", [0.0, 0.5])
 @pytest.mark.parametrize("batch_size", [1, 5, 64])
-def test_fit_on_each_gemm_path(gemm_path, first_layer, optimizer, l2, batch_size, dtype):
-    """sgd takes the fused step (no dW), momentum and adam the gradient-then-update
-    route; each with the first layer transposed during epochs or in place."""
+def test_fit_on_each_gemm_path(gemm_path, first_layer, update_route, optimizer, l2,
+                               batch_size, dtype):
+    """sgd takes the fused step (no dW), momentum and adam the fused gradient-and-update
+    kernel or the gradient-then-update route; each with the first layer transposed
+    during epochs or in place."""
     sizes = (9, 17, 5, 3)
     W, b = make_params(sizes, dtype, seed=3)
     X, Y = make_data(sizes, 41, dtype, seed=4)
@@ -71,6 +87,32 @@ def test_fit_on_each_gemm_path(gemm_path, first_layer, optimizer, l2, batch_size
                                            batch_size=batch_size, learning_rate=lr,
                                            optimizer=optimizer, l2=l2)
     # three epochs of steps compound rounding differences a little
+    rtol = 1e-9 if np.dtype(dtype) == np.float64 else 1e-3
+    for got, want in zip(net.weights + net.biases, W_ref + b_ref):
+        assert_close(got, want, rtol=rtol)
+    np.testing.assert_allclose(hist, hist_ref, rtol=rtol)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("optimizer", ["momentum", "nesterov", "adam"])
+@pytest.mark.parametrize("batch_size", [1, 33])
+def test_fused_update_on_every_tile_shape(first_layer, update_route, optimizer,
+                                          batch_size, dtype):
+    """Layers wide enough for the fused kernel's full 4-row tiles, single rows, full and
+    single vectors and a scalar tail (50 inputs, 75 and 20 hidden units, both layouts of
+    the first layer), against the reference trainer."""
+    sizes = (50, 75, 20, 3)
+    W, b = make_params(sizes, dtype, seed=5)
+    X, Y = make_data(sizes, 70, dtype, seed=6)
+    net = bpfast.Network(sizes, ["tanh", "relu", "sigmoid"], dtype=dtype)
+    for p, q in zip(net.weights + net.biases, W + b):
+        p[...] = q
+    lr = 0.01 if optimizer == "adam" else 0.05
+    hist = net.fit(X, Y, epochs=2, batch_size=batch_size, learning_rate=lr,
+                   optimizer=optimizer, l2=0.3, shuffle=False).loss
+    W_ref, b_ref, hist_ref = reference.fit(W, b, net.activations, X, Y, epochs=2,
+                                           batch_size=batch_size, learning_rate=lr,
+                                           optimizer=optimizer, l2=0.3)
     rtol = 1e-9 if np.dtype(dtype) == np.float64 else 1e-3
     for got, want in zip(net.weights + net.biases, W_ref + b_ref):
         assert_close(got, want, rtol=rtol)
