@@ -13,7 +13,7 @@ pointer is taken, then run the whole pass without the GIL and without allocating
 """
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset, memcpy
-from libc.math cimport sqrt, pow, isfinite, log, logf, HUGE_VAL
+from libc.math cimport sqrt, pow, isfinite, log, logf, frexp, HUGE_VAL, M_LN2
 from libc.float cimport FLT_EPSILON, DBL_EPSILON, FLT_MAX, DBL_MAX
 from cython cimport floating
 
@@ -248,6 +248,32 @@ cdef void bias_activate(int code, int m, int n, const floating* b,
         activate_row(code, n, z, A + i * n)
 
 
+cdef struct LogOfProduct:
+    # sum_k log x_k as the log of a product kept as mantissa * 2^exponent: one log per
+    # batch instead of one per row. Each factor is at least FLT_EPSILON or DBL_EPSILON
+    # (the clipped probabilities), so 16 of them stay far above double's smallest normal
+    # before the mantissa is renormalised. Relative error ~ (factors) ulp of the product.
+    double mantissa
+    long long exponent
+    int pending
+
+
+cdef inline void log_product_times(LogOfProduct* f, double x) noexcept nogil:
+    """The product f times x (x >= FLT_EPSILON)."""
+    cdef int e
+    f.mantissa *= x
+    f.pending += 1
+    if f.pending == 16:
+        f.mantissa = frexp(f.mantissa, &e)
+        f.exponent += e
+        f.pending = 0
+
+
+cdef inline double log_product_value(const LogOfProduct* f) noexcept nogil:
+    """log of the product: log(mantissa) + exponent log 2."""
+    return log(f.mantissa) + f.exponent * M_LN2
+
+
 cdef double output_delta(int loss, int code, int m, int n, const floating* A,
                          const floating* Y, const floating* w, floating denom,
                          floating* Z, floating* db) noexcept nogil:
@@ -267,6 +293,7 @@ cdef double output_delta(int loss, int code, int m, int n, const floating* A,
     cdef const floating* y
     cdef double acc = 0, row_acc
     cdef floating eps = FLT_EPSILON if floating is float else DBL_EPSILON
+    cdef LogOfProduct factors = LogOfProduct(1.0, 0, 0)
     memset(db, 0, n * sizeof(floating))
     for i in range(m):
         wc = w[i] if w != NULL else 1
@@ -301,14 +328,19 @@ cdef double output_delta(int loss, int code, int m, int n, const floating* A,
                 z[j] = wc * (a[j] - y[j]) / denom
                 p = a[j] if a[j] > eps else eps
                 p = p if p < 1 - eps else 1 - eps
-                if y[j] != 0:
+                if y[j] == 1 and w == NULL:
+                    log_product_times(&factors, p)
+                elif y[j] != 0:
                     row_acc -= <double>y[j] * _log(p)
-                if loss == LOSS_BCE and y[j] != 1:
-                    row_acc -= <double>(1 - y[j]) * _log(1 - p)
+                if loss == LOSS_BCE:
+                    if y[j] == 0 and w == NULL:
+                        log_product_times(&factors, 1 - p)
+                    elif y[j] != 1:
+                        row_acc -= <double>(1 - y[j]) * _log(1 - p)
         acc += <double>wc * row_acc
         for j in range(n):
             db[j] += z[j]
-    return acc
+    return acc - log_product_value(&factors)
 
 
 cdef void hidden_delta(int code, int m, int n, const floating* dA, const floating* A,
@@ -356,16 +388,32 @@ cdef inline void weight_gradient(bint transposed, int m, int n_out, int n_in,
 
 cdef void forward_pass(int L, int m, const int* sizes, const int* codes,
                        const floating* X, floating** W, floating** b,
-                       floating** Z, floating** A, bint first_t=False) noexcept nogil:
+                       floating** Z, floating** A, bint first_t=False,
+                       const floating** X_rows=NULL) noexcept nogil:
     """Z[l] = A[l-1] W[l]^T + b[l], A[l] = g_l(Z[l]) for l = 0..L-1, with A[-1] = X.
 
     ``first_t``: W[0] is stored transposed (n^0 x n^1), as the trainer keeps it.
+    ``X_rows`` (with ``first_t``, on processors with the tile kernels): row p of X is
+    X_rows[p], and the first layer is _layer_forward.h's product with its bias and
+    piecewise-linear activation fused in; ``X`` is not read.
     """
-    cdef int l
+    cdef int l, kind
     cdef const floating* prev = X
     for l in range(L):
-        layer_product(first_t and l == 0, m, sizes[l + 1], sizes[l], prev, W[l], Z[l])
-        bias_activate(codes[l], m, sizes[l + 1], b[l], Z[l], A[l])
+        if l == 0 and X_rows != NULL:
+            kind = pwl_kind(codes[0])
+            if floating is double:
+                bpfast_layer_forward_d(m, sizes[0], sizes[1], X_rows, W[0], b[0], Z[0],
+                                       A[0], kind)
+            else:
+                bpfast_layer_forward_f(m, sizes[0], sizes[1], X_rows, W[0], b[0], Z[0],
+                                       A[0], kind)
+            if kind < 0:
+                bias_activate(codes[0], m, sizes[1], b[0], Z[0], A[0])
+        else:
+            layer_product(first_t and l == 0, m, sizes[l + 1], sizes[l], prev, W[l],
+                          Z[l])
+            bias_activate(codes[l], m, sizes[l + 1], b[l], Z[l], A[l])
         prev = A[l]
 
 
@@ -652,15 +700,29 @@ cdef inline double update(int optimizer, Py_ssize_t N, floating* p, const floati
                                nesterov, beta1, beta2, epsilon, lr_t, l2)
 
 
+cdef extern from "_tiles.h" nogil:
+    int bpfast_tiles_available()
+
+
+cdef extern from "_layer_forward.h" nogil:
+    void bpfast_layer_forward_d(int m, int n_in, int n, const double** rows,
+                                const double* W, const double* b, double* Z, double* A,
+                                int kind)
+    void bpfast_layer_forward_f(int m, int n_in, int n, const float** rows,
+                                const float* W, const float* b, float* Z, float* A,
+                                int kind)
+
+
 cdef extern from "_grad_update.h" nogil:
-    int bpfast_grad_update_available()
     double bpfast_grad_update_d(int m, int R, int C, const double* A, Py_ssize_t lda,
-                                const double* B, Py_ssize_t ldb, double* P, double* V,
+                                const double** arows, const double* B, Py_ssize_t ldb,
+                                double* P, double* V,
                                 double* S, int adam, double lr, double mu, int nesterov,
                                 double beta1, double beta2, double eps, double lr_t,
                                 double l2)
     double bpfast_grad_update_f(int m, int R, int C, const float* A, Py_ssize_t lda,
-                                const float* B, Py_ssize_t ldb, float* P, float* V,
+                                const float** arows, const float* B, Py_ssize_t ldb,
+                                float* P, float* V,
                                 float* S, int adam, float lr, float mu, int nesterov,
                                 float beta1, float beta2, float eps, float lr_t, float l2)
 
@@ -671,7 +733,7 @@ cdef extern from "_grad_update.h" nogil:
 # project's 2-core AVX-512 machine, float64 Nesterov steps: 32 x 64 x 64 took 5.28 us
 # fused against 5.95 us; 32 x 128 x 128 22.1 against 22.8; 64 x 128 x 128 (2^20) 39.1
 # against 36.1, and 64 x 784 x 128 243 against 174. 0 where the processor lacks AVX-512.
-cdef long long bpfast_fused_update_limit = (1LL << 19) if bpfast_grad_update_available() else 0
+cdef long long bpfast_fused_update_limit = (1LL << 19) if bpfast_tiles_available() else 0
 
 
 cdef inline double grad_update(bint transposed, int m, int n_out, int n_in,
@@ -679,19 +741,22 @@ cdef inline double grad_update(bint transposed, int m, int n_out, int n_in,
                                floating* s1, floating* s2, int optimizer, floating lr,
                                floating momentum, bint nesterov, floating beta1,
                                floating beta2, floating epsilon, floating lr_t,
-                               floating l2) noexcept nogil:
+                               floating l2, const floating** prev_rows=NULL) noexcept nogil:
     """W stepped as :func:`update` with dW = dZ^T prev (n_out x n_in; its transpose for W
-    stored transposed), the gradient never stored; returns sum W^2 of the new values."""
+    stored transposed), the gradient never stored; returns sum W^2 of the new values.
+
+    ``prev_rows`` (W stored transposed only): row p of prev is prev_rows[p], and ``prev``
+    is not read."""
     cdef const floating* a = prev if transposed else dZ
     cdef const floating* bb = dZ if transposed else prev
     cdef int R = n_in if transposed else n_out
     cdef int C = n_out if transposed else n_in
     if floating is double:
-        return bpfast_grad_update_d(m, R, C, a, R, bb, C, W, s1, s2,
+        return bpfast_grad_update_d(m, R, C, a, R, prev_rows, bb, C, W, s1, s2,
                                     optimizer == OPT_ADAM, lr, momentum, nesterov, beta1,
                                     beta2, epsilon, lr_t, l2)
     else:
-        return bpfast_grad_update_f(m, R, C, a, R, bb, C, W, s1, s2,
+        return bpfast_grad_update_f(m, R, C, a, R, prev_rows, bb, C, W, s1, s2,
                                     optimizer == OPT_ADAM, lr, momentum, nesterov, beta1,
                                     beta2, epsilon, lr_t, l2)
 
@@ -740,7 +805,7 @@ cdef double optimizer_step(
         int loss, floating loss_scale, double penalty, int optimizer, floating lr,
         floating momentum, bint nesterov, floating beta1, floating beta2,
         floating epsilon, floating lr_t, floating l2, bint first_t,
-        double* sq) noexcept nogil:
+        double* sq, const floating** X_rows=NULL) noexcept nogil:
     """One batch's step with a momentum or Adam optimizer (or plain SGD with state);
     returns the batch's loss, its data term plus ``penalty`` (the L2 term).
 
@@ -749,14 +814,15 @@ cdef double optimizer_step(
     :func:`grad_update` for small layers, else dW[l] and :func:`update`), the step of
     b[l], and dZ[l-1]. The same updates as taking every gradient first. ``sq[0]`` gets
     sum ||W||^2 of the new weights. ``first_t``: W[0], dW[0] and their state are stored
-    transposed.
+    transposed. ``X_rows``: row p of the batch is X_rows[p] (``X`` is not read); only
+    with ``first_t`` and a first layer small enough for the fused kernels.
     """
     cdef int l
     cdef Py_ssize_t N
     cdef bint tr
     cdef const floating* prev
     cdef double value, total = 0
-    forward_pass(L, m, sizes, codes, X, W, b, Z, A, first_t)
+    forward_pass(L, m, sizes, codes, X, W, b, Z, A, first_t, X_rows)
     value = output_delta(loss, codes[L - 1], m, sizes[L], A[L - 1], Y, w, denom,
                          Z[L - 1], db[L - 1])
     value = value * loss_scale / (2.0 * denom if loss == LOSS_MSE else denom) + penalty
@@ -773,7 +839,8 @@ cdef double optimizer_step(
             total += grad_update(tr, m, sizes[l + 1], sizes[l], Z[l], prev, W[l],
                                  sW1[l] if sW1 != NULL else NULL,
                                  sW2[l] if sW2 != NULL else NULL, optimizer, lr, momentum,
-                                 nesterov, beta1, beta2, epsilon, lr_t, l2)
+                                 nesterov, beta1, beta2, epsilon, lr_t, l2,
+                                 X_rows if l == 0 else NULL)
         else:
             weight_gradient(tr, m, sizes[l + 1], sizes[l], <floating>1, Z[l], prev,
                             <floating>0, dW[l])
@@ -988,11 +1055,15 @@ cdef EpochResult train_epoch(
         int optimizer, floating lr, floating momentum, bint nesterov,
         floating beta1, floating beta2, floating epsilon, floating alpha,
         long long t, bint first_t, double* bound=NULL, const double* data_bound=NULL,
-        floating** Wbak=NULL, floating** bbak=NULL) noexcept nogil:
+        floating** Wbak=NULL, floating** bbak=NULL,
+        const floating** rows=NULL) noexcept nogil:
     """One epoch: for each batch, forward, the loss's output delta, backward, L2, update.
 
     ``first_t``: W[0], dW[0] and their optimizer state are stored transposed. ``bound``
-    and the rest: plain SGD's overflow guard (see :func:`sgd_step`).
+    and the rest: plain SGD's overflow guard (see :func:`sgd_step`). ``rows`` (room for
+    ``capacity`` pointers): when the first layer is stored transposed and small enough
+    for the fused kernels of momentum and Adam steps, both of its products read the
+    batch's rows of X where they sit, through these pointers, instead of a gathered copy.
     """
     cdef int overflow = 0
     cdef EpochResult res
@@ -1003,6 +1074,9 @@ cdef EpochResult train_epoch(
     cdef const floating* wp
     cdef floating denom, lr_t = 0
     cdef double wsum, batch_loss, sq = -1  # sum ||W||^2 when known (after an update)
+    cdef bint direct = (rows != NULL and bpfast_direct_rows and first_t and sW1 != NULL
+                        and <long long>batch_size * n0 * sizes[1]
+                        <= bpfast_fused_update_limit)
     res.loss_sum = 0
     res.bad_batch = -1
     res.overflow = 0
@@ -1012,7 +1086,10 @@ cdef EpochResult train_epoch(
         if order != NULL:
             for i in range(mb):
                 src = order[start + i]
-                memcpy(Xb + i * n0, X + src * n0, n0 * sizeof(floating))
+                if direct:
+                    rows[i] = X + src * n0
+                else:
+                    memcpy(Xb + i * n0, X + src * n0, n0 * sizeof(floating))
                 memcpy(Yb + i * nL, Y + src * nL, nL * sizeof(floating))
                 if w != NULL:
                     wb[i] = w[src]
@@ -1022,6 +1099,9 @@ cdef EpochResult train_epoch(
             xp = X + start * n0
             yp = Y + start * nL
             wp = w + start if w != NULL else NULL
+            if direct:
+                for i in range(mb):
+                    rows[i] = xp + i * n0
         if wp != NULL:
             wsum = 0
             for i in range(mb):
@@ -1052,7 +1132,8 @@ cdef EpochResult train_epoch(
                                     sW1, sb1, sW2, sb2, xp, yp, wp, denom, loss,
                                     loss_scale, 0.5 * alpha * sq / denom if alpha != 0 else 0,
                                     optimizer, lr, momentum, nesterov, beta1, beta2,
-                                    epsilon, lr_t, alpha / denom, first_t, &sq)
+                                    epsilon, lr_t, alpha / denom, first_t, &sq,
+                                    rows if direct else NULL)
         if not isfinite(batch_loss):
             res.bad_batch = start // batch_size
             break
@@ -1185,6 +1266,8 @@ cdef class Trainer(Layers):
     # weights' backups are the dW buffers, which plain SGD never uses)
     cdef double* bound
     cdef void** bbak
+    # batch_size row pointers: the batch's rows of X where they sit (see train_epoch)
+    cdef void** rows
     cdef readonly bint overflowed
     cdef readonly bint first_transposed
 
@@ -1193,6 +1276,7 @@ cdef class Trainer(Layers):
         self.tW = self.tdW = self.tsW1 = self.tsW2 = NULL
         self.bound = NULL
         self.bbak = NULL
+        self.rows = NULL
 
     def __init__(self, list weights, list biases, codes, int n_inputs, int batch_size,
                  int loss, int optimizer, bint momentum_state):
@@ -1269,7 +1353,8 @@ cdef class Trainer(Layers):
         self.own += (bias_backup,)
         self.bbak = pointer_list(bias_backup, "bias backup", self.typenum, bshapes, True)
         self.bound = <double*>malloc(3 * self.L * sizeof(double))  # see update_is_safe
-        if self.bound == NULL:
+        self.rows = <void**>malloc(batch_size * sizeof(void*))
+        if self.bound == NULL or self.rows == NULL:
             raise MemoryError()
         self.ready = True
 
@@ -1284,6 +1369,7 @@ cdef class Trainer(Layers):
         free(self.tsW2)
         free(self.bbak)
         free(self.bound)
+        free(self.rows)
 
     def epoch(self, X, Y, sample_weight, order, double lr, double momentum=0,
               bint nesterov=False, double beta1=0.9, double beta2=0.999,
@@ -1343,7 +1429,8 @@ cdef class Trainer(Layers):
                     <double*>y, <double*>w, <Py_ssize_t*>o, bs, loss, loss_scale, opt, lr,
                     momentum, nesterov, beta1, beta2, epsilon, alpha, t,
                     self.first_transposed, bound,
-                    bounds, <double**>self.tdW, <double**>self.bbak)
+                    bounds, <double**>self.tdW, <double**>self.bbak,
+                    <const double**>self.rows)
                 self.transpose_first(False)
         else:
             with nogil:
@@ -1360,7 +1447,7 @@ cdef class Trainer(Layers):
                     <float*>w, <Py_ssize_t*>o, bs, loss, <float>loss_scale, opt,
                     <float>lr, <float>momentum, nesterov, <float>beta1, <float>beta2,
                     <float>epsilon, <float>alpha, t, self.first_transposed, bound, bounds,
-                    <float**>self.tdW, <float**>self.bbak)
+                    <float**>self.tdW, <float**>self.bbak, <const float**>self.rows)
                 self.transpose_first(False)
         self.overflowed = res.overflow != 0
         return res.loss_sum, res.steps, res.bad_batch
@@ -1471,7 +1558,20 @@ def set_first_transpose_limit(long long limit):
 
 def fused_update_available():
     """Whether this processor runs _grad_update.h's fused kernel (it needs AVX-512)."""
-    return bool(bpfast_grad_update_available())
+    return bool(bpfast_tiles_available())
+
+
+cdef bint bpfast_direct_rows = True
+
+
+def set_direct_rows(bint enabled):
+    """Whether momentum and Adam epochs may read a small transposed first layer's batch
+    rows where they sit (see train_epoch) instead of gathering them; returns the old
+    setting. For benchmarks and tests."""
+    global bpfast_direct_rows
+    old = bpfast_direct_rows
+    bpfast_direct_rows = enabled
+    return old
 
 
 def set_fused_update_limit(long long limit):
@@ -1480,7 +1580,7 @@ def set_fused_update_limit(long long limit):
     and tests. Ignored (always 0) where the processor lacks AVX-512."""
     global bpfast_fused_update_limit
     old = bpfast_fused_update_limit
-    bpfast_fused_update_limit = limit if bpfast_grad_update_available() else 0
+    bpfast_fused_update_limit = limit if bpfast_tiles_available() else 0
     return old
 
 

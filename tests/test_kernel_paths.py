@@ -93,26 +93,54 @@ def test_fit_on_each_gemm_path(gemm_path, first_layer, update_route, optimizer, 
     np.testing.assert_allclose(hist, hist_ref, rtol=rtol)
 
 
+@pytest.fixture(params=["direct", "gathered"])
+def batch_rows(request):
+    """A small transposed first layer's products read the batch's rows where they sit,
+    or a gathered copy of them."""
+    old = _kernels.set_direct_rows(request.param == "direct")
+    yield request.param
+    _kernels.set_direct_rows(old)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("optimizer", ["momentum", "nesterov", "adam"])
+@pytest.mark.parametrize("optimizer, first_activation",
+                         [("momentum", "tanh"), ("nesterov", "relu"),
+                          ("adam", "leaky_relu"), ("momentum", "identity")])
 @pytest.mark.parametrize("batch_size", [1, 33])
-def test_fused_update_on_every_tile_shape(first_layer, update_route, optimizer,
-                                          batch_size, dtype):
-    """Layers wide enough for the fused kernel's full 4-row tiles, single rows, full and
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_fused_kernels_on_every_tile_shape(first_layer, update_route, batch_rows,
+                                           optimizer, first_activation, batch_size,
+                                           shuffle, dtype):
+    """Layers wide enough for the tile kernels' full 4-row tiles, single rows, full and
     single vectors and a scalar tail (50 inputs, 75 and 20 hidden units, both layouts of
-    the first layer), against the reference trainer."""
+    the first layer; the first layer's forward product with each kind of activation),
+    against the reference trainer, in data order and shuffled."""
     sizes = (50, 75, 20, 3)
     W, b = make_params(sizes, dtype, seed=5)
     X, Y = make_data(sizes, 70, dtype, seed=6)
-    net = bpfast.Network(sizes, ["tanh", "relu", "sigmoid"], dtype=dtype)
+    net = bpfast.Network(sizes, [first_activation, "relu", "sigmoid"], dtype=dtype)
     for p, q in zip(net.weights + net.biases, W + b):
         p[...] = q
     lr = 0.01 if optimizer == "adam" else 0.05
-    hist = net.fit(X, Y, epochs=2, batch_size=batch_size, learning_rate=lr,
-                   optimizer=optimizer, l2=0.3, shuffle=False).loss
-    W_ref, b_ref, hist_ref = reference.fit(W, b, net.activations, X, Y, epochs=2,
-                                           batch_size=batch_size, learning_rate=lr,
-                                           optimizer=optimizer, l2=0.3)
+    if shuffle:
+        # the reference trainer has no shuffling: feed it the rows in the order that
+        # fit's seed draws, one epoch at a time
+        hist, W_ref, b_ref, hist_ref = [], W, b, []
+        for epoch in range(2):
+            hist += net.fit(X, Y, epochs=1, batch_size=batch_size, learning_rate=lr,
+                            optimizer=optimizer, l2=0.3, shuffle=True, seed=epoch).loss
+            order = np.random.default_rng(epoch).permutation(len(X))
+            W_ref, b_ref, h = reference.fit(W_ref, b_ref, net.activations, X[order],
+                                            Y[order], epochs=1, batch_size=batch_size,
+                                            learning_rate=lr, optimizer=optimizer,
+                                            l2=0.3)
+            hist_ref += list(h)
+    else:
+        hist = net.fit(X, Y, epochs=2, batch_size=batch_size, learning_rate=lr,
+                       optimizer=optimizer, l2=0.3, shuffle=False).loss
+        W_ref, b_ref, hist_ref = reference.fit(W, b, net.activations, X, Y, epochs=2,
+                                               batch_size=batch_size, learning_rate=lr,
+                                               optimizer=optimizer, l2=0.3)
     rtol = 1e-9 if np.dtype(dtype) == np.float64 else 1e-3
     for got, want in zip(net.weights + net.biases, W_ref + b_ref):
         assert_close(got, want, rtol=rtol)
