@@ -30,15 +30,18 @@ def e_rtol_for(dtype):
     return E_RTOL[np.dtype(dtype)]
 
 
-def assert_close(got, want, dtype=None, rtol=None, err_msg=""):
-    """``assert_allclose(got, want, rtol, atol=rtol * max|want|)``.
+def assert_close(got, want, dtype=None, rtol=None, err_msg="", scale=None):
+    """``assert_allclose(got, want, rtol, atol=rtol * scale)``.
 
-    ``rtol`` defaults to ``RTOL`` of ``dtype`` (or of ``want``'s dtype).
+    ``rtol`` defaults to ``RTOL`` of ``dtype`` (or of ``want``'s dtype); ``scale`` to
+    max|want|. Pass a larger ``scale`` where ``want`` is a sum whose terms cancel: its
+    rounding error is relative to the terms, not to the sum.
     """
     want = np.asarray(want)
     if rtol is None:
         rtol = rtol_for(dtype if dtype is not None else want.dtype)
-    scale = float(np.max(np.abs(want))) if want.size else 0.0
+    if scale is None:
+        scale = float(np.max(np.abs(want))) if want.size else 0.0
     np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale, err_msg=err_msg)
 
 

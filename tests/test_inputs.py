@@ -536,10 +536,14 @@ def test_random_shapes_and_layouts_match_reference(problem, data):
     # E may be near 0 when Y happens to be ~A: compare with an absolute floor too
     np.testing.assert_allclose(E, want[0], rtol=e_rtol_for(dt), atol=1e-6 if dt ==
                                np.float32 else 1e-14)
+    # a layer's gradient can be a sum that nearly cancels (one output unit and a few
+    # rows gave db = 2.68e-6 in float32, 7e-4 apart relatively): measure its error
+    # against the size of the network's gradients, not against itself
+    scale = max(float(np.max(np.abs(g))) for g in want[1] + want[2])
     for l in range(len(W)):
         assert dW[l].dtype == dt and db[l].dtype == dt
-        assert_close(dW[l], want[1][l], dt)
-        assert_close(db[l], want[2][l], dt)
+        assert_close(dW[l], want[1][l], dt, scale=scale)
+        assert_close(db[l], want[2][l], dt, scale=scale)
 
 
 @given(problems(), st.integers(-3, 3).filter(lambda d: d != 0))
