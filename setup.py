@@ -45,7 +45,7 @@ def extension(name):
 
 setup(
     ext_modules=cythonize(
-        [extension("_kernels")],
+        [extension("_kernels"), extension("_shuffle")],
         compiler_directives=DIRECTIVES,
     ),
 )

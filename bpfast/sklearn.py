@@ -54,6 +54,7 @@ from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
 from sklearn.utils.optimize import _check_optimize_result
 
 from . import _kernels
+from ._shuffle import shuffle_like_random_state
 from .activations import ACTIVATIONS
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
@@ -201,17 +202,18 @@ class _CompiledTraining:
         # (early stopping) and the NumPy fallback see the current parameters
         self.coefs_ = [w.T for w in W]
         self.intercepts_ = list(b)
-        sample_idx = np.arange(n_samples, dtype=int)
+        sample_idx = np.arange(n_samples, dtype=np.intp)
         try:
             try:
                 self.n_iter_ = 0
                 for it in range(self.max_iter):
                     if self.shuffle:
-                        # sklearn.utils.shuffle(sample_idx, random_state=...), the same
-                        # draw without its per-call validation overhead
-                        perm = self._random_state.permutation(n_samples)
-                        sample_idx = sample_idx[perm]
-                        order = np.ascontiguousarray(sample_idx, dtype=np.intp)
+                        # sklearn.utils.shuffle(sample_idx, random_state=...): the same
+                        # draws, in place in compiled code when the generator allows
+                        if not shuffle_like_random_state(self._random_state, sample_idx):
+                            perm = self._random_state.permutation(n_samples)
+                            sample_idx = sample_idx[perm]
+                        order = sample_idx
                     else:
                         order = None
                     loss_sum = self._epoch(trainer, optimizer, W, b, Xk, Yk, wk, order,

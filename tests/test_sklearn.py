@@ -541,3 +541,32 @@ def test_batch_of_zero_weight_and_negative_weights():
     ref, got = _pair("MLPRegressor", _fit(X, y, sample_weight=-np.ones(N)),
                      **{**BASE, "solver": "lbfgs", "max_iter": 3})
     assert_same_fit(got, ref)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 12345])
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 64, 1797, 70_001])
+def test_compiled_shuffle_draws_like_random_state(seed, n):
+    """The epoch shuffle run in compiled code gives idx[rs.permutation(n)] and leaves the
+    generator in the same state (the next draws agree)."""
+    from bpfast._shuffle import shuffle_like_random_state
+
+    ours, theirs = np.random.RandomState(seed), np.random.RandomState(seed)
+    idx = np.random.RandomState(seed + 7).permutation(n).astype(np.intp)
+    want = idx[theirs.permutation(n)]
+    assert shuffle_like_random_state(ours, idx)
+    np.testing.assert_array_equal(idx, want)
+    np.testing.assert_array_equal(ours.randint(0, 2**31, size=5),
+                                  theirs.randint(0, 2**31, size=5))
+
+
+def test_compiled_shuffle_declines_other_generators():
+    """Anything but a plain RandomState keeps numpy's own permutation, untouched here."""
+    from bpfast._shuffle import shuffle_like_random_state
+
+    class Subclass(np.random.RandomState):
+        pass
+
+    idx = np.arange(10, dtype=np.intp)
+    for rs in (Subclass(0), np.random.default_rng(0), None):
+        assert shuffle_like_random_state(rs, idx) is False
+        np.testing.assert_array_equal(idx, np.arange(10))
