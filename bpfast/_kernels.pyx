@@ -711,6 +711,10 @@ cdef extern from "_layer_forward.h" nogil:
     void bpfast_layer_forward_f(int m, int n_in, int n, const float** rows,
                                 const float* W, const float* b, float* Z, float* A,
                                 int kind)
+    void bpfast_layer_forward_d_back(int m, int n_in, int n, const double* dZ,
+                                     const double* W, double* Zp, double* db, int kind)
+    void bpfast_layer_forward_f_back(int m, int n_in, int n, const float* dZ,
+                                     const float* W, float* Zp, float* db, int kind)
 
 
 cdef extern from "_grad_update.h" nogil:
@@ -812,14 +816,16 @@ cdef double optimizer_step(
     Forward and output delta; if the loss is not finite, nothing is updated. Then per
     layer, top down: dA[l-1] = dZ[l] W[l] from the old W[l], the step of W[l] (through
     :func:`grad_update` for small layers, else dW[l] and :func:`update`), the step of
-    b[l], and dZ[l-1]. The same updates as taking every gradient first. ``sq[0]`` gets
+    b[l], and dZ[l-1]. The same updates as taking every gradient first. For a small
+    layer over a piecewise-linear activation, dZ[l-1] = (dZ[l] W[l]) (.) g'(Z[l-1])
+    comes from one pass of _layer_forward.h's backward kernel (no dA in scratch). ``sq[0]`` gets
     sum ||W||^2 of the new weights. ``first_t``: W[0], dW[0] and their state are stored
     transposed. ``X_rows``: row p of the batch is X_rows[p] (``X`` is not read); only
     with ``first_t`` and a first layer small enough for the fused kernels.
     """
-    cdef int l
+    cdef int l, kind
     cdef Py_ssize_t N
-    cdef bint tr
+    cdef bint tr, fused_back
     cdef const floating* prev
     cdef double value, total = 0
     forward_pass(L, m, sizes, codes, X, W, b, Z, A, first_t, X_rows)
@@ -831,10 +837,19 @@ cdef double optimizer_step(
     for l in range(L - 1, -1, -1):
         prev = X if l == 0 else A[l - 1]
         tr = first_t and l == 0
-        if l > 0:
+        N = <Py_ssize_t>sizes[l + 1] * sizes[l]
+        kind = pwl_kind(codes[l - 1]) if l > 0 else -1
+        fused_back = kind >= 0 and <long long>m * N <= bpfast_fused_update_limit
+        if fused_back:
+            if floating is double:
+                bpfast_layer_forward_d_back(m, sizes[l + 1], sizes[l], Z[l], W[l],
+                                            Z[l - 1], db[l - 1], kind)
+            else:
+                bpfast_layer_forward_f_back(m, sizes[l + 1], sizes[l], Z[l], W[l],
+                                            Z[l - 1], db[l - 1], kind)
+        elif l > 0:
             gemm(False, False, m, sizes[l], sizes[l + 1], <floating>1, Z[l], sizes[l + 1],
                  W[l], sizes[l], <floating>0, scratch, sizes[l])
-        N = <Py_ssize_t>sizes[l + 1] * sizes[l]
         if <long long>m * N <= bpfast_fused_update_limit:
             total += grad_update(tr, m, sizes[l + 1], sizes[l], Z[l], prev, W[l],
                                  sW1[l] if sW1 != NULL else NULL,
@@ -850,7 +865,7 @@ cdef double optimizer_step(
         update(optimizer, sizes[l + 1], b[l], db[l], sb1[l] if sb1 != NULL else NULL,
                sb2[l] if sb2 != NULL else NULL, lr, momentum, nesterov, beta1, beta2,
                epsilon, lr_t, 0)
-        if l > 0:
+        if l > 0 and not fused_back:
             hidden_delta(codes[l - 1], m, sizes[l], scratch, A[l - 1], Z[l - 1], db[l - 1])
     sq[0] = total
     return value

@@ -1,5 +1,7 @@
 /* A small first layer's forward product, read from the rows where they sit, with the
- * bias and a piecewise-linear activation applied as each register tile finishes.
+ * bias and a piecewise-linear activation applied as each register tile finishes; and a
+ * small hidden layer's backward product with the activation's derivative applied the
+ * same way.
  *
  * Z = X W (m x n; W is n_in x n, row-major, the first layer as the trainer keeps it
  * during epochs), row p of X being rows[p] (n_in entries): a shuffled batch needs no
@@ -21,29 +23,29 @@
 
 #if BPFAST_HAVE_TILES
 
-/* NAME(m, n_in, n, rows, W, b, Z, A, kind) */
+/* NAME(m, n_in, n, rows, W, b, Z, A, kind): the forward product above.
+ * NAME##_back(m, n_in, n, dZ, W, Zp, db, kind): the backward one for a hidden layer with
+ * a piecewise-linear activation (kind >= 0): dZp = (dZ W) (.) g'(Zp) written over Zp
+ * (m x n, Z of the layer below), db = column sums of dZp, dZ being m x n_in (the layer
+ * above's delta) and W n_in x n (its weights, as stored). g' as in _pointwise.h. */
 #define BPFAST_DEFINE_LAYER_FORWARD(T, NAME, VEC, MASK)                                 \
 typedef VEC NAME##_vec;                                                                 \
 typedef MASK NAME##_mask;                                                               \
                                                                                         \
-/* rows p0..p0+nr-1, nv vectors of columns from c0 */                                   \
-BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_tile(      \
-    const int nr, const int nv, ptrdiff_t n_in, ptrdiff_t n, const T *const *rows,      \
-    const T *restrict W, const T *restrict b, T *restrict Z, T *restrict A, int kind)   \
+/* acc[r][j] = sum_k x[r][k] W[k, j-th vector], r < nr, j < nv */                      \
+BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_acc(       \
+    const int nr, const int nv, ptrdiff_t n_in, ptrdiff_t n, const T *const *x,         \
+    const T *restrict W, NAME##_vec acc[BPFAST_TILE_NR][BPFAST_TILE_NV])                \
 {                                                                                       \
     const int VL = (int)(64 / sizeof(T));                                               \
-    NAME##_vec acc[BPFAST_TILE_NR][BPFAST_TILE_NV];                                     \
     NAME##_vec w[BPFAST_TILE_NV];                                                       \
-    const T *x[BPFAST_TILE_NR];                                                         \
     ptrdiff_t k;                                                                        \
     int r, j;                                                                           \
     _Pragma("GCC unroll 4")                                                             \
-    for (r = 0; r < nr; r++) {                                                          \
-        x[r] = rows[r];                                                                 \
+    for (r = 0; r < nr; r++)                                                            \
         _Pragma("GCC unroll 4")                                                         \
         for (j = 0; j < nv; j++)                                                        \
             acc[r][j] = (NAME##_vec){0};                                                \
-    }                                                                                   \
     for (k = 0; k < n_in; k++) {                                                        \
         _Pragma("GCC unroll 4")                                                         \
         for (j = 0; j < nv; j++)                                                        \
@@ -56,6 +58,17 @@ BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_tile
                 acc[r][j] += xv * w[j];                                                 \
         }                                                                               \
     }                                                                                   \
+}                                                                                       \
+                                                                                        \
+/* forward tile: rows p0..p0+nr-1 (rows[0..nr)), nv vectors of columns from c0 */      \
+BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_tile(      \
+    const int nr, const int nv, ptrdiff_t n_in, ptrdiff_t n, const T *const *rows,      \
+    const T *restrict W, const T *restrict b, T *restrict Z, T *restrict A, int kind)   \
+{                                                                                       \
+    const int VL = (int)(64 / sizeof(T));                                               \
+    NAME##_vec acc[BPFAST_TILE_NR][BPFAST_TILE_NV];                                     \
+    int r, j;                                                                           \
+    NAME##_acc(nr, nv, n_in, n, rows, W, acc);                                          \
     _Pragma("GCC unroll 4")                                                             \
     for (j = 0; j < nv; j++) {                                                          \
         NAME##_vec bv, one = (NAME##_vec){0} + 1;                                       \
@@ -82,50 +95,135 @@ BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_tile
     }                                                                                   \
 }                                                                                       \
                                                                                         \
+/* backward tile: dZp = acc (.) g'(Zp) over Zp's block, its column sums added to db */  \
+BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_back_tile( \
+    const int nr, const int nv, ptrdiff_t n_in, ptrdiff_t n, const T *const *rows,      \
+    const T *restrict W, T *restrict Zp, T *restrict db, int kind)                      \
+{                                                                                       \
+    const int VL = (int)(64 / sizeof(T));                                               \
+    NAME##_vec acc[BPFAST_TILE_NR][BPFAST_TILE_NV];                                     \
+    int r, j;                                                                           \
+    NAME##_acc(nr, nv, n_in, n, rows, W, acc);                                          \
+    _Pragma("GCC unroll 4")                                                             \
+    for (j = 0; j < nv; j++) {                                                          \
+        NAME##_vec sum, one = (NAME##_vec){0} + 1;                                      \
+        memcpy(&sum, db + j * VL, sizeof sum);                                          \
+        _Pragma("GCC unroll 4")                                                         \
+        for (r = 0; r < nr; r++) {                                                      \
+            NAME##_vec z, c, v;                                                         \
+            memcpy(&z, Zp + r * n + j * VL, sizeof z);                                  \
+            c = (NAME##_vec)((NAME##_mask)one & (NAME##_mask)(z > 0));                  \
+            if (kind == BPFAST_PWL_RELU)                                                \
+                v = acc[r][j] * c;                                                      \
+            else if (kind == BPFAST_PWL_LEAKY)                                          \
+                v = acc[r][j] * (c + (1 - c) * (T)0.01);                                \
+            else                                                                        \
+                v = acc[r][j];                                                          \
+            memcpy(Zp + r * n + j * VL, &v, sizeof v);                                  \
+            sum += v;                                                                   \
+        }                                                                               \
+        memcpy(db + j * VL, &sum, sizeof sum);                                          \
+    }                                                                                   \
+}                                                                                       \
+                                                                                        \
+/* the scalar column tail of either pass: columns c0..c0+width-1 of rows p0.. */        \
+BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_tail(      \
+    int back, int nr, int width, ptrdiff_t n_in, ptrdiff_t n, const T *const *rows,     \
+    const T *restrict W, const T *restrict b, T *restrict Z, T *restrict A,             \
+    T *restrict db, int kind)                                                           \
+{                                                                                       \
+    int r, c;                                                                           \
+    ptrdiff_t k;                                                                        \
+    for (r = 0; r < nr; r++)                                                            \
+        for (c = 0; c < width; c++) {                                                   \
+            T acc = 0, v, cz;                                                           \
+            for (k = 0; k < n_in; k++)                                                  \
+                acc += rows[r][k] * W[k * n + c];                                       \
+            if (back) {                                                                 \
+                cz = Z[r * n + c] > 0 ? (T)1 : (T)0;                                    \
+                v = kind == BPFAST_PWL_RELU ? acc * cz                                  \
+                  : kind == BPFAST_PWL_LEAKY ? acc * (cz + (1 - cz) * (T)0.01) : acc;   \
+                Z[r * n + c] = v;                                                       \
+                db[c] += v;                                                             \
+                continue;                                                               \
+            }                                                                           \
+            if (kind < 0) {                                                             \
+                Z[r * n + c] = acc;                                                     \
+                continue;                                                               \
+            }                                                                           \
+            v = acc + b[c];                                                             \
+            cz = v > 0 ? (T)1 : (T)0;                                                   \
+            Z[r * n + c] = v;                                                           \
+            A[r * n + c] = kind == BPFAST_PWL_RELU ? (v > 0 ? v : (T)0)                 \
+                         : kind == BPFAST_PWL_LEAKY ? cz * v + (1 - cz) * ((T)0.01 * v) \
+                         : v;                                                           \
+        }                                                                               \
+}                                                                                       \
+                                                                                        \
+/* both passes: tiles over rows of 4 (then 1) and columns of CT, VL, then the tail */   \
+BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_run(       \
+    const int back, int m, int n_in, int n, const T *const *rows, const T *dZ,          \
+    const T *restrict W, const T *restrict b, T *restrict Z, T *restrict A,             \
+    T *restrict db, int kind)                                                           \
+{                                                                                       \
+    enum { VL = 64 / sizeof(T), CT = BPFAST_TILE_NV * (64 / sizeof(T)) };               \
+    const T *own[BPFAST_TILE_NR];                                                       \
+    int p0, c0, nr, r, width;                                                           \
+    if (back)                                                                           \
+        memset(db, 0, (size_t)n * sizeof(T));                                           \
+    for (p0 = 0; p0 < m; p0 += nr) {                                                    \
+        const T *const *rp = rows + p0;                                                 \
+        nr = m - p0 >= BPFAST_TILE_NR ? BPFAST_TILE_NR : 1;                             \
+        if (back) { /* the rows of dZ */                                                \
+            for (r = 0; r < nr; r++)                                                    \
+                own[r] = dZ + (ptrdiff_t)(p0 + r) * n_in;                               \
+            rp = own;                                                                   \
+        }                                                                               \
+        for (c0 = 0; c0 < n; c0 += width) {                                             \
+            T *Zt = Z + (ptrdiff_t)p0 * n + c0;                                         \
+            T *At = back ? NULL : A + (ptrdiff_t)p0 * n + c0;                           \
+            width = n - c0 >= CT ? CT : n - c0 >= VL ? VL : n - c0;                     \
+            if (back && width == CT && nr == BPFAST_TILE_NR)                            \
+                NAME##_back_tile(BPFAST_TILE_NR, BPFAST_TILE_NV, n_in, n, rp, W + c0,   \
+                                 Zt, db + c0, kind);                                    \
+            else if (back && width == CT)                                               \
+                NAME##_back_tile(1, BPFAST_TILE_NV, n_in, n, rp, W + c0, Zt, db + c0,   \
+                                 kind);                                                 \
+            else if (back && width == VL && nr == BPFAST_TILE_NR)                       \
+                NAME##_back_tile(BPFAST_TILE_NR, 1, n_in, n, rp, W + c0, Zt, db + c0,   \
+                                 kind);                                                 \
+            else if (back && width == VL)                                               \
+                NAME##_back_tile(1, 1, n_in, n, rp, W + c0, Zt, db + c0, kind);         \
+            else if (!back && width == CT && nr == BPFAST_TILE_NR)                      \
+                NAME##_tile(BPFAST_TILE_NR, BPFAST_TILE_NV, n_in, n, rp, W + c0,        \
+                            b + c0, Zt, At, kind);                                      \
+            else if (!back && width == CT)                                              \
+                NAME##_tile(1, BPFAST_TILE_NV, n_in, n, rp, W + c0, b + c0, Zt, At,     \
+                            kind);                                                      \
+            else if (!back && width == VL && nr == BPFAST_TILE_NR)                      \
+                NAME##_tile(BPFAST_TILE_NR, 1, n_in, n, rp, W + c0, b + c0, Zt, At,     \
+                            kind);                                                      \
+            else if (!back && width == VL)                                              \
+                NAME##_tile(1, 1, n_in, n, rp, W + c0, b + c0, Zt, At, kind);           \
+            else                                                                        \
+                NAME##_tail(back, nr, width, n_in, n, rp, W + c0, back ? NULL : b + c0, \
+                            Zt, At, back ? db + c0 : NULL, kind);                       \
+        }                                                                               \
+    }                                                                                   \
+}                                                                                       \
+                                                                                        \
 BPFAST_TILE_TARGET static void NAME(int m, int n_in, int n, const T *const *rows,      \
                                     const T *restrict W, const T *restrict b,           \
                                     T *restrict Z, T *restrict A, int kind)             \
 {                                                                                       \
-    enum { VL = 64 / sizeof(T), CT = BPFAST_TILE_NV * (64 / sizeof(T)) };               \
-    int p0, c0, nr, r, c, width;                                                        \
-    ptrdiff_t k;                                                                        \
-    for (p0 = 0; p0 < m; p0 += nr) {                                                    \
-        const T *const *rp = rows + p0;                                                 \
-        nr = m - p0 >= BPFAST_TILE_NR ? BPFAST_TILE_NR : 1;                             \
-        for (c0 = 0; c0 < n; c0 += width) {                                             \
-            T *Zt = Z + (ptrdiff_t)p0 * n + c0, *At = A + (ptrdiff_t)p0 * n + c0;       \
-            width = n - c0 >= CT ? CT : n - c0 >= VL ? VL : n - c0;                     \
-            if (width == CT && nr == BPFAST_TILE_NR)                                    \
-                NAME##_tile(BPFAST_TILE_NR, BPFAST_TILE_NV, n_in, n, rp, W + c0,        \
-                            b + c0, Zt, At, kind);                                      \
-            else if (width == CT)                                                       \
-                NAME##_tile(1, BPFAST_TILE_NV, n_in, n, rp, W + c0, b + c0, Zt, At,     \
-                            kind);                                                      \
-            else if (width == VL && nr == BPFAST_TILE_NR)                               \
-                NAME##_tile(BPFAST_TILE_NR, 1, n_in, n, rp, W + c0, b + c0, Zt, At,     \
-                            kind);                                                      \
-            else if (width == VL)                                                       \
-                NAME##_tile(1, 1, n_in, n, rp, W + c0, b + c0, Zt, At, kind);           \
-            else                                                                        \
-                /* fewer columns than a vector: the same sums, one by one */            \
-                for (r = 0; r < nr; r++)                                                \
-                    for (c = 0; c < width; c++) {                                       \
-                        T acc = 0, v, cz;                                               \
-                        for (k = 0; k < n_in; k++)                                      \
-                            acc += rp[r][k] * W[k * n + c0 + c];                        \
-                        if (kind < 0) {                                                 \
-                            Zt[r * n + c] = acc;                                        \
-                            continue;                                                   \
-                        }                                                               \
-                        v = acc + b[c0 + c];                                            \
-                        cz = v > 0 ? (T)1 : (T)0;                                       \
-                        Zt[r * n + c] = v;                                              \
-                        At[r * n + c] = kind == BPFAST_PWL_RELU ? (v > 0 ? v : (T)0)    \
-                                      : kind == BPFAST_PWL_LEAKY                        \
-                                      ? cz * v + (1 - cz) * ((T)0.01 * v) : v;          \
-                    }                                                                   \
-        }                                                                               \
-    }                                                                                   \
+    NAME##_run(0, m, n_in, n, rows, NULL, W, b, Z, A, NULL, kind);                      \
+}                                                                                       \
+                                                                                        \
+BPFAST_TILE_TARGET static void NAME##_back(int m, int n_in, int n, const T *dZ,        \
+                                           const T *restrict W, T *restrict Zp,         \
+                                           T *restrict db, int kind)                    \
+{                                                                                       \
+    NAME##_run(1, m, n_in, n, NULL, dZ, W, NULL, Zp, NULL, db, kind);                   \
 }
 
 BPFAST_DEFINE_LAYER_FORWARD(double, bpfast_layer_forward_d, bpfast_tile_vd,
@@ -138,6 +236,10 @@ BPFAST_DEFINE_LAYER_FORWARD(float, bpfast_layer_forward_f, bpfast_tile_vf,
 #define BPFAST_DEFINE_LAYER_FORWARD_STUB(T, NAME)                                       \
 static void NAME(int m, int n_in, int n, const T *const *rows, const T *W, const T *b,  \
                  T *Z, T *A, int kind)                                                  \
+{                                                                                       \
+}                                                                                       \
+static void NAME##_back(int m, int n_in, int n, const T *dZ, const T *W, T *Zp, T *db,  \
+                        int kind)                                                       \
 {                                                                                       \
 }
 BPFAST_DEFINE_LAYER_FORWARD_STUB(double, bpfast_layer_forward_d)
