@@ -18,7 +18,10 @@ from setuptools import Extension, setup
 # assumption that floating-point exceptions trap, which nothing here relies on.
 # -fno-math-errno lets sqrt (Adam's update) become one vector instruction; errno is never
 # read by this code.
-COMPILE_ARGS = ["-O3", "-fopenmp-simd", "-fno-trapping-math", "-fno-math-errno"]
+# -Werror=int-conversion and -Werror=incompatible-pointer-types: a call that no longer
+# matches a C prototype in the headers is a build error, never a warning and a crash.
+COMPILE_ARGS = ["-O3", "-fopenmp-simd", "-fno-trapping-math", "-fno-math-errno",
+                "-Werror=int-conversion", "-Werror=incompatible-pointer-types"]
 if os.environ.get("BPFAST_NATIVE") == "1":
     COMPILE_ARGS.append("-march=native")
 

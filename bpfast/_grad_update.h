@@ -4,7 +4,7 @@
  * computed a register tile at a time: 4 rows of G by 4 vectors of columns (4 x 32 for
  * double, 4 x 64 for float). Each finished tile goes straight through the optimizer step
  * of _update.h -- the same expressions as bpfast_update_*, on vectors -- on the
- * matching block of the parameters P (R x C, contiguous) and their optimizer state V,
+ * matching block of the parameters P (R x C, row stride ldp) and their optimizer state V,
  * S. So G is never written to memory and read back: for the small layers of a
  * mini-batch step (a 64 x 64 layer and a batch of 32) the gradient array and the
  * separate update pass cost more than the arithmetic around them.
@@ -60,7 +60,8 @@ BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void bpfast_gu_s
     *ss += wide * wide;
 }
 
-/* NAME(m, R, C, A, lda, arows, B, ldb, P, V, S, <the optimizer arguments of _update.h>):
+/* NAME(m, R, C, A, lda, arows, B, ldb, P, ldp, V, S, <the optimizer arguments of
+ * _update.h>) (V and S: row stride ldp too):
  * G = A^T B, then P, V, S stepped with G as in BODY; returns sum P^2 of the new
  * values. Row p of A is A + p lda, or arows[p] when arows is not NULL (the rows of a
  * shuffled batch where they sit). */
@@ -98,12 +99,13 @@ BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_step
 }                                                                                       \
                                                                                         \
 /* rows r0..r0+nr-1, nv vectors of columns from c0: G's tile = sum_p a_p^T b_p, then    \
- * the step on P's block (ld = C). Row p of A is arows[p] + r0 (indirect) or a + p lda  \
+ * the step on P's block (ld = ldp). Row p of A is arows[p] + r0 (indirect) or        \
+ * a + p lda                                                                            \
  * (a = A + r0). */                                                                     \
 BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_tile(       \
     const int nr, const int nv, const int indirect, ptrdiff_t m, const T *restrict a,   \
     ptrdiff_t lda, const T *const *arows, int r0, const T *restrict b, ptrdiff_t ldb,   \
-    ptrdiff_t C, T *restrict P, T *restrict V,                                          \
+    ptrdiff_t ldp, T *restrict P, T *restrict V,                                        \
     T *restrict S, int adam, T lr, T mu, int nesterov, T beta1, T beta2, T eps,         \
     T lr_t, T l2, bpfast_tile_vd *ss)                                                   \
 {                                                                                       \
@@ -135,7 +137,7 @@ BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_tile
     for (r = 0; r < nr; r++) {                                                          \
         _Pragma("GCC unroll 4")                                                         \
         for (k = 0; k < nv; k++) {                                                      \
-            ptrdiff_t at = r * C + k * VL;                                              \
+            ptrdiff_t at = r * ldp + k * VL;                                            \
             NAME##_step(P + at, acc[r][k], V ? V + at : NULL, S ? S + at : NULL, adam,  \
                         lr, mu, nesterov, beta1, beta2, eps, lr_t, l2, ss);             \
         }                                                                               \
@@ -145,7 +147,8 @@ BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_tile
 BPFAST_TILE_TARGET static inline __attribute__((always_inline)) double NAME##_run(      \
     const int indirect, int m, int R, int C, const T *restrict A, ptrdiff_t lda,        \
     const T *const *arows, const T *restrict B, ptrdiff_t ldb, T *restrict P,           \
-    T *restrict V, T *restrict S, int adam, T lr, T mu, int nesterov, T beta1, T beta2, \
+    ptrdiff_t ldp, T *restrict V, T *restrict S, int adam, T lr, T mu, int nesterov,    \
+    T beta1, T beta2,                                                                   \
     T eps, T lr_t, T l2)                                                                \
 {                                                                                       \
     enum { VL = 64 / sizeof(T), CT = BPFAST_TILE_NV * (64 / sizeof(T)) };               \
@@ -159,23 +162,23 @@ BPFAST_TILE_TARGET static inline __attribute__((always_inline)) double NAME##_ru
         for (c0 = 0; c0 < C; c0 += width) {                                             \
             const T *a = indirect ? NULL : A + r0;                                      \
             const T *b = B + c0;                                                        \
-            ptrdiff_t at = (ptrdiff_t)r0 * C + c0;                                      \
+            ptrdiff_t at = (ptrdiff_t)r0 * ldp + c0;                                    \
             T *Pt = P + at, *Vt = V ? V + at : NULL, *St = S ? S + at : NULL;           \
             width = C - c0 >= CT ? CT : C - c0 >= VL ? VL : C - c0;                     \
             if (width == CT && nr == BPFAST_TILE_NR)                                    \
                 NAME##_tile(BPFAST_TILE_NR, BPFAST_TILE_NV, indirect, m, a, lda, arows, \
-                            r0, b, ldb, C, Pt, Vt, St, adam, lr, mu, nesterov, beta1,   \
+                            r0, b, ldb, ldp, Pt, Vt, St, adam, lr, mu, nesterov, beta1, \
                             beta2, eps, lr_t, l2, &ss);                                 \
             else if (width == CT)                                                       \
                 NAME##_tile(1, BPFAST_TILE_NV, indirect, m, a, lda, arows, r0, b, ldb,  \
-                            C, Pt, Vt, St, adam, lr, mu, nesterov, beta1, beta2, eps,   \
+                            ldp, Pt, Vt, St, adam, lr, mu, nesterov, beta1, beta2, eps, \
                             lr_t, l2, &ss);                                             \
             else if (width == VL && nr == BPFAST_TILE_NR)                               \
                 NAME##_tile(BPFAST_TILE_NR, 1, indirect, m, a, lda, arows, r0, b, ldb,  \
-                            C, Pt, Vt, St, adam, lr, mu, nesterov, beta1, beta2, eps,   \
+                            ldp, Pt, Vt, St, adam, lr, mu, nesterov, beta1, beta2, eps, \
                             lr_t, l2, &ss);                                             \
             else if (width == VL)                                                       \
-                NAME##_tile(1, 1, indirect, m, a, lda, arows, r0, b, ldb, C, Pt, Vt,    \
+                NAME##_tile(1, 1, indirect, m, a, lda, arows, r0, b, ldb, ldp, Pt, Vt,  \
                             St, adam, lr, mu, nesterov, beta1, beta2, eps, lr_t, l2,    \
                             &ss);                                                       \
             else                                                                        \
@@ -188,8 +191,8 @@ BPFAST_TILE_TARGET static inline __attribute__((always_inline)) double NAME##_ru
                                    * b[p * ldb + c];                                    \
                         g[c] = acc;                                                     \
                     }                                                                   \
-                    s += BODY(width, Pt + r * C, g, Vt ? Vt + r * C : NULL,             \
-                              St ? St + r * C : NULL, adam, lr, mu, nesterov, beta1,    \
+                    s += BODY(width, Pt + r * ldp, g, Vt ? Vt + r * ldp : NULL,         \
+                              St ? St + r * ldp : NULL, adam, lr, mu, nesterov, beta1,  \
                               beta2, eps, lr_t, l2);                                    \
                 }                                                                       \
         }                                                                               \
@@ -201,13 +204,14 @@ BPFAST_TILE_TARGET static inline __attribute__((always_inline)) double NAME##_ru
                                                                                         \
 BPFAST_TILE_TARGET static double NAME(                                                  \
     int m, int R, int C, const T *restrict A, ptrdiff_t lda, const T *const *arows,     \
-    const T *restrict B, ptrdiff_t ldb, T *restrict P, T *restrict V, T *restrict S,    \
-    int adam, T lr, T mu, int nesterov, T beta1, T beta2, T eps, T lr_t, T l2)          \
+    const T *restrict B, ptrdiff_t ldb, T *restrict P, ptrdiff_t ldp, T *restrict V,    \
+    T *restrict S, int adam, T lr, T mu, int nesterov, T beta1, T beta2, T eps,         \
+    T lr_t, T l2)                                                                       \
 {                                                                                       \
     if (arows != NULL)                                                                  \
-        return NAME##_run(1, m, R, C, NULL, 0, arows, B, ldb, P, V, S, adam, lr, mu,    \
-                          nesterov, beta1, beta2, eps, lr_t, l2);                       \
-    return NAME##_run(0, m, R, C, A, lda, NULL, B, ldb, P, V, S, adam, lr, mu,          \
+        return NAME##_run(1, m, R, C, NULL, 0, arows, B, ldb, P, ldp, V, S, adam, lr,   \
+                          mu, nesterov, beta1, beta2, eps, lr_t, l2);                   \
+    return NAME##_run(0, m, R, C, A, lda, NULL, B, ldb, P, ldp, V, S, adam, lr, mu,     \
                       nesterov, beta1, beta2, eps, lr_t, l2);                           \
 }
 
@@ -220,7 +224,8 @@ BPFAST_DEFINE_GRAD_UPDATE(float, bpfast_grad_update_f, bpfast_tile_vf, bpfast_gu
 
 #define BPFAST_DEFINE_GRAD_UPDATE_STUB(T, NAME)                                         \
 static double NAME(int m, int R, int C, const T *A, ptrdiff_t lda,                       \
-                   const T *const *arows, const T *B, ptrdiff_t ldb, T *P, T *V, T *S,  \
+                   const T *const *arows, const T *B, ptrdiff_t ldb, T *P,              \
+                   ptrdiff_t ldp, T *V, T *S,                                           \
                    int adam, T lr, T mu, int nesterov,                                  \
                    T beta1, T beta2, T eps, T lr_t, T l2)                               \
 {                                                                                       \

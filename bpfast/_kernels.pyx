@@ -403,11 +403,11 @@ cdef void forward_pass(int L, int m, const int* sizes, const int* codes,
         if l == 0 and X_rows != NULL:
             kind = pwl_kind(codes[0])
             if floating is double:
-                bpfast_layer_forward_d(m, sizes[0], sizes[1], X_rows, W[0], b[0], Z[0],
-                                       A[0], kind)
+                bpfast_layer_forward_d(m, sizes[0], sizes[1], X_rows, W[0], sizes[1],
+                                       b[0], Z[0], A[0], sizes[1], kind)
             else:
-                bpfast_layer_forward_f(m, sizes[0], sizes[1], X_rows, W[0], b[0], Z[0],
-                                       A[0], kind)
+                bpfast_layer_forward_f(m, sizes[0], sizes[1], X_rows, W[0], sizes[1],
+                                       b[0], Z[0], A[0], sizes[1], kind)
             if kind < 0:
                 bias_activate(codes[0], m, sizes[1], b[0], Z[0], A[0])
         else:
@@ -706,27 +706,29 @@ cdef extern from "_tiles.h" nogil:
 
 cdef extern from "_layer_forward.h" nogil:
     void bpfast_layer_forward_d(int m, int n_in, int n, const double** rows,
-                                const double* W, const double* b, double* Z, double* A,
-                                int kind)
+                                const double* W, Py_ssize_t ldw, const double* b,
+                                double* Z, double* A, Py_ssize_t ldz, int kind)
     void bpfast_layer_forward_f(int m, int n_in, int n, const float** rows,
-                                const float* W, const float* b, float* Z, float* A,
-                                int kind)
+                                const float* W, Py_ssize_t ldw, const float* b, float* Z,
+                                float* A, Py_ssize_t ldz, int kind)
     void bpfast_layer_forward_d_back(int m, int n_in, int n, const double* dZ,
-                                     const double* W, double* Zp, double* db, int kind)
+                                     const double* W, Py_ssize_t ldw, double* Zp,
+                                     Py_ssize_t ldz, double* db, int kind)
     void bpfast_layer_forward_f_back(int m, int n_in, int n, const float* dZ,
-                                     const float* W, float* Zp, float* db, int kind)
+                                     const float* W, Py_ssize_t ldw, float* Zp,
+                                     Py_ssize_t ldz, float* db, int kind)
 
 
 cdef extern from "_grad_update.h" nogil:
     double bpfast_grad_update_d(int m, int R, int C, const double* A, Py_ssize_t lda,
                                 const double** arows, const double* B, Py_ssize_t ldb,
-                                double* P, double* V,
+                                double* P, Py_ssize_t ldp, double* V,
                                 double* S, int adam, double lr, double mu, int nesterov,
                                 double beta1, double beta2, double eps, double lr_t,
                                 double l2)
     double bpfast_grad_update_f(int m, int R, int C, const float* A, Py_ssize_t lda,
                                 const float** arows, const float* B, Py_ssize_t ldb,
-                                float* P, float* V,
+                                float* P, Py_ssize_t ldp, float* V,
                                 float* S, int adam, float lr, float mu, int nesterov,
                                 float beta1, float beta2, float eps, float lr_t, float l2)
 
@@ -756,11 +758,11 @@ cdef inline double grad_update(bint transposed, int m, int n_out, int n_in,
     cdef int R = n_in if transposed else n_out
     cdef int C = n_out if transposed else n_in
     if floating is double:
-        return bpfast_grad_update_d(m, R, C, a, R, prev_rows, bb, C, W, s1, s2,
+        return bpfast_grad_update_d(m, R, C, a, R, prev_rows, bb, C, W, C, s1, s2,
                                     optimizer == OPT_ADAM, lr, momentum, nesterov, beta1,
                                     beta2, epsilon, lr_t, l2)
     else:
-        return bpfast_grad_update_f(m, R, C, a, R, prev_rows, bb, C, W, s1, s2,
+        return bpfast_grad_update_f(m, R, C, a, R, prev_rows, bb, C, W, C, s1, s2,
                                     optimizer == OPT_ADAM, lr, momentum, nesterov, beta1,
                                     beta2, epsilon, lr_t, l2)
 
@@ -843,10 +845,10 @@ cdef double optimizer_step(
         if fused_back:
             if floating is double:
                 bpfast_layer_forward_d_back(m, sizes[l + 1], sizes[l], Z[l], W[l],
-                                            Z[l - 1], db[l - 1], kind)
+                                            sizes[l], Z[l - 1], sizes[l], db[l - 1], kind)
             else:
                 bpfast_layer_forward_f_back(m, sizes[l + 1], sizes[l], Z[l], W[l],
-                                            Z[l - 1], db[l - 1], kind)
+                                            sizes[l], Z[l - 1], sizes[l], db[l - 1], kind)
         elif l > 0:
             gemm(False, False, m, sizes[l], sizes[l + 1], <floating>1, Z[l], sizes[l + 1],
                  W[l], sizes[l], <floating>0, scratch, sizes[l])

@@ -23,9 +23,12 @@
 
 #if BPFAST_HAVE_TILES
 
-/* NAME(m, n_in, n, rows, W, b, Z, A, kind): the forward product above.
- * NAME##_back(m, n_in, n, dZ, W, Zp, db, kind): the backward one for a hidden layer with
- * a piecewise-linear activation (kind >= 0): dZp = (dZ W) (.) g'(Zp) written over Zp
+/* NAME(m, n_in, n, rows, W, ldw, b, Z, A, ldz, kind): the forward product above, for
+ * the n columns that W and Z, A start at (ldw, ldz: their row strides, larger than n
+ * for a block of columns of a wider layer).
+ * NAME##_back(m, n_in, n, dZ, W, ldw, Zp, ldz, db, kind): the backward one for a
+ * hidden layer with a piecewise-linear activation (kind >= 0): dZp = (dZ W) (.) g'(Zp)
+ * written over Zp
  * (m x n, Z of the layer below), db = column sums of dZp, dZ being m x n_in (the layer
  * above's delta) and W n_in x n (its weights, as stored). g' as in _pointwise.h. */
 #define BPFAST_DEFINE_LAYER_FORWARD(T, NAME, VEC, MASK)                                 \
@@ -34,7 +37,7 @@ typedef MASK NAME##_mask;                                                       
                                                                                         \
 /* acc[r][j] = sum_k x[r][k] W[k, j-th vector], r < nr, j < nv */                      \
 BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_acc(       \
-    const int nr, const int nv, ptrdiff_t n_in, ptrdiff_t n, const T *const *x,         \
+    const int nr, const int nv, ptrdiff_t n_in, ptrdiff_t ldw, const T *const *x,       \
     const T *restrict W, NAME##_vec acc[BPFAST_TILE_NR][BPFAST_TILE_NV])                \
 {                                                                                       \
     const int VL = (int)(64 / sizeof(T));                                               \
@@ -49,7 +52,7 @@ BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_acc(
     for (k = 0; k < n_in; k++) {                                                        \
         _Pragma("GCC unroll 4")                                                         \
         for (j = 0; j < nv; j++)                                                        \
-            memcpy(&w[j], W + k * n + j * VL, sizeof(NAME##_vec));                      \
+            memcpy(&w[j], W + k * ldw + j * VL, sizeof(NAME##_vec));                    \
         _Pragma("GCC unroll 4")                                                         \
         for (r = 0; r < nr; r++) {                                                      \
             const T xv = x[r][k];                                                       \
@@ -62,13 +65,14 @@ BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_acc(
                                                                                         \
 /* forward tile: rows p0..p0+nr-1 (rows[0..nr)), nv vectors of columns from c0 */      \
 BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_tile(      \
-    const int nr, const int nv, ptrdiff_t n_in, ptrdiff_t n, const T *const *rows,      \
-    const T *restrict W, const T *restrict b, T *restrict Z, T *restrict A, int kind)   \
+    const int nr, const int nv, ptrdiff_t n_in, ptrdiff_t ldw, ptrdiff_t ldz,           \
+    const T *const *rows, const T *restrict W, const T *restrict b, T *restrict Z,      \
+    T *restrict A, int kind)                                                            \
 {                                                                                       \
     const int VL = (int)(64 / sizeof(T));                                               \
     NAME##_vec acc[BPFAST_TILE_NR][BPFAST_TILE_NV];                                     \
     int r, j;                                                                           \
-    NAME##_acc(nr, nv, n_in, n, rows, W, acc);                                          \
+    NAME##_acc(nr, nv, n_in, ldw, rows, W, acc);                                        \
     _Pragma("GCC unroll 4")                                                             \
     for (j = 0; j < nv; j++) {                                                          \
         NAME##_vec bv, one = (NAME##_vec){0} + 1;                                       \
@@ -77,7 +81,7 @@ BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_tile
         for (r = 0; r < nr; r++) {                                                      \
             NAME##_vec v = acc[r][j], a, c;                                             \
             if (kind < 0) {                                                             \
-                memcpy(Z + r * n + j * VL, &v, sizeof v);                               \
+                memcpy(Z + r * ldz + j * VL, &v, sizeof v);                             \
                 continue;                                                               \
             }                                                                           \
             v = v + bv;                                                                 \
@@ -89,21 +93,22 @@ BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_tile
                 a = c * v + (1 - c) * ((T)0.01 * v);                                    \
             else                                                                        \
                 a = v;                                                                  \
-            memcpy(Z + r * n + j * VL, &v, sizeof v);                                   \
-            memcpy(A + r * n + j * VL, &a, sizeof a);                                   \
+            memcpy(Z + r * ldz + j * VL, &v, sizeof v);                                 \
+            memcpy(A + r * ldz + j * VL, &a, sizeof a);                                 \
         }                                                                               \
     }                                                                                   \
 }                                                                                       \
                                                                                         \
 /* backward tile: dZp = acc (.) g'(Zp) over Zp's block, its column sums added to db */  \
 BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_back_tile( \
-    const int nr, const int nv, ptrdiff_t n_in, ptrdiff_t n, const T *const *rows,      \
-    const T *restrict W, T *restrict Zp, T *restrict db, int kind)                      \
+    const int nr, const int nv, ptrdiff_t n_in, ptrdiff_t ldw, ptrdiff_t ldz,           \
+    const T *const *rows, const T *restrict W, T *restrict Zp, T *restrict db,          \
+    int kind)                                                                           \
 {                                                                                       \
     const int VL = (int)(64 / sizeof(T));                                               \
     NAME##_vec acc[BPFAST_TILE_NR][BPFAST_TILE_NV];                                     \
     int r, j;                                                                           \
-    NAME##_acc(nr, nv, n_in, n, rows, W, acc);                                          \
+    NAME##_acc(nr, nv, n_in, ldw, rows, W, acc);                                        \
     _Pragma("GCC unroll 4")                                                             \
     for (j = 0; j < nv; j++) {                                                          \
         NAME##_vec sum, one = (NAME##_vec){0} + 1;                                      \
@@ -111,7 +116,7 @@ BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_back
         _Pragma("GCC unroll 4")                                                         \
         for (r = 0; r < nr; r++) {                                                      \
             NAME##_vec z, c, v;                                                         \
-            memcpy(&z, Zp + r * n + j * VL, sizeof z);                                  \
+            memcpy(&z, Zp + r * ldz + j * VL, sizeof z);                                \
             c = (NAME##_vec)((NAME##_mask)one & (NAME##_mask)(z > 0));                  \
             if (kind == BPFAST_PWL_RELU)                                                \
                 v = acc[r][j] * c;                                                      \
@@ -119,7 +124,7 @@ BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_back
                 v = acc[r][j] * (c + (1 - c) * (T)0.01);                                \
             else                                                                        \
                 v = acc[r][j];                                                          \
-            memcpy(Zp + r * n + j * VL, &v, sizeof v);                                  \
+            memcpy(Zp + r * ldz + j * VL, &v, sizeof v);                                \
             sum += v;                                                                   \
         }                                                                               \
         memcpy(db + j * VL, &sum, sizeof sum);                                          \
@@ -128,7 +133,8 @@ BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_back
                                                                                         \
 /* the scalar column tail of either pass: columns c0..c0+width-1 of rows p0.. */        \
 BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_tail(      \
-    int back, int nr, int width, ptrdiff_t n_in, ptrdiff_t n, const T *const *rows,     \
+    int back, int nr, int width, ptrdiff_t n_in, ptrdiff_t ldw, ptrdiff_t ldz,          \
+    const T *const *rows,                                                               \
     const T *restrict W, const T *restrict b, T *restrict Z, T *restrict A,             \
     T *restrict db, int kind)                                                           \
 {                                                                                       \
@@ -138,23 +144,23 @@ BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_tail
         for (c = 0; c < width; c++) {                                                   \
             T acc = 0, v, cz;                                                           \
             for (k = 0; k < n_in; k++)                                                  \
-                acc += rows[r][k] * W[k * n + c];                                       \
+                acc += rows[r][k] * W[k * ldw + c];                                     \
             if (back) {                                                                 \
-                cz = Z[r * n + c] > 0 ? (T)1 : (T)0;                                    \
+                cz = Z[r * ldz + c] > 0 ? (T)1 : (T)0;                                  \
                 v = kind == BPFAST_PWL_RELU ? acc * cz                                  \
                   : kind == BPFAST_PWL_LEAKY ? acc * (cz + (1 - cz) * (T)0.01) : acc;   \
-                Z[r * n + c] = v;                                                       \
+                Z[r * ldz + c] = v;                                                     \
                 db[c] += v;                                                             \
                 continue;                                                               \
             }                                                                           \
             if (kind < 0) {                                                             \
-                Z[r * n + c] = acc;                                                     \
+                Z[r * ldz + c] = acc;                                                   \
                 continue;                                                               \
             }                                                                           \
             v = acc + b[c];                                                             \
             cz = v > 0 ? (T)1 : (T)0;                                                   \
-            Z[r * n + c] = v;                                                           \
-            A[r * n + c] = kind == BPFAST_PWL_RELU ? (v > 0 ? v : (T)0)                 \
+            Z[r * ldz + c] = v;                                                         \
+            A[r * ldz + c] = kind == BPFAST_PWL_RELU ? (v > 0 ? v : (T)0)               \
                          : kind == BPFAST_PWL_LEAKY ? cz * v + (1 - cz) * ((T)0.01 * v) \
                          : v;                                                           \
         }                                                                               \
@@ -163,8 +169,8 @@ BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_tail
 /* both passes: tiles over rows of 4 (then 1) and columns of CT, VL, then the tail */   \
 BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_run(       \
     const int back, int m, int n_in, int n, const T *const *rows, const T *dZ,          \
-    const T *restrict W, const T *restrict b, T *restrict Z, T *restrict A,             \
-    T *restrict db, int kind)                                                           \
+    const T *restrict W, ptrdiff_t ldw, const T *restrict b, T *restrict Z,             \
+    T *restrict A, ptrdiff_t ldz, T *restrict db, int kind)                             \
 {                                                                                       \
     enum { VL = 64 / sizeof(T), CT = BPFAST_TILE_NV * (64 / sizeof(T)) };               \
     const T *own[BPFAST_TILE_NR];                                                       \
@@ -180,50 +186,53 @@ BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_run(
             rp = own;                                                                   \
         }                                                                               \
         for (c0 = 0; c0 < n; c0 += width) {                                             \
-            T *Zt = Z + (ptrdiff_t)p0 * n + c0;                                         \
-            T *At = back ? NULL : A + (ptrdiff_t)p0 * n + c0;                           \
+            T *Zt = Z + (ptrdiff_t)p0 * ldz + c0;                                       \
+            T *At = back ? NULL : A + (ptrdiff_t)p0 * ldz + c0;                         \
             width = n - c0 >= CT ? CT : n - c0 >= VL ? VL : n - c0;                     \
             if (back && width == CT && nr == BPFAST_TILE_NR)                            \
-                NAME##_back_tile(BPFAST_TILE_NR, BPFAST_TILE_NV, n_in, n, rp, W + c0,   \
-                                 Zt, db + c0, kind);                                    \
+                NAME##_back_tile(BPFAST_TILE_NR, BPFAST_TILE_NV, n_in, ldw, ldz, rp,    \
+                                 W + c0, Zt, db + c0, kind);                            \
             else if (back && width == CT)                                               \
-                NAME##_back_tile(1, BPFAST_TILE_NV, n_in, n, rp, W + c0, Zt, db + c0,   \
-                                 kind);                                                 \
+                NAME##_back_tile(1, BPFAST_TILE_NV, n_in, ldw, ldz, rp, W + c0, Zt,     \
+                                 db + c0, kind);                                        \
             else if (back && width == VL && nr == BPFAST_TILE_NR)                       \
-                NAME##_back_tile(BPFAST_TILE_NR, 1, n_in, n, rp, W + c0, Zt, db + c0,   \
-                                 kind);                                                 \
+                NAME##_back_tile(BPFAST_TILE_NR, 1, n_in, ldw, ldz, rp, W + c0, Zt,     \
+                                 db + c0, kind);                                        \
             else if (back && width == VL)                                               \
-                NAME##_back_tile(1, 1, n_in, n, rp, W + c0, Zt, db + c0, kind);         \
+                NAME##_back_tile(1, 1, n_in, ldw, ldz, rp, W + c0, Zt, db + c0, kind);  \
             else if (!back && width == CT && nr == BPFAST_TILE_NR)                      \
-                NAME##_tile(BPFAST_TILE_NR, BPFAST_TILE_NV, n_in, n, rp, W + c0,        \
+                NAME##_tile(BPFAST_TILE_NR, BPFAST_TILE_NV, n_in, ldw, ldz, rp, W + c0, \
                             b + c0, Zt, At, kind);                                      \
             else if (!back && width == CT)                                              \
-                NAME##_tile(1, BPFAST_TILE_NV, n_in, n, rp, W + c0, b + c0, Zt, At,     \
-                            kind);                                                      \
+                NAME##_tile(1, BPFAST_TILE_NV, n_in, ldw, ldz, rp, W + c0, b + c0, Zt,  \
+                            At, kind);                                                  \
             else if (!back && width == VL && nr == BPFAST_TILE_NR)                      \
-                NAME##_tile(BPFAST_TILE_NR, 1, n_in, n, rp, W + c0, b + c0, Zt, At,     \
-                            kind);                                                      \
+                NAME##_tile(BPFAST_TILE_NR, 1, n_in, ldw, ldz, rp, W + c0, b + c0, Zt,  \
+                            At, kind);                                                  \
             else if (!back && width == VL)                                              \
-                NAME##_tile(1, 1, n_in, n, rp, W + c0, b + c0, Zt, At, kind);           \
+                NAME##_tile(1, 1, n_in, ldw, ldz, rp, W + c0, b + c0, Zt, At, kind);    \
             else                                                                        \
-                NAME##_tail(back, nr, width, n_in, n, rp, W + c0, back ? NULL : b + c0, \
+                NAME##_tail(back, nr, width, n_in, ldw, ldz, rp, W + c0,                \
+                            back ? NULL : b + c0,                                       \
                             Zt, At, back ? db + c0 : NULL, kind);                       \
         }                                                                               \
     }                                                                                   \
 }                                                                                       \
                                                                                         \
 BPFAST_TILE_TARGET static void NAME(int m, int n_in, int n, const T *const *rows,      \
-                                    const T *restrict W, const T *restrict b,           \
-                                    T *restrict Z, T *restrict A, int kind)             \
+                                    const T *restrict W, ptrdiff_t ldw,                 \
+                                    const T *restrict b, T *restrict Z, T *restrict A,  \
+                                    ptrdiff_t ldz, int kind)                            \
 {                                                                                       \
-    NAME##_run(0, m, n_in, n, rows, NULL, W, b, Z, A, NULL, kind);                      \
+    NAME##_run(0, m, n_in, n, rows, NULL, W, ldw, b, Z, A, ldz, NULL, kind);            \
 }                                                                                       \
                                                                                         \
 BPFAST_TILE_TARGET static void NAME##_back(int m, int n_in, int n, const T *dZ,        \
-                                           const T *restrict W, T *restrict Zp,         \
+                                           const T *restrict W, ptrdiff_t ldw,          \
+                                           T *restrict Zp, ptrdiff_t ldz,               \
                                            T *restrict db, int kind)                    \
 {                                                                                       \
-    NAME##_run(1, m, n_in, n, NULL, dZ, W, NULL, Zp, NULL, db, kind);                   \
+    NAME##_run(1, m, n_in, n, NULL, dZ, W, ldw, NULL, Zp, NULL, ldz, db, kind);         \
 }
 
 BPFAST_DEFINE_LAYER_FORWARD(double, bpfast_layer_forward_d, bpfast_tile_vd,
@@ -234,12 +243,12 @@ BPFAST_DEFINE_LAYER_FORWARD(float, bpfast_layer_forward_f, bpfast_tile_vf,
 #else /* not compiled: never called, bpfast_tiles_available() is 0 */
 
 #define BPFAST_DEFINE_LAYER_FORWARD_STUB(T, NAME)                                       \
-static void NAME(int m, int n_in, int n, const T *const *rows, const T *W, const T *b,  \
-                 T *Z, T *A, int kind)                                                  \
+static void NAME(int m, int n_in, int n, const T *const *rows, const T *W,             \
+                 ptrdiff_t ldw, const T *b, T *Z, T *A, ptrdiff_t ldz, int kind)        \
 {                                                                                       \
 }                                                                                       \
-static void NAME##_back(int m, int n_in, int n, const T *dZ, const T *W, T *Zp, T *db,  \
-                        int kind)                                                       \
+static void NAME##_back(int m, int n_in, int n, const T *dZ, const T *W, ptrdiff_t ldw, \
+                        T *Zp, ptrdiff_t ldz, T *db, int kind)                          \
 {                                                                                       \
 }
 BPFAST_DEFINE_LAYER_FORWARD_STUB(double, bpfast_layer_forward_d)
