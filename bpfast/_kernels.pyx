@@ -66,6 +66,14 @@ cdef inline int pwl_kind(int code) noexcept nogil:
     return -1
 
 
+cdef extern from "_softmax.h" nogil:
+    int BPFAST_SOFTMAX_MAX_N
+    void bpfast_softmax_rows_d(Py_ssize_t m, Py_ssize_t n, const double* b, double* Z,
+                               double* A)
+    void bpfast_softmax_rows_f(Py_ssize_t m, Py_ssize_t n, const float* b, float* Z,
+                               float* A)
+
+
 cdef extern from "_reduce.h" nogil:
     double bpfast_sumsq_d(const double* x, Py_ssize_t n)
     double bpfast_sumsq_f(const float* x, Py_ssize_t n)
@@ -211,6 +219,12 @@ cdef void bias_activate(int code, int m, int n, const floating* b,
             bpfast_bias_pwl_d(kind, m, n, b, Z, A)
         else:
             bpfast_bias_pwl_f(kind, m, n, b, Z, A)
+        return
+    if code == SOFTMAX and n <= BPFAST_SOFTMAX_MAX_N:  # narrow rows: across rows
+        if floating is double:
+            bpfast_softmax_rows_d(m, n, b, Z, A)
+        else:
+            bpfast_softmax_rows_f(m, n, b, Z, A)
         return
     if code == SIGMOID or code == TANH or code == SILU or code == EXP or code == SOFTMAX:
         for i in range(m):

@@ -351,3 +351,25 @@ def test_magnitude_bound():
         _kernels.magnitude_bound(np.ones(3, dtype=np.int64))
     with pytest.raises(TypeError, match="X"):
         _kernels.magnitude_bound([1.0, 2.0])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("classes", [2, 10, 16, 17])
+@pytest.mark.parametrize("m", [1, 31, 32, 33, 100])
+@pytest.mark.parametrize("spread", [4, 400])
+def test_softmax_across_rows_and_by_row(classes, m, spread, dtype):
+    """Softmax outputs of up to 16 classes take the across-rows path (blocks of 32
+    rows), wider ones the row loops: both against the reference, rows summing to 1.
+    Logits in the hundreds overflow e^z unless each row's maximum is subtracted."""
+    sizes = (5, classes)
+    W, b = make_params(sizes, dtype, seed=classes + m)
+    X, Y = make_data(sizes, m, dtype, seed=m)
+    X = X * spread
+    A = bpfast.forward(W, b, ["softmax"], X)
+    assert_close(A, reference.forward(W, b, ["softmax"], X), dtype)
+    np.testing.assert_allclose(A.sum(axis=1), 1, rtol=rtol_for(dtype))
+    E, dW, db = bpfast.backprop(W, b, ["softmax"], X, Y)
+    E_ref, dW_ref, db_ref = reference.backprop(W, b, ["softmax"], X, Y)
+    assert E == pytest.approx(E_ref, rel=rtol_for(dtype))
+    for got, want in zip(dW + db, dW_ref + db_ref):
+        assert_close(got, want, dtype)
