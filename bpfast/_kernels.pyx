@@ -409,19 +409,27 @@ cdef void forward_pass(int L, int m, const int* sizes, const int* codes,
     ``first_t``: W[0] is stored transposed (n^0 x n^1), as the trainer keeps it.
     ``X_rows`` (with ``first_t``, on processors with the tile kernels): row p of X is
     X_rows[p], and the first layer is _layer_forward.h's product with its bias and
-    piecewise-linear activation fused in; ``X`` is not read.
+    piecewise-linear activation fused in; ``X`` is not read. Then Z[0] is not written
+    when only :func:`optimizer_step`'s backward kernel would read it (it takes the signs
+    from A[0]).
     """
     cdef int l, kind
+    cdef bint store_z
     cdef const floating* prev = X
     for l in range(L):
         if l == 0 and X_rows != NULL:
             kind = pwl_kind(codes[0])
+            # Z[0] is only read by the backward kernel of optimizer_step, which takes the
+            # signs from A[0], when the layer above is small enough for it: then the
+            # forward kernel writes A[0] alone
+            store_z = not (L >= 2 and kind >= 0 and <long long>m * sizes[1] * sizes[2]
+                           <= bpfast_fused_update_limit)
             if floating is double:
                 bpfast_layer_forward_d(m, sizes[0], sizes[1], X_rows, W[0], sizes[1],
-                                       b[0], Z[0], A[0], sizes[1], kind)
+                                       b[0], Z[0], A[0], sizes[1], kind, store_z)
             else:
                 bpfast_layer_forward_f(m, sizes[0], sizes[1], X_rows, W[0], sizes[1],
-                                       b[0], Z[0], A[0], sizes[1], kind)
+                                       b[0], Z[0], A[0], sizes[1], kind, store_z)
             if kind < 0:
                 bias_activate(codes[0], m, sizes[1], b[0], Z[0], A[0])
         else:
@@ -721,16 +729,17 @@ cdef extern from "_tiles.h" nogil:
 cdef extern from "_layer_forward.h" nogil:
     void bpfast_layer_forward_d(int m, int n_in, int n, const double** rows,
                                 const double* W, Py_ssize_t ldw, const double* b,
-                                double* Z, double* A, Py_ssize_t ldz, int kind)
+                                double* Z, double* A, Py_ssize_t ldz, int kind,
+                                int store_z)
     void bpfast_layer_forward_f(int m, int n_in, int n, const float** rows,
                                 const float* W, Py_ssize_t ldw, const float* b, float* Z,
-                                float* A, Py_ssize_t ldz, int kind)
+                                float* A, Py_ssize_t ldz, int kind, int store_z)
     void bpfast_layer_forward_d_back(int m, int n_in, int n, const double* dZ,
-                                     const double* W, Py_ssize_t ldw, double* Zp,
-                                     Py_ssize_t ldz, double* db, int kind)
+                                     const double* W, Py_ssize_t ldw, const double* Ap,
+                                     double* Zp, Py_ssize_t ldz, double* db, int kind)
     void bpfast_layer_forward_f_back(int m, int n_in, int n, const float* dZ,
-                                     const float* W, Py_ssize_t ldw, float* Zp,
-                                     Py_ssize_t ldz, float* db, int kind)
+                                     const float* W, Py_ssize_t ldw, const float* Ap,
+                                     float* Zp, Py_ssize_t ldz, float* db, int kind)
 
 
 cdef extern from "_grad_update.h" nogil:
@@ -859,10 +868,12 @@ cdef double optimizer_step(
         if fused_back:
             if floating is double:
                 bpfast_layer_forward_d_back(m, sizes[l + 1], sizes[l], Z[l], W[l],
-                                            sizes[l], Z[l - 1], sizes[l], db[l - 1], kind)
+                                            sizes[l], A[l - 1], Z[l - 1], sizes[l],
+                                            db[l - 1], kind)
             else:
                 bpfast_layer_forward_f_back(m, sizes[l + 1], sizes[l], Z[l], W[l],
-                                            sizes[l], Z[l - 1], sizes[l], db[l - 1], kind)
+                                            sizes[l], A[l - 1], Z[l - 1], sizes[l],
+                                            db[l - 1], kind)
         elif l > 0:
             gemm(False, False, m, sizes[l], sizes[l + 1], <floating>1, Z[l], sizes[l + 1],
                  W[l], sizes[l], <floating>0, scratch, sizes[l])

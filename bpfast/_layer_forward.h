@@ -23,14 +23,18 @@
 
 #if BPFAST_HAVE_TILES
 
-/* NAME(m, n_in, n, rows, W, ldw, b, Z, A, ldz, kind): the forward product above, for
- * the n columns that W and Z, A start at (ldw, ldz: their row strides, larger than n
- * for a block of columns of a wider layer).
- * NAME##_back(m, n_in, n, dZ, W, ldw, Zp, ldz, db, kind): the backward one for a
+/* NAME(m, n_in, n, rows, W, ldw, b, Z, A, ldz, kind, store_z): the forward product
+ * above, for the n columns that W and Z, A start at (ldw, ldz: their row strides,
+ * larger than n for a block of columns of a wider layer). store_z = 0 (kind >= 0
+ * only): A alone is written, Z left as it was -- when nothing reads Z but the
+ * backward kernel below, which takes the signs it needs from A.
+ * NAME##_back(m, n_in, n, dZ, W, ldw, Ap, Zp, ldz, db, kind): the backward one for a
  * hidden layer with a piecewise-linear activation (kind >= 0): dZp = (dZ W) (.) g'(Zp)
- * written over Zp
- * (m x n, Z of the layer below), db = column sums of dZp, dZ being m x n_in (the layer
- * above's delta) and W n_in x n (its weights, as stored). g' as in _pointwise.h. */
+ * into Zp (m x n, the layer below's Z buffer), db = column sums of dZp, dZ being
+ * m x n_in (the layer above's delta) and W n_in x n (its weights, as stored). g' as in
+ * _pointwise.h, with [Zp > 0] read as [Ap > 0] from the layer's activations Ap: relu
+ * and leaky relu keep the sign (relu(NaN) = 0 and leaky(NaN) = NaN both give 0, as
+ * NaN > 0 does). */
 #define BPFAST_DEFINE_LAYER_FORWARD(T, NAME, VEC, MASK)                                 \
 typedef VEC NAME##_vec;                                                                 \
 typedef MASK NAME##_mask;                                                               \
@@ -67,7 +71,7 @@ BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_acc(
 BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_tile(      \
     const int nr, const int nv, ptrdiff_t n_in, ptrdiff_t ldw, ptrdiff_t ldz,           \
     const T *const *rows, const T *restrict W, const T *restrict b, T *restrict Z,      \
-    T *restrict A, int kind)                                                            \
+    T *restrict A, int kind, int store_z)                                               \
 {                                                                                       \
     const int VL = (int)(64 / sizeof(T));                                               \
     NAME##_vec acc[BPFAST_TILE_NR][BPFAST_TILE_NV];                                     \
@@ -93,17 +97,19 @@ BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_tile
                 a = c * v + (1 - c) * ((T)0.01 * v);                                    \
             else                                                                        \
                 a = v;                                                                  \
-            memcpy(Z + r * ldz + j * VL, &v, sizeof v);                                 \
+            if (store_z)                                                                \
+                memcpy(Z + r * ldz + j * VL, &v, sizeof v);                             \
             memcpy(A + r * ldz + j * VL, &a, sizeof a);                                 \
         }                                                                               \
     }                                                                                   \
 }                                                                                       \
                                                                                         \
-/* backward tile: dZp = acc (.) g'(Zp) over Zp's block, its column sums added to db */  \
+/* backward tile: dZp = acc (.) g'(Zp) into Zp's block, its column sums added to db;   \
+ * [Zp > 0] read from the activations Ap, which have the same sign */                  \
 BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_back_tile( \
     const int nr, const int nv, ptrdiff_t n_in, ptrdiff_t ldw, ptrdiff_t ldz,           \
-    const T *const *rows, const T *restrict W, T *restrict Zp, T *restrict db,          \
-    int kind)                                                                           \
+    const T *const *rows, const T *restrict W, const T *restrict Ap,                    \
+    T *restrict Zp, T *restrict db, int kind)                                           \
 {                                                                                       \
     const int VL = (int)(64 / sizeof(T));                                               \
     NAME##_vec acc[BPFAST_TILE_NR][BPFAST_TILE_NV];                                     \
@@ -116,7 +122,7 @@ BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_back
         _Pragma("GCC unroll 4")                                                         \
         for (r = 0; r < nr; r++) {                                                      \
             NAME##_vec z, c, v;                                                         \
-            memcpy(&z, Zp + r * ldz + j * VL, sizeof z);                                \
+            memcpy(&z, Ap + r * ldz + j * VL, sizeof z);                                \
             c = (NAME##_vec)((NAME##_mask)one & (NAME##_mask)(z > 0));                  \
             if (kind == BPFAST_PWL_RELU)                                                \
                 v = acc[r][j] * c;                                                      \
@@ -136,7 +142,7 @@ BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_tail
     int back, int nr, int width, ptrdiff_t n_in, ptrdiff_t ldw, ptrdiff_t ldz,          \
     const T *const *rows,                                                               \
     const T *restrict W, const T *restrict b, T *restrict Z, T *restrict A,             \
-    T *restrict db, int kind)                                                           \
+    T *restrict db, int kind, int store_z)                                              \
 {                                                                                       \
     int r, c;                                                                           \
     ptrdiff_t k;                                                                        \
@@ -146,7 +152,7 @@ BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_tail
             for (k = 0; k < n_in; k++)                                                  \
                 acc += rows[r][k] * W[k * ldw + c];                                     \
             if (back) {                                                                 \
-                cz = Z[r * ldz + c] > 0 ? (T)1 : (T)0;                                  \
+                cz = A[r * ldz + c] > 0 ? (T)1 : (T)0;                                  \
                 v = kind == BPFAST_PWL_RELU ? acc * cz                                  \
                   : kind == BPFAST_PWL_LEAKY ? acc * (cz + (1 - cz) * (T)0.01) : acc;   \
                 Z[r * ldz + c] = v;                                                     \
@@ -159,7 +165,8 @@ BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_tail
             }                                                                           \
             v = acc + b[c];                                                             \
             cz = v > 0 ? (T)1 : (T)0;                                                   \
-            Z[r * ldz + c] = v;                                                         \
+            if (store_z)                                                                \
+                Z[r * ldz + c] = v;                                                     \
             A[r * ldz + c] = kind == BPFAST_PWL_RELU ? (v > 0 ? v : (T)0)               \
                          : kind == BPFAST_PWL_LEAKY ? cz * v + (1 - cz) * ((T)0.01 * v) \
                          : v;                                                           \
@@ -170,7 +177,7 @@ BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_tail
 BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_run(       \
     const int back, int m, int n_in, int n, const T *const *rows, const T *dZ,          \
     const T *restrict W, ptrdiff_t ldw, const T *restrict b, T *restrict Z,             \
-    T *restrict A, ptrdiff_t ldz, T *restrict db, int kind)                             \
+    T *restrict A, ptrdiff_t ldz, T *restrict db, int kind, int store_z)                \
 {                                                                                       \
     enum { VL = 64 / sizeof(T), CT = BPFAST_TILE_NV * (64 / sizeof(T)) };               \
     const T *own[BPFAST_TILE_NR];                                                       \
@@ -187,34 +194,36 @@ BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_run(
         }                                                                               \
         for (c0 = 0; c0 < n; c0 += width) {                                             \
             T *Zt = Z + (ptrdiff_t)p0 * ldz + c0;                                       \
-            T *At = back ? NULL : A + (ptrdiff_t)p0 * ldz + c0;                         \
+            T *At = A + (ptrdiff_t)p0 * ldz + c0;                                       \
             width = n - c0 >= CT ? CT : n - c0 >= VL ? VL : n - c0;                     \
             if (back && width == CT && nr == BPFAST_TILE_NR)                            \
                 NAME##_back_tile(BPFAST_TILE_NR, BPFAST_TILE_NV, n_in, ldw, ldz, rp,    \
-                                 W + c0, Zt, db + c0, kind);                            \
+                                 W + c0, At, Zt, db + c0, kind);                        \
             else if (back && width == CT)                                               \
-                NAME##_back_tile(1, BPFAST_TILE_NV, n_in, ldw, ldz, rp, W + c0, Zt,     \
+                NAME##_back_tile(1, BPFAST_TILE_NV, n_in, ldw, ldz, rp, W + c0, At, Zt, \
                                  db + c0, kind);                                        \
             else if (back && width == VL && nr == BPFAST_TILE_NR)                       \
-                NAME##_back_tile(BPFAST_TILE_NR, 1, n_in, ldw, ldz, rp, W + c0, Zt,     \
+                NAME##_back_tile(BPFAST_TILE_NR, 1, n_in, ldw, ldz, rp, W + c0, At, Zt, \
                                  db + c0, kind);                                        \
             else if (back && width == VL)                                               \
-                NAME##_back_tile(1, 1, n_in, ldw, ldz, rp, W + c0, Zt, db + c0, kind);  \
+                NAME##_back_tile(1, 1, n_in, ldw, ldz, rp, W + c0, At, Zt, db + c0,     \
+                                 kind);                                                 \
             else if (!back && width == CT && nr == BPFAST_TILE_NR)                      \
                 NAME##_tile(BPFAST_TILE_NR, BPFAST_TILE_NV, n_in, ldw, ldz, rp, W + c0, \
-                            b + c0, Zt, At, kind);                                      \
+                            b + c0, Zt, At, kind, store_z);                             \
             else if (!back && width == CT)                                              \
                 NAME##_tile(1, BPFAST_TILE_NV, n_in, ldw, ldz, rp, W + c0, b + c0, Zt,  \
-                            At, kind);                                                  \
+                            At, kind, store_z);                                         \
             else if (!back && width == VL && nr == BPFAST_TILE_NR)                      \
                 NAME##_tile(BPFAST_TILE_NR, 1, n_in, ldw, ldz, rp, W + c0, b + c0, Zt,  \
-                            At, kind);                                                  \
+                            At, kind, store_z);                                         \
             else if (!back && width == VL)                                              \
-                NAME##_tile(1, 1, n_in, ldw, ldz, rp, W + c0, b + c0, Zt, At, kind);    \
+                NAME##_tile(1, 1, n_in, ldw, ldz, rp, W + c0, b + c0, Zt, At, kind,     \
+                            store_z);                                                   \
             else                                                                        \
                 NAME##_tail(back, nr, width, n_in, ldw, ldz, rp, W + c0,                \
-                            back ? NULL : b + c0,                                       \
-                            Zt, At, back ? db + c0 : NULL, kind);                       \
+                            back ? NULL : b + c0, Zt, At, back ? db + c0 : NULL, kind,  \
+                            store_z);                                                   \
         }                                                                               \
     }                                                                                   \
 }                                                                                       \
@@ -222,17 +231,17 @@ BPFAST_TILE_TARGET static inline __attribute__((always_inline)) void NAME##_run(
 BPFAST_TILE_TARGET static void NAME(int m, int n_in, int n, const T *const *rows,      \
                                     const T *restrict W, ptrdiff_t ldw,                 \
                                     const T *restrict b, T *restrict Z, T *restrict A,  \
-                                    ptrdiff_t ldz, int kind)                            \
+                                    ptrdiff_t ldz, int kind, int store_z)               \
 {                                                                                       \
-    NAME##_run(0, m, n_in, n, rows, NULL, W, ldw, b, Z, A, ldz, NULL, kind);            \
+    NAME##_run(0, m, n_in, n, rows, NULL, W, ldw, b, Z, A, ldz, NULL, kind, store_z);   \
 }                                                                                       \
                                                                                         \
 BPFAST_TILE_TARGET static void NAME##_back(int m, int n_in, int n, const T *dZ,        \
                                            const T *restrict W, ptrdiff_t ldw,          \
-                                           T *restrict Zp, ptrdiff_t ldz,               \
+                                           const T *Ap, T *restrict Zp, ptrdiff_t ldz,  \
                                            T *restrict db, int kind)                    \
 {                                                                                       \
-    NAME##_run(1, m, n_in, n, NULL, dZ, W, ldw, NULL, Zp, NULL, ldz, db, kind);         \
+    NAME##_run(1, m, n_in, n, NULL, dZ, W, ldw, NULL, Zp, (T *)Ap, ldz, db, kind, 1);   \
 }
 
 BPFAST_DEFINE_LAYER_FORWARD(double, bpfast_layer_forward_d, bpfast_tile_vd,
@@ -244,11 +253,12 @@ BPFAST_DEFINE_LAYER_FORWARD(float, bpfast_layer_forward_f, bpfast_tile_vf,
 
 #define BPFAST_DEFINE_LAYER_FORWARD_STUB(T, NAME)                                       \
 static void NAME(int m, int n_in, int n, const T *const *rows, const T *W,             \
-                 ptrdiff_t ldw, const T *b, T *Z, T *A, ptrdiff_t ldz, int kind)        \
+                 ptrdiff_t ldw, const T *b, T *Z, T *A, ptrdiff_t ldz, int kind,        \
+                 int store_z)                                                           \
 {                                                                                       \
 }                                                                                       \
 static void NAME##_back(int m, int n_in, int n, const T *dZ, const T *W, ptrdiff_t ldw, \
-                        T *Zp, ptrdiff_t ldz, T *db, int kind)                          \
+                        const T *Ap, T *Zp, ptrdiff_t ldz, T *db, int kind)             \
 {                                                                                       \
 }
 BPFAST_DEFINE_LAYER_FORWARD_STUB(double, bpfast_layer_forward_d)
