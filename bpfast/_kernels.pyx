@@ -843,14 +843,14 @@ cdef double optimizer_step(
     :func:`grad_update` for small layers, else dW[l] and :func:`update`), the step of
     b[l], and dZ[l-1]. The same updates as taking every gradient first. For a small
     layer over a piecewise-linear activation, dZ[l-1] = (dZ[l] W[l]) (.) g'(Z[l-1])
-    comes from one pass of _layer_forward.h's backward kernel (no dA in scratch). ``sq[0]`` gets
-    sum ||W||^2 of the new weights. ``first_t``: W[0], dW[0] and their state are stored
+    comes from one pass of _layer_forward.h's backward kernel (no dA in scratch).
+    ``sq[0]`` gets sum ||W||^2 of the new weights. ``first_t``: W[0], dW[0] and their state are stored
     transposed. ``X_rows``: row p of the batch is X_rows[p] (``X`` is not read); only
     with ``first_t`` and a first layer small enough for the fused kernels.
     """
     cdef int l, kind
     cdef Py_ssize_t N
-    cdef bint tr, fused_back
+    cdef bint tr, small, fused_back
     cdef const floating* prev
     cdef double value, total = 0
     forward_pass(L, m, sizes, codes, X, W, b, Z, A, first_t, X_rows)
@@ -863,8 +863,9 @@ cdef double optimizer_step(
         prev = X if l == 0 else A[l - 1]
         tr = first_t and l == 0
         N = <Py_ssize_t>sizes[l + 1] * sizes[l]
+        small = <long long>m * N <= bpfast_fused_update_limit  # the tile kernels
         kind = pwl_kind(codes[l - 1]) if l > 0 else -1
-        fused_back = kind >= 0 and <long long>m * N <= bpfast_fused_update_limit
+        fused_back = small and kind >= 0
         if fused_back:
             if floating is double:
                 bpfast_layer_forward_d_back(m, sizes[l + 1], sizes[l], Z[l], W[l],
@@ -877,7 +878,7 @@ cdef double optimizer_step(
         elif l > 0:
             gemm(False, False, m, sizes[l], sizes[l + 1], <floating>1, Z[l], sizes[l + 1],
                  W[l], sizes[l], <floating>0, scratch, sizes[l])
-        if <long long>m * N <= bpfast_fused_update_limit:
+        if small:
             total += grad_update(tr, m, sizes[l + 1], sizes[l], Z[l], prev, W[l],
                                  sW1[l] if sW1 != NULL else NULL,
                                  sW2[l] if sW2 != NULL else NULL, optimizer, lr, momentum,
@@ -1115,7 +1116,7 @@ cdef EpochResult train_epoch(
     cdef const floating* yp
     cdef const floating* wp
     cdef floating denom, lr_t = 0
-    cdef double wsum, batch_loss, sq = -1  # sum ||W||^2 when known (after an update)
+    cdef double wsum, batch_loss, penalty, sq = -1  # sq: sum ||W||^2 once known
     cdef bint direct = (rows != NULL and bpfast_direct_rows and first_t and sW1 != NULL
                         and <long long>batch_size * n0 * sizes[1]
                         <= bpfast_fused_update_limit)
@@ -1170,9 +1171,10 @@ cdef EpochResult train_epoch(
             sq = sum_of_squares(L, sizes, W)
         if optimizer == OPT_ADAM:
             lr_t = lr * <floating>(sqrt(1 - pow(beta2, t + 1)) / (1 - pow(beta1, t + 1)))
+        penalty = 0.5 * alpha * sq / denom if alpha != 0 else 0
         batch_loss = optimizer_step(L, mb, sizes, codes, W, b, Z, A, dW, db, scratch,
                                     sW1, sb1, sW2, sb2, xp, yp, wp, denom, loss,
-                                    loss_scale, 0.5 * alpha * sq / denom if alpha != 0 else 0,
+                                    loss_scale, penalty,
                                     optimizer, lr, momentum, nesterov, beta1, beta2,
                                     epsilon, lr_t, alpha / denom, first_t, &sq,
                                     rows if direct else NULL)
