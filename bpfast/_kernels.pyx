@@ -422,8 +422,7 @@ cdef void forward_pass(int L, int m, const int* sizes, const int* codes,
             # Z[0] is only read by the backward kernel of optimizer_step, which takes the
             # signs from A[0], when the layer above is small enough for it: then the
             # forward kernel writes A[0] alone
-            store_z = not (L >= 2 and kind >= 0 and <long long>m * sizes[1] * sizes[2]
-                           <= bpfast_fused_update_limit)
+            store_z = not (L >= 2 and tile_backward(m, sizes[2], sizes[1], codes[0]))
             if floating is double:
                 bpfast_layer_forward_d(m, sizes[0], sizes[1], X_rows, W[0], sizes[1],
                                        b[0], Z[0], A[0], sizes[1], kind, store_z)
@@ -765,6 +764,15 @@ cdef extern from "_grad_update.h" nogil:
 cdef long long bpfast_fused_update_limit = (1LL << 19) if bpfast_tiles_available() else 0
 
 
+cdef inline bint tile_backward(int m, int n_above, int n_below,
+                              int code_below) noexcept nogil:
+    """Whether optimizer_step takes a layer's delta from _layer_forward.h's backward
+    kernel: a piecewise-linear activation below, and a product small enough for the tile
+    kernels. That kernel reads only A below, so forward_pass may then skip Z."""
+    return (pwl_kind(code_below) >= 0
+            and <long long>m * n_above * n_below <= bpfast_fused_update_limit)
+
+
 cdef inline double grad_update(bint transposed, int m, int n_out, int n_in,
                                const floating* dZ, const floating* prev, floating* W,
                                floating* s1, floating* s2, int optimizer, floating lr,
@@ -865,7 +873,7 @@ cdef double optimizer_step(
         N = <Py_ssize_t>sizes[l + 1] * sizes[l]
         small = <long long>m * N <= bpfast_fused_update_limit  # the tile kernels
         kind = pwl_kind(codes[l - 1]) if l > 0 else -1
-        fused_back = small and kind >= 0
+        fused_back = l > 0 and tile_backward(m, sizes[l + 1], sizes[l], codes[l - 1])
         if fused_back:
             if floating is double:
                 bpfast_layer_forward_d_back(m, sizes[l + 1], sizes[l], Z[l], W[l],
