@@ -56,7 +56,8 @@ def _check_kind(a, name):
         raise TypeError(f"{name}: expected a numeric array, got dtype {a.dtype}")
 
 
-def _check_finite(a, name):
+def check_finite(a, name):
+    """Raise ValueError naming ``name`` and the first entry of ``a`` that is not finite."""
     if not np.isfinite(a).all():
         bad = np.argwhere(~np.isfinite(a))[0]
         where = ", ".join(str(int(i)) for i in bad)
@@ -140,12 +141,12 @@ def check_parameters(weights, biases):
     ws = [as_kernel_array(w, dtype) for w in ws]
     bs = [as_kernel_array(b, dtype) for b in bs]
     for l, (w, b) in enumerate(zip(ws, bs)):
-        _check_finite(w, f"weights[{l}]")
-        _check_finite(b, f"biases[{l}]")
+        check_finite(w, f"weights[{l}]")
+        check_finite(b, f"biases[{l}]")
     return ws, bs, tuple(sizes), dtype
 
 
-def check_data(X, name, n_columns, dtype, column_meaning):
+def check_data(X, name, n_columns, dtype, column_meaning, finite=True):
     """Check a data matrix and return it C-contiguous in ``dtype``.
 
     Parameters
@@ -160,6 +161,10 @@ def check_data(X, name, n_columns, dtype, column_meaning):
         The network's dtype.
     column_meaning : str
         What the columns must match, for messages (e.g. ``"n^0 = weights[0].shape[1]"``).
+    finite : bool
+        Whether to check here that every value is finite. A caller that makes its own
+        pass over the data anyway passes False and calls :func:`check_finite` only when
+        that pass finds a value that is not finite (for the message).
     """
     a = _as_array(X, name)
     _check_kind(a, name)
@@ -178,7 +183,8 @@ def check_data(X, name, n_columns, dtype, column_meaning):
     if a.shape[0] > _INT_MAX:
         raise ValueError(f"{name}: expected fewer than 2**31 rows, got {a.shape[0]}")
     a = as_kernel_array(a, dtype)
-    _check_finite(a, name)
+    if finite:
+        check_finite(a, name)
     return a
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _kernels
-from ._validation import as_kernel_array, check_data, check_positive_int
+from ._validation import as_kernel_array, check_data, check_finite, check_positive_int
 from .activations import activation_codes
 from .reference import loss_value
 
@@ -129,8 +129,16 @@ def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="
             f"is {net.activations[-1]!r}; build it with activations=[..., {needs!r}]"
         )
 
-    X = check_data(X, "X", net.sizes[0], net.dtype, "n^0 = sizes[0]")
-    Y = check_data(Y, "Y", net.sizes[-1], net.dtype, "n^L = sizes[-1]")
+    # finiteness comes from the same compiled pass as the overflow guard's bounds
+    # (max |X|, max |Y|: inf when a value is not finite), one read of the data, not two
+    X = check_data(X, "X", net.sizes[0], net.dtype, "n^0 = sizes[0]", finite=False)
+    x_top = _kernels.magnitude_bound(X)
+    if not x_top < math.inf:
+        check_finite(X, "X")
+    Y = check_data(Y, "Y", net.sizes[-1], net.dtype, "n^L = sizes[-1]", finite=False)
+    y_top = _kernels.magnitude_bound(Y)
+    if not y_top < math.inf:
+        check_finite(Y, "Y")
     if Y.shape[0] != X.shape[0]:
         raise ValueError(f"Y: expected {X.shape[0]} rows, one per row of X, got {Y.shape[0]}")
     if sample_weight is not None:
@@ -161,8 +169,11 @@ def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="
         min(batch_size, X.shape[0]), loss_code, opt_code, velocity,
     )
     # the guard's bounds on the data, once for all epochs (the data do not change)
-    data_bound = _kernels.data_bounds(X, Y, sample_weight) if guard else None
-    rng = np.random.default_rng(seed)
+    data_bound = None
+    if guard:
+        w_top = 1.0 if sample_weight is None else _kernels.magnitude_bound(sample_weight)
+        data_bound = (x_top, y_top, w_top)
+    rng = np.random.default_rng(seed) if shuffle else None
     history = History()
     bar = _progress_bar(epochs) if progress else None
     best, best_params, waited, t = math.inf, None, 0, 0
