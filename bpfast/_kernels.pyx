@@ -34,6 +34,8 @@ cdef extern from "_vmath.h" nogil:
     void bpfast_silu_row_f(Py_ssize_t n, const float* z, float* a)
     double bp_sigmoid_d(double x)
     float bp_sigmoid_f(float x)
+    int bpfast_vmath_avx512_allowed
+    int bpfast_vmath_avx512()
 
 
 cdef inline floating vsigmoid(floating z) noexcept nogil:
@@ -1624,6 +1626,21 @@ def set_direct_rows(bint enabled):
     old = bpfast_direct_rows
     bpfast_direct_rows = enabled
     return old
+
+
+def set_avx512_vector_math(bint enabled):
+    """Whether exp, tanh, sigmoid and silu over arrays may take _vmath_avx512.h's
+    versions (on processors with AVX-512F) rather than the portable loops; returns the
+    old setting. For benchmarks and tests."""
+    global bpfast_vmath_avx512_allowed
+    old = bool(bpfast_vmath_avx512_allowed)
+    bpfast_vmath_avx512_allowed = enabled
+    return old
+
+
+def avx512_vector_math():
+    """Whether exp, tanh, sigmoid and silu over arrays run _vmath_avx512.h's versions."""
+    return bool(bpfast_vmath_avx512())
 
 
 def set_fused_update_limit(long long limit):

@@ -230,14 +230,31 @@ def test_BPFAST_BLAS_environment_variable(tmp_path, choice, expected):
         assert out in ("numpy", "scipy")
 
 
+@pytest.fixture(params=["avx512", "portable"])
+def vector_math(request):
+    """exp, tanh, sigmoid and silu over arrays by _vmath_avx512.h or the portable loops."""
+    if request.param == "avx512" and not _kernels.avx512_vector_math():
+        pytest.skip("the AVX-512 vector math needs AVX-512F")
+    old = _kernels.set_avx512_vector_math(request.param == "avx512")
+    yield request.param
+    _kernels.set_avx512_vector_math(old)
+
+
+def _activation_points(dt):
+    """Points over the whole range, the subnormal results and the special values."""
+    limit = 700.0 if dt == np.float64 else 85.0
+    low = -745.0 if dt == np.float64 else -103.0  # results down to the subnormals
+    return np.concatenate([np.linspace(-60, 60, 4001), np.linspace(-limit, limit, 2001),
+                           np.linspace(low, low + 40, 401),
+                           [0.0, -0.0, 1e-30, -1e-30, 1e-8, -1e-8, 3e-5, -3e-5]])
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("name", ["sigmoid", "tanh", "silu", "exp", "softmax"])
-def test_vectorised_activations_within_a_few_ulp(name, dtype):
+def test_vectorised_activations_within_a_few_ulp(name, dtype, vector_math):
     """The _vmath.h functions against NumPy's (within 4 ulp; subnormal results absolute)."""
     dt = np.dtype(dtype)
-    limit = 700.0 if dt == np.float64 else 85.0
-    z = np.concatenate([np.linspace(-60, 60, 4001), np.linspace(-limit, limit, 2001),
-                        [0.0, 1e-30, -1e-30, 1e-8, -1e-8, 3e-5, -3e-5]])
+    z = _activation_points(dt)
     if name != "exp":
         z = np.concatenate([z, [-1e4, 1e4, -800.0, 800.0]])
     z = z.astype(dt)
@@ -250,6 +267,57 @@ def test_vectorised_activations_within_a_few_ulp(name, dtype):
         want = reference.forward(W, b, name, Z)
     eps = np.finfo(dt).eps
     np.testing.assert_allclose(got, want, rtol=4 * eps, atol=np.finfo(dt).tiny * 4)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", ["sigmoid", "tanh", "silu", "exp"])
+@pytest.mark.parametrize("width", [1, 7, 8, 15, 16, 17, 33])
+def test_avx512_vector_math_matches_the_portable_loops(name, dtype, width):
+    """_vmath_avx512.h's functions against the portable loops: the same formulas, so the
+    same bits where the result is a normal number (float32: at most an ulp apart, as the
+    portable loops' vector epilogues contract a multiply-add differently from their main
+    loops, one ulp here and there), and at most one unit of the smallest subnormal below, where
+    they round once instead of twice. NaN and the infinities come through the same. And
+    the AVX-512 results do not depend on where in the array a value sits (every lane and
+    the masked tail run the same instructions)."""
+    if not _kernels.avx512_vector_math():
+        pytest.skip("the AVX-512 vector math needs AVX-512F")
+    dt = np.dtype(dtype)
+    z = np.resize(_activation_points(dt).astype(dt), (1000 + width - 1) // width * width)
+    # NaN and the infinities come in through the bias (through X W^T they would spread)
+    specials = np.resize(np.array([np.nan, np.inf, -np.inf, 1e4, -1e4], dt), width)
+    codes = bpfast.activations.activation_codes([name])
+
+    def run(values, fast):
+        old = _kernels.set_avx512_vector_math(fast)
+        try:
+            rows = []
+            for X, b in ((values.reshape(-1, width), np.zeros(width, dt)),
+                         (np.zeros((1, width), dt), specials)):
+                Z, A = [np.empty_like(X)], [np.empty_like(X)]
+                _kernels.Layers([np.eye(width, dtype=dt)], [b], codes, width, len(X),
+                                Z, A).forward(X)
+                rows.append(A[0].ravel())
+            return np.concatenate(rows)
+        finally:
+            _kernels.set_avx512_vector_math(old)
+
+    fast, portable = run(z, True), run(z, False)
+    tiny = np.finfo(dt).tiny
+    np.testing.assert_array_equal(np.isnan(fast), np.isnan(portable))
+    normal = np.abs(portable) >= tiny  # and the infinities (NaN: checked above)
+    same = fast[normal] == portable[normal]  # the infinities among them
+    finite = normal & np.isfinite(portable)
+    assert np.all(same | np.isfinite(portable[normal]))
+    # float64: the same bits (no epilogue differs there)
+    ulps = 0 if dt == np.float64 else 1
+    assert np.all(np.abs(fast[finite] - portable[finite])
+                  <= ulps * np.spacing(np.abs(portable[finite])))
+    smallest = np.nextafter(dt.type(0), dt.type(1))
+    low = np.abs(portable) < tiny
+    assert np.all(np.abs(fast[low] - portable[low]) <= smallest)
+    shifted = run(np.roll(z, 5), True)
+    np.testing.assert_array_equal(np.roll(shifted[:z.size], -5), fast[:z.size])
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
