@@ -55,6 +55,30 @@ cdef extern from "_pointwise.h" nogil:
                             double* Z, double* db)
     void bpfast_delta_pwl_f(int kind, Py_ssize_t m, Py_ssize_t n, const float* dA,
                             float* Z, float* db)
+    void bpfast_bias_add_d(Py_ssize_t m, Py_ssize_t n, const double* b, double* Z)
+    void bpfast_bias_add_f(Py_ssize_t m, Py_ssize_t n, const float* b, float* Z)
+    void bpfast_delta_from_a_d(int kind, Py_ssize_t m, Py_ssize_t n, const double* dA,
+                               const double* A, double* Z, double* db)
+    void bpfast_delta_from_a_f(int kind, Py_ssize_t m, Py_ssize_t n, const float* dA,
+                               const float* A, float* Z, float* db)
+    double bpfast_mse_delta_d(int kind, Py_ssize_t m, Py_ssize_t n, const double* A,
+                              const double* Y, const double* w, double denom, double* Z,
+                              double* db)
+    double bpfast_mse_delta_f(int kind, Py_ssize_t m, Py_ssize_t n, const float* A,
+                              const float* Y, const float* w, float denom, float* Z,
+                              float* db)
+
+
+cdef inline int from_a_kind(int code) noexcept nogil:
+    """_pointwise.h's BPFAST_FROM_A_* kind for an activation whose derivative comes from
+    a = g(z) alone (sigmoid, tanh, exp), or -1."""
+    if code == SIGMOID:
+        return 0
+    if code == TANH:
+        return 1
+    if code == EXP:
+        return 2
+    return -1
 
 
 cdef inline int pwl_kind(int code) noexcept nogil:
@@ -229,10 +253,10 @@ cdef void bias_activate(int code, int m, int n, const floating* b,
             bpfast_softmax_rows_f(m, n, b, Z, A)
         return
     if code == SIGMOID or code == TANH or code == SILU or code == EXP or code == SOFTMAX:
-        for i in range(m):
-            z = Z + i * n
-            for j in range(n):
-                z[j] += b[j]
+        if floating is double:
+            bpfast_bias_add_d(m, n, b, Z)
+        else:
+            bpfast_bias_add_f(m, n, b, Z)
         if code != SOFTMAX:
             activate_row(code, size, Z, A)
             return
@@ -310,6 +334,12 @@ cdef double output_delta(int loss, int code, int m, int n, const floating* A,
     cdef double acc = 0, row_acc
     cdef floating eps = FLT_EPSILON if floating is float else DBL_EPSILON
     cdef LogOfProduct factors = LogOfProduct(1.0, 0, 0)
+    cdef int kind = -1 if code == IDENTITY else from_a_kind(code)
+    if loss == LOSS_MSE and (kind >= 0 or code == IDENTITY):  # _pointwise.h's loops
+        if floating is double:
+            return bpfast_mse_delta_d(kind, m, n, A, Y, w, denom, Z, db)
+        else:
+            return bpfast_mse_delta_f(kind, m, n, A, Y, w, denom, Z, db)
     memset(db, 0, n * sizeof(floating))
     for i in range(m):
         wc = w[i] if w != NULL else 1
@@ -369,6 +399,13 @@ cdef void hidden_delta(int code, int m, int n, const floating* dA, const floatin
             bpfast_delta_pwl_d(kind, m, n, dA, Z, db)
         else:
             bpfast_delta_pwl_f(kind, m, n, dA, Z, db)
+        return
+    kind = from_a_kind(code)
+    if kind >= 0:
+        if floating is double:
+            bpfast_delta_from_a_d(kind, m, n, dA, A, Z, db)
+        else:
+            bpfast_delta_from_a_f(kind, m, n, dA, A, Z, db)
         return
     memset(db, 0, n * sizeof(floating))
     for i in range(m):

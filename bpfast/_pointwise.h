@@ -1,5 +1,8 @@
 /* Bias add with a piecewise-linear activation (identity, relu, leaky relu), and the
- * matching hidden-layer delta, over a whole batch block.
+ * matching hidden-layer delta, over a whole batch block; the bias add alone (for the
+ * activations _vmath.h computes), the hidden-layer delta of the activations whose
+ * derivative comes from A (sigmoid, tanh, exp), and the output delta of the squared
+ * error.
  *
  * Cython's own loops are compiled for the portable x86-64 baseline (two doubles per
  * instruction); these pick AVX-512 or AVX2 at run time, like _vmath.h. The formulas are
@@ -87,5 +90,104 @@ BPFAST_PTARGETS static void DELTA(int kind, ptrdiff_t m, ptrdiff_t n,           
 
 BPFAST_DEFINE_POINTWISE(double, bpfast_bias_pwl_d, bpfast_delta_pwl_d)
 BPFAST_DEFINE_POINTWISE(float, bpfast_bias_pwl_f, bpfast_delta_pwl_f)
+
+/* Activations whose derivative is a function of a = g(z) alone:
+ *   sigmoid: a (1 - a);  tanh: 1 - a^2;  exp: a */
+enum { BPFAST_FROM_A_SIGMOID = 0, BPFAST_FROM_A_TANH = 1, BPFAST_FROM_A_EXP = 2 };
+
+#define BPFAST_GPRIME_FROM_A(kind, a)                                                   \
+    ((kind) == BPFAST_FROM_A_SIGMOID ? (a) * (1 - (a))                                  \
+     : (kind) == BPFAST_FROM_A_TANH ? 1 - (a) * (a) : (a))
+
+/* The loops below test `kind` outside the inner loop (one copy per kind, each of which
+ * vectorises); these expand to that. */
+#define BPFAST_FOR_EACH_FROM_A(kind, BODY)                                              \
+    do {                                                                                \
+        if ((kind) == BPFAST_FROM_A_SIGMOID) {                                          \
+            const int K = BPFAST_FROM_A_SIGMOID; BODY                                    \
+        } else if ((kind) == BPFAST_FROM_A_TANH) {                                      \
+            const int K = BPFAST_FROM_A_TANH; BODY                                       \
+        } else {                                                                        \
+            const int K = BPFAST_FROM_A_EXP; BODY                                        \
+        }                                                                               \
+    } while (0)
+
+#define BPFAST_DEFINE_SMOOTH(T, BIAS, DELTA, MSE)                                       \
+/* Z += 1 b^T (m x n) */                                                                \
+BPFAST_PTARGETS static void BIAS(ptrdiff_t m, ptrdiff_t n, const T *restrict b,         \
+                                 T *restrict Z)                                         \
+{                                                                                       \
+    ptrdiff_t i, j;                                                                     \
+    for (i = 0; i < m; i++)                                                             \
+        for (j = 0; j < n; j++)                                                         \
+            Z[i * n + j] += b[j];                                                       \
+}                                                                                       \
+                                                                                        \
+/* Z = dA (.) g'(A), g' from A (BPFAST_FROM_A_*); db = column sums of the new Z */      \
+BPFAST_PTARGETS static void DELTA(int kind, ptrdiff_t m, ptrdiff_t n,                   \
+                                  const T *restrict dA, const T *restrict A,            \
+                                  T *restrict Z, T *restrict db)                        \
+{                                                                                       \
+    ptrdiff_t i, j;                                                                     \
+    memset(db, 0, (size_t)n * sizeof(T));                                               \
+    BPFAST_FOR_EACH_FROM_A(kind,                                                        \
+        for (i = 0; i < m; i++) {                                                       \
+            const T *restrict d = dA + i * n;                                           \
+            const T *restrict a = A + i * n;                                            \
+            T *restrict z = Z + i * n;                                                  \
+            for (j = 0; j < n; j++) {                                                   \
+                T v = d[j] * BPFAST_GPRIME_FROM_A(K, a[j]);                             \
+                z[j] = v;                                                               \
+                db[j] += v;                                                             \
+            }                                                                           \
+        });                                                                             \
+}                                                                                       \
+                                                                                        \
+/* The squared error's output delta, for g' from A (BPFAST_FROM_A_*) or the identity    \
+ * (kind -1): Z = w_c (A - Y) / denom (.) g', db = column sums of Z; returns            \
+ * sum_c w_c sum_j (A - Y)^2 in double (w NULL: every w_c = 1). Columns keep their own  \
+ * partial sums, in blocks of 64 columns, so that nothing waits on one running sum. */  \
+BPFAST_PTARGETS static double MSE(int kind, ptrdiff_t m, ptrdiff_t n,                   \
+                                  const T *restrict A, const T *restrict Y,             \
+                                  const T *restrict w, T denom, T *restrict Z,          \
+                                  T *restrict db)                                       \
+{                                                                                       \
+    double sq[64], total = 0;                                                           \
+    ptrdiff_t i, j, j0, j1;                                                             \
+    memset(db, 0, (size_t)n * sizeof(T));                                               \
+    for (j0 = 0; j0 < n; j0 = j1) {                                                     \
+        j1 = n - j0 < 64 ? n : j0 + 64;                                                 \
+        for (j = j0; j < j1; j++)                                                       \
+            sq[j - j0] = 0;                                                             \
+        for (i = 0; i < m; i++) {                                                       \
+            T wc = w != NULL ? w[i] : (T)1;                                             \
+            const T *restrict a = A + i * n;                                            \
+            const T *restrict y = Y + i * n;                                            \
+            T *restrict z = Z + i * n;                                                  \
+            if (kind < 0) {                                                             \
+                for (j = j0; j < j1; j++) {                                             \
+                    T r = a[j] - y[j];                                                  \
+                    sq[j - j0] += (double)wc * ((double)r * r);                         \
+                    z[j] = wc * r / denom;                                              \
+                    db[j] += z[j];                                                      \
+                }                                                                       \
+            } else {                                                                    \
+                BPFAST_FOR_EACH_FROM_A(kind,                                            \
+                    for (j = j0; j < j1; j++) {                                         \
+                        T r = a[j] - y[j];                                              \
+                        sq[j - j0] += (double)wc * ((double)r * r);                     \
+                        z[j] = wc * r / denom * BPFAST_GPRIME_FROM_A(K, a[j]);          \
+                        db[j] += z[j];                                                  \
+                    });                                                                 \
+            }                                                                           \
+        }                                                                               \
+        for (j = j0; j < j1; j++)                                                       \
+            total += sq[j - j0];                                                        \
+    }                                                                                   \
+    return total;                                                                       \
+}
+
+BPFAST_DEFINE_SMOOTH(double, bpfast_bias_add_d, bpfast_delta_from_a_d, bpfast_mse_delta_d)
+BPFAST_DEFINE_SMOOTH(float, bpfast_bias_add_f, bpfast_delta_from_a_f, bpfast_mse_delta_f)
 
 #endif

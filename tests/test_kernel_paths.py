@@ -441,3 +441,35 @@ def test_softmax_across_rows_and_by_row(classes, m, spread, dtype):
     assert E == pytest.approx(E_ref, rel=rtol_for(dtype))
     for got, want in zip(dW + db, dW_ref + db_ref):
         assert_close(got, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("hidden, output", [("sigmoid", "sigmoid"), ("tanh", "tanh"),
+                                            ("exp", "exp"), ("sigmoid", "identity"),
+                                            ("tanh", "relu")])
+@pytest.mark.parametrize("n_out", [1, 7, 64, 65, 130])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_squared_error_deltas_match_reference(hidden, output, n_out, weighted, dtype):
+    """The squared error's output delta and loss, and the hidden deltas of activations
+    whose derivative comes from A (_pointwise.h), against the reference: over output
+    widths below, at and past the 64-column blocks of the loss's partial sums, with and
+    without sample weights. relu outputs take the general loop (their derivative needs Z)."""
+    sizes = (5, 9, n_out)
+    m = 11
+    W, b = make_params(sizes, dtype, seed=n_out)
+    if hidden == "exp" or output == "exp":  # keep e^z moderate
+        W = [w * dtype(0.3) for w in W]
+    X, Y = make_data(sizes, m, dtype, seed=n_out + 1)
+    w = (np.random.default_rng(n_out).uniform(0.1, 2.0, m).astype(dtype)
+         if weighted else None)
+    acts = [hidden, output]
+    trainer = _kernels.Trainer([x.copy() for x in W], [x.copy() for x in b],
+                               bpfast.activations.activation_codes(acts), sizes[0], m, 0, 0,
+                               False)
+    E = trainer.gradient(X, Y, w)
+    dW, db = trainer.gradients
+    E_ref, dW_ref, db_ref = reference.loss_gradient(W, b, tuple(acts), X, Y, "mse", w)
+    np.testing.assert_allclose(E, E_ref, rtol=rtol_for(dtype))
+    scale = max(float(np.abs(g).max()) for g in dW_ref + db_ref)
+    for got, want in zip(list(dW) + list(db), list(dW_ref) + list(db_ref)):
+        assert_close(got, want, dtype, scale=scale)
