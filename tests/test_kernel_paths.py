@@ -93,6 +93,42 @@ def test_fit_on_each_gemm_path(gemm_path, first_layer, update_route, optimizer, 
     np.testing.assert_allclose(hist, hist_ref, rtol=rtol)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("optimizer", ["momentum", "nesterov", "adam"])
+@pytest.mark.parametrize("block", [1, 7, 40, 2**40])
+@pytest.mark.parametrize("l2", [0.0, 0.5])
+def test_gradient_blocks_give_the_same_steps(first_layer, optimizer, block, l2, dtype):
+    """Large layers' momentum and Adam steps take the gradient a block of rows at a time
+    (one row, a few, ragged last blocks, or whole): the same fit as the reference's."""
+    old_limit = _kernels.set_fused_update_limit(0)  # every layer through the blocks
+    old_block = _kernels.set_gradient_block(block)
+    try:
+        sizes = (9, 17, 5, 3)
+        W, b = make_params(sizes, dtype, seed=5)
+        X, Y = make_data(sizes, 23, dtype, seed=6)
+        net = bpfast.Network(sizes, ["relu", "tanh", "sigmoid"], dtype=dtype)
+        for p, q in zip(net.weights + net.biases, W + b):
+            p[...] = q
+        lr = 0.01 if optimizer == "adam" else 0.1
+        hist = net.fit(X, Y, epochs=2, batch_size=8, learning_rate=lr,
+                       optimizer=optimizer, l2=l2, shuffle=False).loss
+    finally:
+        _kernels.set_fused_update_limit(old_limit)
+        _kernels.set_gradient_block(old_block)
+    W_ref, b_ref, hist_ref = reference.fit(W, b, net.activations, X, Y, epochs=2,
+                                           batch_size=8, learning_rate=lr,
+                                           optimizer=optimizer, l2=l2)
+    rtol = 1e-9 if np.dtype(dtype) == np.float64 else 1e-3
+    for got, want in zip(net.weights + net.biases, W_ref + b_ref):
+        assert_close(got, want, rtol=rtol)
+    np.testing.assert_allclose(hist, hist_ref, rtol=rtol)
+
+
+def test_gradient_block_must_be_positive():
+    with pytest.raises(ValueError, match="entries"):
+        _kernels.set_gradient_block(0)
+
+
 @pytest.fixture(params=["direct", "gathered"])
 def batch_rows(request):
     """A small transposed first layer's products read the batch's rows where they sit,
