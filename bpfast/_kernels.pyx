@@ -935,7 +935,9 @@ cdef double optimizer_step(
         int loss, floating loss_scale, double penalty, int optimizer, floating lr,
         floating momentum, bint nesterov, floating beta1, floating beta2,
         floating epsilon, floating lr_t, floating l2, bint first_t,
-        double* sq, const floating** X_rows=NULL) noexcept nogil:
+        double* sq, const floating** X_rows=NULL, double* bound=NULL,
+        const double* data_bound=NULL, void** backup=NULL,
+        int* overflow=NULL, long long* careful=NULL) noexcept nogil:
     """One batch's step with a momentum or Adam optimizer (or plain SGD with state);
     returns the batch's loss, its data term plus ``penalty`` (the L2 term).
 
@@ -948,12 +950,21 @@ cdef double optimizer_step(
     ``sq[0]`` gets sum ||W||^2 of the new weights. ``first_t``: W[0], dW[0] and their state are stored
     transposed. ``X_rows``: row p of the batch is X_rows[p] (``X`` is not read); only
     with ``first_t`` and a first layer small enough for the fused kernels.
+
+    With ``bound`` (the guard's bounds, see Trainer.bound) and ``data_bound``, the step
+    never leaves a parameter or a state entry that is not finite, as :func:`sgd_step`'s:
+    :func:`update_is_safe` proves it (no copy), or the parameters are copied to
+    ``backup[0]`` (allocated at the first need, freed by the trainer) before the step
+    and put back if it overflowed, with ``overflow[0] = 1``.
     """
     cdef int l, kind
     cdef Py_ssize_t N
     cdef bint tr, small, fused_back
     cdef const floating* prev
     cdef double value, total = 0
+    cdef bint safe = True
+    cdef int rule = (RULE_ADAM if optimizer == OPT_ADAM
+                     else RULE_NESTEROV if nesterov else RULE_MOMENTUM)
     cdef floating* gbuf = dW[0]  # the largest layer's dW: room for any gradient block
     for l in range(1, L):
         if <Py_ssize_t>sizes[l + 1] * sizes[l] > <Py_ssize_t>sizes[1] * sizes[0]:
@@ -964,6 +975,17 @@ cdef double optimizer_step(
     value = value * loss_scale / (2.0 * denom if loss == LOSS_MSE else denom) + penalty
     if not isfinite(value):
         return value
+    if bound != NULL:
+        safe = update_is_safe(L, m, sizes, codes, loss, denom, data_bound, A, Z, bound, 1,
+                              lr, rule, momentum, beta1, beta2, epsilon, lr_t, l2)
+        if not safe:
+            careful[0] += 1
+            if backup[0] == NULL:
+                backup[0] = malloc(parameter_count(L, sizes) * sizeof(floating))
+            if backup[0] == NULL:  # no room to step carefully: stop before the step
+                overflow[0] = 1
+                return value
+            save_parameters(L, sizes, W, b, <floating*>backup[0], True)
     for l in range(L - 1, -1, -1):
         prev = X if l == 0 else A[l - 1]
         tr = first_t and l == 0
@@ -1000,7 +1022,37 @@ cdef double optimizer_step(
         if l > 0 and not fused_back:
             hidden_delta(codes[l - 1], m, sizes[l], scratch, A[l - 1], Z[l - 1], db[l - 1])
     sq[0] = total
+    if not safe and not guard_bounds(L, sizes, W, b, sW1, sb1, sW2, sb2, bound):
+        save_parameters(L, sizes, W, b, <floating*>backup[0], False)
+        guard_bounds(L, sizes, W, b, sW1, sb1, sW2, sb2, bound)
+        overflow[0] = 1
     return value
+
+
+cdef Py_ssize_t parameter_count(int L, const int* sizes) noexcept nogil:
+    """Weights and biases of all layers."""
+    cdef int l
+    cdef Py_ssize_t count = 0
+    for l in range(L):
+        count += <Py_ssize_t>sizes[l + 1] * (sizes[l] + 1)
+    return count
+
+
+cdef void save_parameters(int L, const int* sizes, floating** W, floating** b,
+                          floating* flat, bint save) noexcept nogil:
+    """Every W[l] then b[l] into one flat block (``save``), or back from it."""
+    cdef int l
+    cdef size_t nw, nb
+    for l in range(L):
+        nw = <size_t>sizes[l + 1] * sizes[l]
+        nb = <size_t>sizes[l + 1]
+        if save:
+            memcpy(flat, W[l], nw * sizeof(floating))
+            memcpy(flat + nw, b[l], nb * sizeof(floating))
+        else:
+            memcpy(W[l], flat, nw * sizeof(floating))
+            memcpy(b[l], flat + nw, nb * sizeof(floating))
+        flat += nw + nb
 
 
 cdef double sum_of_squares(int L, const int* sizes, floating** W) noexcept nogil:
@@ -1019,7 +1071,7 @@ cdef double sgd_step(
         floating denom, int loss, floating loss_scale, floating alpha,
         floating lr, bint first_t=False, double* bound=NULL,
         const double* data_bound=NULL, floating** Wbak=NULL, floating** bbak=NULL,
-        int* overflow=NULL) noexcept nogil:
+        int* overflow=NULL, long long* careful=NULL) noexcept nogil:
     """One plain SGD step with the update fused into back-propagation; returns the loss.
 
     Per layer, top down: dA[l-1] = dZ[l] W[l] is taken from the old W[l], then
@@ -1052,6 +1104,7 @@ cdef double sgd_step(
     safe = bound == NULL or update_is_safe(L, m, sizes, codes, loss, denom, data_bound, A,
                                            Z, bound, shrink, lr)
     if not safe:
+        careful[0] += 1
         copy_parameters(L, sizes, W, b, Wbak, bbak)
     for l in range(L - 1, -1, -1):
         prev = X if l == 0 else A[l - 1]
@@ -1070,13 +1123,29 @@ cdef double sgd_step(
     return value
 
 
+cdef enum:
+    # update_is_safe's step rules: plain SGD fused into the product (l2 as a shrink),
+    # and optimizer_step's momentum, Nesterov and Adam
+    RULE_PLAIN = 0
+    RULE_MOMENTUM = 1
+    RULE_NESTEROV = 2
+    RULE_ADAM = 3
+    # the guard's room per layer in Trainer.bound: parameter bounds, two of scratch, the
+    # optimizer state's bounds (momentum's V or Adam's M; Adam's S), and two of scratch
+    # for the state's new bounds
+    GUARD_SLOTS = 7
+
+
 cdef bint update_is_safe(int L, int m, const int* sizes, const int* codes, int loss,
                          double denom, const double* data_bound, floating** A,
                          floating** Z, double* bound, double shrink,
-                         double lr) noexcept nogil:
-    """Whether the plain-SGD step from the deltas in Z provably leaves every parameter
-    finite; sets bound[l] to a bound on the magnitudes after the step (``bound`` has room
-    for 3 L doubles; the last 2 L are scratch).
+                         double lr, int rule=RULE_PLAIN, double mu=0, double beta1=0,
+                         double beta2=0, double epsilon=1, double lr_t=0,
+                         double l2=0) noexcept nogil:
+    """Whether the step from the deltas in Z provably leaves every parameter (and every
+    entry of the optimizer state) finite; sets bound[l] to a bound on the parameters'
+    magnitudes after the step, and when safe the state's bounds too (``bound`` has room
+    for GUARD_SLOTS L doubles, see Trainer.bound).
 
     With B_l = bound[l] (weights and biases of layer l before the step), a_l a bound on
     |A| of the layer below and d_l one on |dZ[l]|: |dW_ij| = |sum_r dZ_ri A_rj| <= m d_l a_l
@@ -1093,13 +1162,25 @@ cdef bint update_is_safe(int L, int m, const int* sizes, const int* codes, int l
     of sigmoid, tanh or softmax layers need no pass at all, and others one pass over the
     activations per batch (against the products' n' passes).
 
+    With G_l = m d_l max(a_l, 1) (every gradient entry's bound) and g = G_l + l2 B_l,
+    the other rules, V_l and S_l the state's bounds (bound[3 L + l], bound[4 L + l]):
+    momentum |V'| <= mu V_l + lr g, |P'| <= B_l + |V'| (Nesterov: B_l + mu |V'| + lr g);
+    Adam |M'| <= b1 V_l + (1 - b1) g, S' <= b2 S_l + (1 - b2) g^2 and
+    |P'| <= B_l + lr_t min(|M'| / eps, 2 K). The first as sqrt(S') + eps >= eps; the
+    second for a state built from zero by these betas (as the trainer's is), when
+    b1^2 < b2: by Cauchy-Schwarz over the gradients' history,
+    |M| <= (1 - b1) sqrt(sum_j (b1^2 / b2)^j) sqrt(S / (1 - b2)), so |M| / sqrt(S) <= K =
+    (1 - b1) / sqrt((1 - b2) (1 - b1^2 / b2)) (7.3 for the usual 0.9 and 0.999; the 2
+    is room for rounding). |M'| / eps alone would let the weight bounds, chained
+    through the layers' deltas, outgrow float32 within a few batches.
+
     The step is safe when every new bound is below a quarter of the dtype's largest
     finite value (room for the rounding of the products); anything not finite makes it
     unsafe. Loose bounds only ever send a batch to the careful path (copy, step, check),
     never let an overflow through.
     """
     cdef int l, code, measured
-    cdef double a = 1, gmax, grown
+    cdef double a = 1, gmax, grown, g, first, second, step, ratio
     cdef double limit = (FLT_MAX if floating is float else DBL_MAX) / 4
     cdef double keep = shrink if shrink > 1 or shrink < -1 else 1
     cdef double* act = bound + L  # a_l, then d_l: the caller's room of 3 L doubles
@@ -1138,7 +1219,30 @@ cdef bint update_is_safe(int L, int m, const int* sizes, const int* codes, int l
         safe = True
         for l in range(L):  # the new bounds, over the d_l (each used once, just here)
             a = act[l] if act[l] > 1 else 1
-            grown = keep * bound[l] + lr * m * dlt[l] * a
+            if rule == RULE_PLAIN:
+                grown = keep * bound[l] + lr * m * dlt[l] * a
+            else:
+                g = m * dlt[l] * a + l2 * bound[l]
+                if rule == RULE_ADAM:
+                    first = beta1 * bound[3 * L + l] + (1 - beta1) * g
+                    second = beta2 * bound[4 * L + l] + (1 - beta2) * (g * g)
+                    step = first / epsilon
+                    if beta1 * beta1 < beta2:  # |M| / sqrt(S) <= K, see the docstring
+                        ratio = 2 * (1 - beta1) / sqrt((1 - beta2)
+                                                       * (1 - beta1 * beta1 / beta2))
+                        step = ratio if ratio < step else step
+                    grown = bound[l] + lr_t * step
+                    if not second < limit:
+                        safe = False
+                else:
+                    first = mu * bound[3 * L + l] + lr * g
+                    second = 0
+                    grown = bound[l] + (mu * first + lr * g if rule == RULE_NESTEROV
+                                        else first)
+                if not first < limit:
+                    safe = False
+                bound[5 * L + l] = first
+                bound[6 * L + l] = second
             if not grown < limit:  # also when it is NaN
                 safe = False
             dlt[l] = grown
@@ -1146,6 +1250,9 @@ cdef bint update_is_safe(int L, int m, const int* sizes, const int* codes, int l
             break
     for l in range(L):
         bound[l] = dlt[l]
+        if safe and rule != RULE_PLAIN:
+            bound[3 * L + l] = bound[5 * L + l]
+            bound[4 * L + l] = bound[6 * L + l]
     return safe
 
 
@@ -1174,6 +1281,36 @@ cdef bint parameter_bounds(int L, const int* sizes, floating** W, floating** b,
     return finite
 
 
+cdef bint state_bounds(int L, const int* sizes, floating** sW, floating** sb,
+                       double* bound) noexcept nogil:
+    """bound[l] = max |sW[l]|, |sb[l]| (an optimizer state), 0 without one; returns
+    whether every entry is finite."""
+    cdef int l
+    cdef double top, tb
+    cdef bint finite = True
+    for l in range(L):
+        if sW == NULL:
+            bound[l] = 0
+            continue
+        top = max_abs(sW[l], <Py_ssize_t>sizes[l + 1] * sizes[l])
+        tb = max_abs(sb[l], sizes[l + 1])
+        bound[l] = top if top > tb else tb
+        if not bound[l] < HUGE_VAL:
+            finite = False
+    return finite
+
+
+cdef bint guard_bounds(int L, const int* sizes, floating** W, floating** b,
+                       floating** sW1, floating** sb1, floating** sW2, floating** sb2,
+                       double* bound) noexcept nogil:
+    """The guard's measured bounds: parameters, and each optimizer state present (see
+    Trainer.bound); returns whether all of them are finite."""
+    cdef bint finite = parameter_bounds(L, sizes, W, b, bound)
+    finite = state_bounds(L, sizes, sW1, sb1, bound + 3 * L) and finite
+    finite = state_bounds(L, sizes, sW2, sb2, bound + 4 * L) and finite
+    return finite
+
+
 cdef void copy_parameters(int L, const int* sizes, floating** W, floating** b,
                           floating** W_to, floating** b_to) noexcept nogil:
     """W_to[l], b_to[l] = W[l], b[l] for every layer."""
@@ -1189,6 +1326,7 @@ cdef struct EpochResult:
     long long bad_batch  # index of the first batch whose loss (or guarded update) was
                          # not finite, or -1
     int overflow         # 1 when bad_batch's loss was finite but its update overflowed
+    long long careful    # batches the guard could not prove safe (copy, step, check)
 
 
 cdef EpochResult train_epoch(
@@ -1203,11 +1341,12 @@ cdef EpochResult train_epoch(
         floating beta1, floating beta2, floating epsilon, floating alpha,
         long long t, bint first_t, double* bound=NULL, const double* data_bound=NULL,
         floating** Wbak=NULL, floating** bbak=NULL,
-        const floating** rows=NULL) noexcept nogil:
+        const floating** rows=NULL, void** backup=NULL) noexcept nogil:
     """One epoch: for each batch, forward, the loss's output delta, backward, L2, update.
 
     ``first_t``: W[0], dW[0] and their optimizer state are stored transposed. ``bound``
-    and the rest: plain SGD's overflow guard (see :func:`sgd_step`). ``rows`` (room for
+    and the rest: the overflow guard (see :func:`sgd_step` and :func:`optimizer_step`;
+    ``backup`` is the latter's). ``rows`` (room for
     ``capacity`` pointers): when the first layer is stored transposed and small enough
     for the fused kernels of momentum and Adam steps, both of its products read the
     batch's rows of X where they sit, through these pointers, instead of a gathered copy.
@@ -1227,6 +1366,7 @@ cdef EpochResult train_epoch(
     res.loss_sum = 0
     res.bad_batch = -1
     res.overflow = 0
+    res.careful = 0
     start = 0
     while start < n:
         mb = <int>(n - start if n - start < batch_size else batch_size)
@@ -1260,7 +1400,7 @@ cdef EpochResult train_epoch(
             # plain SGD: the update is fused into the backward pass (no dW at all)
             batch_loss = sgd_step(L, mb, sizes, codes, W, b, Z, A, db, scratch,
                                   xp, yp, wp, denom, loss, loss_scale, alpha, lr, first_t,
-                                  bound, data_bound, Wbak, bbak, &overflow)
+                                  bound, data_bound, Wbak, bbak, &overflow, &res.careful)
             if not isfinite(batch_loss) or overflow:
                 res.bad_batch = start // batch_size
                 res.overflow = overflow
@@ -1281,9 +1421,11 @@ cdef EpochResult train_epoch(
                                     loss_scale, penalty,
                                     optimizer, lr, momentum, nesterov, beta1, beta2,
                                     epsilon, lr_t, alpha / denom, first_t, &sq,
-                                    rows if direct else NULL)
-        if not isfinite(batch_loss):
+                                    rows if direct else NULL, bound, data_bound, backup,
+                                    &overflow, &res.careful)
+        if not isfinite(batch_loss) or overflow:
             res.bad_batch = start // batch_size
+            res.overflow = overflow
             break
         t += 1
         res.loss_sum += batch_loss * mb
@@ -1410,13 +1552,19 @@ cdef class Trainer(Layers):
     cdef void** tdW
     cdef void** tsW1
     cdef void** tsW2
-    # plain SGD's overflow guard: per-layer magnitude bounds and bias backups (the
-    # weights' backups are the dW buffers, which plain SGD never uses)
+    # the overflow guard: per-layer magnitude bounds (GUARD_SLOTS per layer, see
+    # update_is_safe); plain SGD's bias backups (its weights' backups are the dW
+    # buffers, which plain SGD never uses); momentum's and Adam's backup of every
+    # parameter, allocated at the first batch that needs it (usually never)
     cdef double* bound
     cdef void** bbak
+    cdef void* backup
     # batch_size row pointers: the batch's rows of X where they sit (see train_epoch)
     cdef void** rows
     cdef readonly bint overflowed
+    # batches the overflow guard could not prove safe (copied, stepped, checked): a
+    # diagnostic, 0 in ordinary fits
+    cdef readonly long long careful_steps
     cdef readonly bint first_transposed
 
     def __cinit__(self):
@@ -1424,6 +1572,7 @@ cdef class Trainer(Layers):
         self.tW = self.tdW = self.tsW1 = self.tsW2 = NULL
         self.bound = NULL
         self.bbak = NULL
+        self.backup = NULL
         self.rows = NULL
 
     def __init__(self, list weights, list biases, codes, int n_inputs, int batch_size,
@@ -1500,7 +1649,8 @@ cdef class Trainer(Layers):
         bias_backup = [np.empty(s, dtype) for s in bshapes]
         self.own += (bias_backup,)
         self.bbak = pointer_list(bias_backup, "bias backup", self.typenum, bshapes, True)
-        self.bound = <double*>malloc(3 * self.L * sizeof(double))  # see update_is_safe
+        # the guard's bounds, GUARD_SLOTS per layer: see update_is_safe
+        self.bound = <double*>malloc(GUARD_SLOTS * self.L * sizeof(double))
         self.rows = <void**>malloc(batch_size * sizeof(void*))
         if self.bound == NULL or self.rows == NULL:
             raise MemoryError()
@@ -1518,6 +1668,7 @@ cdef class Trainer(Layers):
         free(self.bbak)
         free(self.bound)
         free(self.rows)
+        free(self.backup)
 
     def epoch(self, X, Y, sample_weight, order, double lr, double momentum=0,
               bint nesterov=False, double beta1=0.9, double beta2=0.999,
@@ -1530,17 +1681,16 @@ cdef class Trainer(Layers):
         ``bad_batch`` is -1, or the index of the batch whose loss was not finite: training
         stopped there before updating.
 
-        ``guard`` (plain SGD only): also stop at a batch whose update would leave a
-        parameter that is not finite, with the parameters from before that batch, and set
-        :attr:`overflowed`. The parameters are then finite after every epoch without any
-        copy of them, except in the rare batches whose magnitudes come near overflow.
+        ``guard``: also stop at a batch whose update would leave a parameter (or an
+        optimizer state entry) that is not finite, with the parameters from before that
+        batch, and set :attr:`overflowed`. The parameters are then finite after every
+        epoch without any copy of them, except in the rare batches whose magnitudes come
+        near overflow (then one copy, allocated at the first need, for momentum and Adam).
         ``data_bound``: the guard's (max |X|, max |Y|, largest sample weight or 1) when
         the caller knows them (a fit takes them once for all its epochs, with
         :func:`data_bounds`); None to have them computed here.
         """
         self.check_ready()
-        if guard and (self.optimizer != OPT_SGD or self.sW1 != NULL):
-            raise ValueError("guard: only for plain sgd (no momentum or adam state)")
         self.overflowed = False
         cdef Py_ssize_t n = X.shape[0] if cnp.PyArray_Check(X) else -1
         if n < 1:
@@ -1566,8 +1716,10 @@ cdef class Trainer(Layers):
             with nogil:
                 self.transpose_first(True)
                 if guard:
-                    parameter_bounds[double](L, self.sizes, <double**>self.tW,
-                                             <double**>self.b, bound)
+                    guard_bounds[double](L, self.sizes, <double**>self.tW,
+                                         <double**>self.b, <double**>self.tsW1,
+                                         <double**>self.sb1, <double**>self.tsW2,
+                                         <double**>self.sb2, bound)
                 res = train_epoch[double](
                     L, self.sizes, self.codes, cap, <double**>self.tW, <double**>self.b,
                     <double**>self.Z, <double**>self.A, <double**>self.tdW,
@@ -1578,14 +1730,16 @@ cdef class Trainer(Layers):
                     momentum, nesterov, beta1, beta2, epsilon, alpha, t,
                     self.first_transposed, bound,
                     bounds, <double**>self.tdW, <double**>self.bbak,
-                    <const double**>self.rows)
+                    <const double**>self.rows, &self.backup)
                 self.transpose_first(False)
         else:
             with nogil:
                 self.transpose_first(True)
                 if guard:
-                    parameter_bounds[float](L, self.sizes, <float**>self.tW,
-                                            <float**>self.b, bound)
+                    guard_bounds[float](L, self.sizes, <float**>self.tW,
+                                        <float**>self.b, <float**>self.tsW1,
+                                        <float**>self.sb1, <float**>self.tsW2,
+                                        <float**>self.sb2, bound)
                 res = train_epoch[float](
                     L, self.sizes, self.codes, cap, <float**>self.tW, <float**>self.b,
                     <float**>self.Z, <float**>self.A, <float**>self.tdW, <float**>self.db,
@@ -1595,9 +1749,11 @@ cdef class Trainer(Layers):
                     <float*>w, <Py_ssize_t*>o, bs, loss, <float>loss_scale, opt,
                     <float>lr, <float>momentum, nesterov, <float>beta1, <float>beta2,
                     <float>epsilon, <float>alpha, t, self.first_transposed, bound, bounds,
-                    <float**>self.tdW, <float**>self.bbak, <const float**>self.rows)
+                    <float**>self.tdW, <float**>self.bbak, <const float**>self.rows,
+                    &self.backup)
                 self.transpose_first(False)
         self.overflowed = res.overflow != 0
+        self.careful_steps += res.careful
         return res.loss_sum, res.steps, res.bad_batch
 
     cdef void transpose_first(self, bint into) noexcept nogil:

@@ -155,10 +155,9 @@ class Network:
         Raises
         ------
         DivergenceError
-            When a batch's loss is NaN or infinite, or (plain ``"sgd"``) its update would
-            overflow a parameter. With ``"sgd"`` the network keeps its parameters from just
-            before that batch; with the other optimizers, from the end of the previous
-            epoch. Either way they are finite: the last finite weights.
+            When a batch's loss is NaN or infinite, or its update would overflow a
+            parameter (or an entry of momentum's or Adam's state). The network keeps its
+            parameters from just before that batch: the last finite weights.
         """
         from .training import fit
 

@@ -160,53 +160,33 @@ def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="
             raise ValueError("validation_data: X_val and Y_val have different row counts")
 
     opt_code, velocity, nesterov = OPTIMIZERS[optimizer]
-    # plain SGD: the kernel itself never leaves a parameter that is not finite (its
-    # overflow guard), so no copy of the parameters is needed; the others keep one per
-    # epoch to roll back to
-    guard = opt_code == 0 and not velocity
+    # the kernel itself never leaves a parameter that is not finite (its overflow
+    # guard), so no copy of the parameters is kept to roll back to
     trainer = _kernels.Trainer(
         net.weights, net.biases, activation_codes(net.activations), net.sizes[0],
         min(batch_size, X.shape[0]), loss_code, opt_code, velocity,
     )
     # the guard's bounds on the data, once for all epochs (the data do not change)
-    data_bound = None
-    if guard:
-        w_top = 1.0 if sample_weight is None else _kernels.magnitude_bound(sample_weight)
-        data_bound = (x_top, y_top, w_top)
+    w_top = 1.0 if sample_weight is None else _kernels.magnitude_bound(sample_weight)
+    data_bound = (x_top, y_top, w_top)
     rng = np.random.default_rng(seed) if shuffle else None
     history = History()
     bar = _progress_bar(epochs) if progress else None
     best, best_params, waited, t = math.inf, None, 0, 0
-    # the others' copy to roll back to, allocated once and refilled every epoch
-    saved = None if guard else [np.empty_like(p) for p in net.weights + net.biases]
     try:
         for epoch in range(epochs):
             started = time.perf_counter()
             order = rng.permutation(X.shape[0]).astype(np.intp) if shuffle else None
-            if saved is not None:
-                for s, p in zip(saved, net.weights + net.biases):
-                    np.copyto(s, p)
             loss_sum, t, bad = trainer.epoch(
                 X, Y, sample_weight, order, learning_rate, momentum, nesterov,
-                beta1, beta2, epsilon, float(l2), 1.0, t, guard, data_bound,
+                beta1, beta2, epsilon, float(l2), 1.0, t, True, data_bound,
             )
-            if guard and bad >= 0:
+            if bad >= 0:
                 what = ("its update would overflow the parameters" if trainer.overflowed
                         else "its loss became NaN or infinite")
                 raise DivergenceError(
                     f"training diverged at epoch {epoch + 1}, batch {bad + 1}: {what}; "
                     f"the network keeps its weights from before that batch. "
-                    f"Try a smaller learning_rate (now {learning_rate})."
-                )
-            if not guard and (bad >= 0 or not trainer.parameters_finite()):
-                # the loss (summed in float64) can stay finite while a float32 update
-                # overflows: the parameters themselves are checked too
-                for p, s in zip(net.weights + net.biases, saved):
-                    p[...] = s
-                where = f"batch {bad + 1}" if bad >= 0 else "a parameter update"
-                raise DivergenceError(
-                    f"loss became NaN or infinite at epoch {epoch + 1} ({where}); "
-                    f"the network keeps its weights from the end of epoch {epoch}. "
                     f"Try a smaller learning_rate (now {learning_rate})."
                 )
             history.loss.append(loss_sum / X.shape[0])

@@ -398,46 +398,49 @@ def test_results_do_not_depend_on_where_buffers_sit(sizes, m, dtype):
             np.testing.assert_array_equal(g, e, err_msg=f"order {order}, offset {offset}")
 
 
-def _sgd_trainer(sizes, acts, dtype, batch_size, seed=0):
+def _sgd_trainer(sizes, acts, dtype, batch_size, seed=0, optimizer="sgd"):
     W, b = make_params(sizes, dtype, seed=seed)
     codes = bpfast.activations.activation_codes(acts)
-    return W, b, _kernels.Trainer(W, b, codes, sizes[0], batch_size, 0, 0, False)
+    opt_code, velocity, _ = bpfast.training.OPTIMIZERS[optimizer]
+    return W, b, _kernels.Trainer(W, b, codes, sizes[0], batch_size, 0, opt_code, velocity)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("acts", [["relu", "sigmoid"], ["exp", "identity"],
                                   ["softplus", "silu"]])
 @pytest.mark.parametrize("force_careful", [False, True])
-def test_sgd_guard_changes_no_result(acts, dtype, force_careful):
-    """Plain SGD with the overflow guard gives the bits of the unguarded step, whether
-    the bound proves the step safe or (huge data bounds) sends every batch through the
-    careful copy-step-check path."""
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "adam"])
+def test_guard_changes_no_result(acts, dtype, force_careful, optimizer):
+    """Every optimizer with the overflow guard gives the bits of the unguarded step,
+    whether the bound proves the step safe or (infinite data bounds) sends every batch
+    through the careful copy-step-check path."""
     sizes = (5, 7, 3)
     X, Y = make_data(sizes, 23, dtype, seed=1)
     X = X * 0.5
-    W, b, plain = _sgd_trainer(sizes, acts, dtype, 4)
-    W2, b2, guarded = _sgd_trainer(sizes, acts, dtype, 4)
-    bounds = (1e300, 1e300, 1.0) if force_careful else None
+    W, b, plain = _sgd_trainer(sizes, acts, dtype, 4, optimizer=optimizer)
+    W2, b2, guarded = _sgd_trainer(sizes, acts, dtype, 4, optimizer=optimizer)
+    nesterov = optimizer == "nesterov"
+    bounds = (np.inf, np.inf, 1.0) if force_careful else None
+    t = u = 0
     for epoch in range(3):
         order = np.random.default_rng(epoch).permutation(23).astype(np.intp)
-        a = plain.epoch(X, Y, None, order, 0.05, alpha=0.01)
-        g = guarded.epoch(X, Y, None, order, 0.05, alpha=0.01, guard=True,
-                          data_bound=bounds)
+        a = plain.epoch(X, Y, None, order, 0.05, 0.9, nesterov, alpha=0.01, t=t)
+        g = guarded.epoch(X, Y, None, order, 0.05, 0.9, nesterov, alpha=0.01, t=u,
+                          guard=True, data_bound=bounds)
         assert a == g and not guarded.overflowed
-    for p, q in zip(W + b, W2 + b2):
+        t, u = a[1], g[1]
+    for p, q in zip(W + b + plain.state, W2 + b2 + guarded.state):
         np.testing.assert_array_equal(p, q)
+    assert (guarded.careful_steps > 0) == force_careful
 
 
-def test_sgd_guard_rejects_other_optimizers_and_bad_bounds():
-    W, b = make_params((3, 4, 2), np.float64, seed=0)
-    codes = bpfast.activations.activation_codes(["tanh", "identity"])
+def test_guard_rejects_bad_bounds():
     X, Y = make_data((3, 4, 2), 5, np.float64, seed=1)
-    momentum = _kernels.Trainer(W, b, codes, 3, 5, 0, 0, True)
-    with pytest.raises(ValueError, match="guard"):
-        momentum.epoch(X, Y, None, None, 0.1, 0.9, guard=True)
-    *_, plain = _sgd_trainer((3, 4, 2), ["tanh", "identity"], np.float64, 5)
-    with pytest.raises((TypeError, ValueError)):
-        plain.epoch(X, Y, None, None, 0.1, guard=True, data_bound=(1.0, 2.0))
+    for optimizer in ("sgd", "momentum", "adam"):
+        *_, trainer = _sgd_trainer((3, 4, 2), ["tanh", "identity"], np.float64, 5,
+                                   optimizer=optimizer)
+        with pytest.raises((TypeError, ValueError)):
+            trainer.epoch(X, Y, None, None, 0.1, guard=True, data_bound=(1.0, 2.0))
 
 
 def test_magnitude_bound():
@@ -509,3 +512,21 @@ def test_squared_error_deltas_match_reference(hidden, output, n_out, weighted, d
     scale = max(float(np.abs(g).max()) for g in dW_ref + db_ref)
     for got, want in zip(list(dW) + list(db), list(dW_ref) + list(db_ref)):
         assert_close(got, want, dtype, scale=scale)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "adam"])
+def test_guard_proves_ordinary_steps_safe(optimizer, dtype):
+    """In an ordinary fit the guard's bounds prove every step safe: no batch takes the
+    careful path, so no copy of the parameters is ever made or allocated (what keeps the
+    peak memory of momentum and Adam fits within the speed issue's budget)."""
+    sizes = (64, 256, 256, 10)
+    X, Y = make_data(sizes, 320, dtype, seed=2)
+    *_, trainer = _sgd_trainer(sizes, ["relu", "relu", "sigmoid"], dtype, 32,
+                               optimizer=optimizer)
+    t = 0
+    for epoch in range(6):
+        _, t, bad = trainer.epoch(X, Y, None, None, 0.01 if optimizer == "adam" else 0.1,
+                                  0.9, optimizer == "nesterov", t=t, guard=True)
+        assert bad == -1
+    assert trainer.careful_steps == 0

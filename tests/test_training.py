@@ -536,26 +536,60 @@ def test_sgd_divergence_by_overflow_is_named(batches):
     assert _finite(net)
 
 
-@pytest.mark.parametrize("optimizer", ["momentum", "nesterov"])
+@pytest.mark.parametrize("optimizer", ["momentum", "nesterov", "adam"])
+@pytest.mark.parametrize("lr", [1e6, 1e30])
 @pytest.mark.parametrize("batch_size", [1, 8, 40])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
-def test_divergence_raises_and_keeps_last_good_epoch(dtype, batch_size, optimizer):
+def test_divergence_with_state_keeps_the_weights_from_before_the_failing_batch(
+        dtype, batch_size, lr, optimizer):
+    """Momentum, Nesterov and Adam, as plain sgd: the error names the epoch and batch,
+    and the network holds exactly the parameters of one fit (the optimizer state carried
+    along) that stopped just before that batch, all finite; no per-epoch copy is kept."""
     X, Y = teacher_problem(m=40, sizes=(3, 5, 2))
     net = bpfast.Network([3, 8, 2], activations=["relu", "identity"], dtype=dtype, seed=1)
-    snapshots = [params(net)]
+    if optimizer == "adam":  # Adam's steps are at most about lr: make it overflow
+        X = X * dtype(1e3)
+        if dtype == np.float64:
+            lr = lr ** 10
     with pytest.raises(bpfast.DivergenceError) as info:
-        net.fit(X, Y, epochs=30, batch_size=batch_size, learning_rate=1e6, shuffle=False,
-                optimizer=optimizer, callback=lambda n, e, h: snapshots.append(params(n)))
+        net.fit(X, Y, epochs=30, batch_size=batch_size, learning_rate=lr, shuffle=False,
+                optimizer=optimizer)
     assert isinstance(info.value, FloatingPointError)
     msg = str(info.value)
-    match = re.search(r"epoch (\d+)", msg)
+    match = re.search(r"epoch (\d+), batch (\d+)", msg)
     assert match, msg
-    epoch = int(match.group(1))  # 1-based
-    assert epoch == len(snapshots)  # the epochs before it all finished
+    epoch, batch = int(match.group(1)), int(match.group(2))  # both 1-based
+    assert "learning_rate" in msg and "before that batch" in msg
     assert _finite(net)
-    # "the network keeps its weights from the end of" the previous epoch
-    assert_params_equal(net, snapshots[epoch - 1])
-    assert "learning_rate" in msg
+    replay = bpfast.Network([3, 8, 2], activations=["relu", "identity"], dtype=dtype, seed=1)
+    rows = (batch - 1) * batch_size
+    done = [X] * (epoch - 1) + [X[:rows]], [Y] * (epoch - 1) + [Y[:rows]]
+    if (epoch - 1) * len(X) + rows:  # one fit, so the optimizer state carries over
+        replay.fit(np.vstack(done[0]), np.vstack(done[1]), epochs=1, batch_size=batch_size,
+                   learning_rate=lr, shuffle=False, optimizer=optimizer)
+    assert_params_equal(net, params(replay))
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "nesterov", "adam"])
+def test_divergence_by_state_overflow_is_named(optimizer):
+    """float32, inputs near 1e15 in the second batch: the loss (summed in double) is
+    finite, but the gradient near 1e30 overflows momentum's velocity at learning_rate
+    1e10, or Adam's second moment (its square) at any rate. The guard refuses that
+    step, and the network keeps the weights from after the first batch."""
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.standard_normal((5, 3)), 1e15 * rng.standard_normal((5, 3))])
+    Y = np.zeros((10, 2))
+    net = bpfast.Network([3, 2], activations="identity", dtype=np.float32, seed=1)
+    with pytest.raises(bpfast.DivergenceError) as info:
+        net.fit(X, Y, epochs=1, batch_size=5, learning_rate=1e10 if optimizer != "adam"
+                else 1e-3, shuffle=False, optimizer=optimizer)
+    msg = str(info.value)
+    assert "epoch 1, batch 2" in msg and "overflow" in msg, msg
+    replay = bpfast.Network([3, 2], activations="identity", dtype=np.float32, seed=1)
+    replay.fit(X[:5], Y[:5], epochs=1, batch_size=5, learning_rate=1e10
+               if optimizer != "adam" else 1e-3, shuffle=False, optimizer=optimizer)
+    assert_params_equal(net, params(replay))
+    assert _finite(net)
 
 
 @pytest.mark.parametrize("epochs", [20, 3])
