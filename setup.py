@@ -40,7 +40,7 @@ def extension(name):
         f"bpfast.{name}",
         [f"bpfast/{name}.pyx"],
         include_dirs=[np.get_include(), "bpfast"],
-        depends=["bpfast/_small_gemm.h", "bpfast/_reduce.h", "bpfast/_update.h", "bpfast/_grad_update.h", "bpfast/_tiles.h", "bpfast/_layer_forward.h", "bpfast/_softmax.h", "bpfast/_pointwise.h", "bpfast/_vmath.h", "bpfast/_vmath_avx512.h", "bpfast/_blas.pxd", "bpfast/_activation_math.pxd"],
+        depends=["bpfast/_small_gemm.h", "bpfast/_reduce.h", "bpfast/_update.h", "bpfast/_grad_update.h", "bpfast/_tiles.h", "bpfast/_layer_forward.h", "bpfast/_softmax.h", "bpfast/_pointwise.h", "bpfast/_vmath.h", "bpfast/_vmath_avx512.h", "bpfast/_vector_products.h", "bpfast/_blas.pxd", "bpfast/_activation_math.pxd"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=COMPILE_ARGS,
     )

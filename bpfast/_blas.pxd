@@ -85,6 +85,52 @@ cdef extern from *:
     long long bpfast_small_gemm_limit
 
 
+cdef extern from "_vector_products.h" nogil:
+    long long BPFAST_VECTOR_PRODUCT_LIMIT
+    int bpfast_vector_products_allowed
+    int bpfast_vector_products()
+    void bpfast_vp_d_vecmat(int n, int k, double alpha, const double* a, const double* B,
+                            int ldb, double beta, double* c)
+    void bpfast_vp_f_vecmat(int n, int k, float alpha, const float* a, const float* B,
+                            int ldb, float beta, float* c)
+    void bpfast_vp_d_matvec(int n, int k, double alpha, const double* a, const double* B,
+                            int ldb, double beta, double* c)
+    void bpfast_vp_f_matvec(int n, int k, float alpha, const float* a, const float* B,
+                            int ldb, float beta, float* c)
+    void bpfast_vp_d_rank1(int m, int n, double alpha, const double* x, const double* y,
+                           double beta, double* C, int ldc)
+    void bpfast_vp_f_rank1(int m, int n, float alpha, const float* x, const float* y,
+                           float beta, float* C, int ldc)
+
+
+cdef inline bint vector_product(bint trans_a, bint trans_b, int m, int n, int k,
+                                floating alpha, const floating* a, const floating* b,
+                                int ldb, floating beta, floating* c,
+                                int ldc) noexcept nogil:
+    """gemm's one-row cases through _vector_products.h (a batch of one row: m = 1 for the
+    forward product and dA, k = 1 for the weight update); False when not one of them."""
+    if <long long>m * n * k > BPFAST_VECTOR_PRODUCT_LIMIT or not bpfast_vector_products():
+        return False
+    if m == 1 and not trans_a:
+        if trans_b:  # c = alpha a B^T + beta c
+            if floating is double:
+                bpfast_vp_d_matvec(n, k, alpha, a, b, ldb, beta, c)
+            else:
+                bpfast_vp_f_matvec(n, k, alpha, a, b, ldb, beta, c)
+        elif floating is double:  # c = alpha a B + beta c
+            bpfast_vp_d_vecmat(n, k, alpha, a, b, ldb, beta, c)
+        else:
+            bpfast_vp_f_vecmat(n, k, alpha, a, b, ldb, beta, c)
+        return True
+    if k == 1 and trans_a and not trans_b:  # C = alpha a^T b + beta C (a: 1 x m row)
+        if floating is double:
+            bpfast_vp_d_rank1(m, n, alpha, a, b, beta, c, ldc)
+        else:
+            bpfast_vp_f_rank1(m, n, alpha, a, b, beta, c, ldc)
+        return True
+    return False
+
+
 cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
                       const floating* a, int lda, const floating* b, int ldb,
                       floating beta, floating* c, int ldc) noexcept nogil:
@@ -95,6 +141,9 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating 
     """
     cdef char ta = b'T' if trans_b else b'N'
     cdef char tb = b'T' if trans_a else b'N'
+    if (m == 1 or k == 1) and vector_product(trans_a, trans_b, m, n, k, alpha, a, b, ldb,
+                                             beta, c, ldc):
+        return
     if <long long>m * n * k <= bpfast_small_gemm_limit or bpfast_dgemm_ptr == NULL:
         if floating is double:
             bpfast_small_dgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)

@@ -1893,6 +1893,25 @@ def avx512_vector_math():
     return bool(bpfast_vmath_avx512())
 
 
+cdef extern from "_vector_products.h" nogil:
+    int bpfast_vector_products_allowed "bpfast_vector_products_allowed"
+    int vector_products_on "bpfast_vector_products"()
+
+
+def set_vector_products(bint enabled):
+    """Whether one-row products (batches of one row) may take _vector_products.h's
+    AVX-512 loops rather than BLAS; returns the old setting. For benchmarks and tests."""
+    global bpfast_vector_products_allowed
+    old = bool(bpfast_vector_products_allowed)
+    bpfast_vector_products_allowed = enabled
+    return old
+
+
+def vector_products_available():
+    """Whether one-row products run _vector_products.h's loops on this processor."""
+    return bool(vector_products_on())
+
+
 def set_fused_update_limit(long long limit):
     """Layers with batch * n^l * n^(l-1) <= limit take the fused gradient-and-update
     kernel in momentum and Adam steps (0: never); returns the old limit. For benchmarks
@@ -1926,6 +1945,33 @@ def set_blas(size_t dgemm_address, size_t sgemm_address, bint ilp64):
     bpfast_dgemm_ptr = <void*>dgemm_address
     bpfast_sgemm_ptr = <void*>sgemm_address
     bpfast_blas_ilp64 = ilp64
+
+
+def gemm_call(bint trans_a, bint trans_b, double alpha, A, B, double beta, C):
+    """C = alpha op(A) op(B) + beta C in place, through the kernels' gemm with all its
+    routes (one-row vector products, plain loops, BLAS); for tests. A, B, C: C-contiguous
+    arrays of one float dtype, op(X) = X.T when trans_x."""
+    arrays = (A, B, C)
+    if not all(isinstance(x, np.ndarray) and x.ndim == 2 and x.flags.c_contiguous
+               for x in arrays) or not (A.dtype == B.dtype == C.dtype) or \
+            A.dtype not in (np.float32, np.float64) or not C.flags.writeable:
+        raise ValueError("gemm_call: expected C-contiguous 2-D float arrays of one dtype")
+    cdef int m = C.shape[0], n = C.shape[1]
+    cdef int k = A.shape[0] if trans_a else A.shape[1]
+    if (A.shape[1] if trans_a else A.shape[0]) != m or \
+            (B.shape[0] if trans_b else B.shape[1]) != n or \
+            (B.shape[1] if trans_b else B.shape[0]) != k:
+        raise ValueError("gemm_call: shapes do not match")
+    cdef int lda = A.shape[1], ldb = B.shape[1], ldc = n
+    cdef void* a = cnp.PyArray_DATA(A)
+    cdef void* b = cnp.PyArray_DATA(B)
+    cdef void* c = cnp.PyArray_DATA(C)
+    if A.dtype == np.float64:
+        gemm[double](trans_a, trans_b, m, n, k, alpha, <double*>a, lda, <double*>b, ldb,
+                     beta, <double*>c, ldc)
+    else:
+        gemm[float](trans_a, trans_b, m, n, k, <float>alpha, <float*>a, lda, <float*>b,
+                    ldb, <float>beta, <float*>c, ldc)
 
 
 def gemm_probe(A, B):

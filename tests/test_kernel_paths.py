@@ -530,3 +530,68 @@ def test_guard_proves_ordinary_steps_safe(optimizer, dtype):
                                   0.9, optimizer == "nesterov", t=t, guard=True)
         assert bad == -1
     assert trainer.careful_steps == 0
+
+
+@pytest.fixture(params=["vector", "general"])
+def one_row_products(request):
+    """Products of one-row batches through _vector_products.h or the general routes."""
+    if request.param == "vector" and not _kernels.vector_products_available():
+        pytest.skip("the one-row vector products need AVX-512")
+    old = _kernels.set_vector_products(request.param == "vector")
+    yield request.param
+    _kernels.set_vector_products(old)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("form", ["vecmat", "matvec", "rank1"])
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 16, 31, 32, 33, 64, 65, 100])
+@pytest.mark.parametrize("alpha, beta", [(1.0, 0.0), (-0.3, 1.0), (0.7, -1.5)])
+def test_one_row_products(one_row_products, form, n, alpha, beta, dtype):
+    """c = alpha a B + beta c, c = alpha a B^T + beta c and C = alpha x^T y + beta C for
+    widths around the vector width (tails, one to five vectors, several blocks), against
+    NumPy; beta = 0 must not read C (NaN there stays out)."""
+    rng = np.random.default_rng(n)
+    k = 13
+    if form == "vecmat":
+        A, B = rng.standard_normal((1, k)), rng.standard_normal((k, n))
+        trans_a, trans_b, want = False, False, lambda: A @ B
+        C = rng.standard_normal((1, n))
+    elif form == "matvec":
+        A, B = rng.standard_normal((1, k)), rng.standard_normal((n, k))
+        trans_a, trans_b, want = False, True, lambda: A @ B.T
+        C = rng.standard_normal((1, n))
+    else:
+        A, B = rng.standard_normal((1, k)), rng.standard_normal((1, n))
+        trans_a, trans_b, want = True, False, lambda: A.T @ B
+        C = rng.standard_normal((k, n))
+    A, B, C = (x.astype(dtype) for x in (A, B, C))
+    expected = alpha * want().astype(np.float64) + (beta * C if beta else 0)
+    if beta == 0:
+        C[...] = np.nan
+    _kernels.gemm_call(trans_a, trans_b, alpha, A, B, beta, C)
+    assert_close(C, expected, dtype, scale=float(np.abs(expected).max()))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("sizes", [(9, 17, 5, 3), (64, 32, 10), (3, 40, 1)])
+def test_per_sample_fit_on_each_product_route(one_row_products, first_layer, optimizer,
+                                              sizes, dtype):
+    """Batches of one row (every product a vector against a matrix) through the vector
+    products or the general routes, both first-layer layouts: the reference's fit."""
+    W, b = make_params(sizes, dtype, seed=7)
+    X, Y = make_data(sizes, 19, dtype, seed=8)
+    acts = ["sigmoid"] * (len(sizes) - 2) + ["tanh"]
+    net = bpfast.Network(sizes, acts, dtype=dtype)
+    for p, q in zip(net.weights + net.biases, W + b):
+        p[...] = q
+    lr = 0.01 if optimizer == "adam" else 0.1
+    hist = net.fit(X, Y, epochs=2, batch_size=1, learning_rate=lr, optimizer=optimizer,
+                   shuffle=False).loss
+    W_ref, b_ref, hist_ref = reference.fit(W, b, net.activations, X, Y, epochs=2,
+                                           batch_size=1, learning_rate=lr,
+                                           optimizer=optimizer)
+    rtol = 1e-9 if np.dtype(dtype) == np.float64 else 1e-3
+    for got, want in zip(net.weights + net.biases, W_ref + b_ref):
+        assert_close(got, want, rtol=rtol)
+    np.testing.assert_allclose(hist, hist_ref, rtol=rtol)
