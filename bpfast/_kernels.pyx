@@ -1268,32 +1268,18 @@ cdef bint all_finite(int L, const int* sizes, floating** W, floating** b) noexce
 
 cdef bint parameter_bounds(int L, const int* sizes, floating** W, floating** b,
                            double* bound) noexcept nogil:
-    """bound[l] = max |W[l]|, |b[l]|; returns whether every parameter is finite."""
+    """bound[l] = max |W[l]|, |b[l]| (parameters, or an optimizer state's entries for
+    them), 0 for every layer when W is NULL (no such state); returns whether every
+    value is finite."""
     cdef int l
     cdef double top, tb
     cdef bint finite = True
     for l in range(L):
-        top = max_abs(W[l], <Py_ssize_t>sizes[l + 1] * sizes[l])
-        tb = max_abs(b[l], sizes[l + 1])
-        bound[l] = top if top > tb else tb
-        if not bound[l] < HUGE_VAL:
-            finite = False
-    return finite
-
-
-cdef bint state_bounds(int L, const int* sizes, floating** sW, floating** sb,
-                       double* bound) noexcept nogil:
-    """bound[l] = max |sW[l]|, |sb[l]| (an optimizer state), 0 without one; returns
-    whether every entry is finite."""
-    cdef int l
-    cdef double top, tb
-    cdef bint finite = True
-    for l in range(L):
-        if sW == NULL:
+        if W == NULL:
             bound[l] = 0
             continue
-        top = max_abs(sW[l], <Py_ssize_t>sizes[l + 1] * sizes[l])
-        tb = max_abs(sb[l], sizes[l + 1])
+        top = max_abs(W[l], <Py_ssize_t>sizes[l + 1] * sizes[l])
+        tb = max_abs(b[l], sizes[l + 1])
         bound[l] = top if top > tb else tb
         if not bound[l] < HUGE_VAL:
             finite = False
@@ -1306,8 +1292,8 @@ cdef bint guard_bounds(int L, const int* sizes, floating** W, floating** b,
     """The guard's measured bounds: parameters, and each optimizer state present (see
     Trainer.bound); returns whether all of them are finite."""
     cdef bint finite = parameter_bounds(L, sizes, W, b, bound)
-    finite = state_bounds(L, sizes, sW1, sb1, bound + 3 * L) and finite
-    finite = state_bounds(L, sizes, sW2, sb2, bound + 4 * L) and finite
+    finite = parameter_bounds(L, sizes, sW1, sb1, bound + 3 * L) and finite
+    finite = parameter_bounds(L, sizes, sW2, sb2, bound + 4 * L) and finite
     return finite
 
 

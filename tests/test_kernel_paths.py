@@ -62,6 +62,27 @@ def update_route(request):
     _kernels.set_fused_update_limit(old)
 
 
+def _fit_matches_reference(sizes, acts, dtype, optimizer, batch_size, epochs, rows,
+                           seed, l2=0.0):
+    """Network.fit and reference.fit from the same parameters, data order, no shuffle:
+    the same parameters and loss history (the steps compound rounding a little)."""
+    W, b = make_params(sizes, dtype, seed=seed)
+    X, Y = make_data(sizes, rows, dtype, seed=seed + 1)
+    net = bpfast.Network(sizes, acts, dtype=dtype)
+    for p, q in zip(net.weights + net.biases, W + b):
+        p[...] = q
+    lr = 0.01 if optimizer == "adam" else 0.1
+    hist = net.fit(X, Y, epochs=epochs, batch_size=batch_size, learning_rate=lr,
+                   optimizer=optimizer, l2=l2, shuffle=False).loss
+    W_ref, b_ref, hist_ref = reference.fit(W, b, net.activations, X, Y, epochs=epochs,
+                                           batch_size=batch_size, learning_rate=lr,
+                                           optimizer=optimizer, l2=l2)
+    rtol = 1e-9 if np.dtype(dtype) == np.float64 else 1e-3
+    for got, want in zip(net.weights + net.biases, W_ref + b_ref):
+        assert_close(got, want, rtol=rtol)
+    np.testing.assert_allclose(hist, hist_ref, rtol=rtol)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("optimizer, update_route",
                          [("sgd", "separate"), ("momentum", "fused"),
@@ -74,23 +95,8 @@ def test_fit_on_each_gemm_path(gemm_path, first_layer, update_route, optimizer, 
     """sgd takes the fused step (no dW), momentum and adam the fused gradient-and-update
     kernel or the gradient-then-update route; each with the first layer transposed
     during epochs or in place."""
-    sizes = (9, 17, 5, 3)
-    W, b = make_params(sizes, dtype, seed=3)
-    X, Y = make_data(sizes, 41, dtype, seed=4)
-    net = bpfast.Network(sizes, ["relu", "tanh", "sigmoid"], dtype=dtype)
-    for p, q in zip(net.weights + net.biases, W + b):
-        p[...] = q
-    lr = 0.01 if optimizer == "adam" else 0.1
-    hist = net.fit(X, Y, epochs=3, batch_size=batch_size, learning_rate=lr,
-                   optimizer=optimizer, l2=l2, shuffle=False).loss
-    W_ref, b_ref, hist_ref = reference.fit(W, b, net.activations, X, Y, epochs=3,
-                                           batch_size=batch_size, learning_rate=lr,
-                                           optimizer=optimizer, l2=l2)
-    # three epochs of steps compound rounding differences a little
-    rtol = 1e-9 if np.dtype(dtype) == np.float64 else 1e-3
-    for got, want in zip(net.weights + net.biases, W_ref + b_ref):
-        assert_close(got, want, rtol=rtol)
-    np.testing.assert_allclose(hist, hist_ref, rtol=rtol)
+    _fit_matches_reference((9, 17, 5, 3), ["relu", "tanh", "sigmoid"], dtype, optimizer,
+                           batch_size, epochs=3, rows=41, seed=3, l2=l2)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -103,25 +109,11 @@ def test_gradient_blocks_give_the_same_steps(first_layer, optimizer, block, l2, 
     old_limit = _kernels.set_fused_update_limit(0)  # every layer through the blocks
     old_block = _kernels.set_gradient_block(block)
     try:
-        sizes = (9, 17, 5, 3)
-        W, b = make_params(sizes, dtype, seed=5)
-        X, Y = make_data(sizes, 23, dtype, seed=6)
-        net = bpfast.Network(sizes, ["relu", "tanh", "sigmoid"], dtype=dtype)
-        for p, q in zip(net.weights + net.biases, W + b):
-            p[...] = q
-        lr = 0.01 if optimizer == "adam" else 0.1
-        hist = net.fit(X, Y, epochs=2, batch_size=8, learning_rate=lr,
-                       optimizer=optimizer, l2=l2, shuffle=False).loss
+        _fit_matches_reference((9, 17, 5, 3), ["relu", "tanh", "sigmoid"], dtype,
+                               optimizer, 8, epochs=2, rows=23, seed=5, l2=l2)
     finally:
         _kernels.set_fused_update_limit(old_limit)
         _kernels.set_gradient_block(old_block)
-    W_ref, b_ref, hist_ref = reference.fit(W, b, net.activations, X, Y, epochs=2,
-                                           batch_size=8, learning_rate=lr,
-                                           optimizer=optimizer, l2=l2)
-    rtol = 1e-9 if np.dtype(dtype) == np.float64 else 1e-3
-    for got, want in zip(net.weights + net.biases, W_ref + b_ref):
-        assert_close(got, want, rtol=rtol)
-    np.testing.assert_allclose(hist, hist_ref, rtol=rtol)
 
 
 def test_gradient_block_must_be_positive():
@@ -266,14 +258,22 @@ def test_BPFAST_BLAS_environment_variable(tmp_path, choice, expected):
         assert out in ("numpy", "scipy")
 
 
+def _switched_route(request, fast, available, switch, why):
+    """Yield request.param with the route ``fast`` switched on when that is the param
+    (skipped where ``available()`` is false), off otherwise; restored afterwards."""
+    if request.param == fast and not available():
+        pytest.skip(why)
+    old = switch(request.param == fast)
+    yield request.param
+    switch(old)
+
+
 @pytest.fixture(params=["avx512", "portable"])
 def vector_math(request):
     """exp, tanh, sigmoid and silu over arrays by _vmath_avx512.h or the portable loops."""
-    if request.param == "avx512" and not _kernels.avx512_vector_math():
-        pytest.skip("the AVX-512 vector math needs AVX-512F")
-    old = _kernels.set_avx512_vector_math(request.param == "avx512")
-    yield request.param
-    _kernels.set_avx512_vector_math(old)
+    yield from _switched_route(request, "avx512", _kernels.avx512_vector_math,
+                               _kernels.set_avx512_vector_math,
+                               "the AVX-512 vector math needs AVX-512F")
 
 
 def _activation_points(dt):
@@ -535,11 +535,9 @@ def test_guard_proves_ordinary_steps_safe(optimizer, dtype):
 @pytest.fixture(params=["vector", "general"])
 def one_row_products(request):
     """Products of one-row batches through _vector_products.h or the general routes."""
-    if request.param == "vector" and not _kernels.vector_products_available():
-        pytest.skip("the one-row vector products need AVX-512")
-    old = _kernels.set_vector_products(request.param == "vector")
-    yield request.param
-    _kernels.set_vector_products(old)
+    yield from _switched_route(request, "vector", _kernels.vector_products_available,
+                               _kernels.set_vector_products,
+                               "the one-row vector products need AVX-512")
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -579,19 +577,5 @@ def test_per_sample_fit_on_each_product_route(one_row_products, first_layer, opt
                                               sizes, dtype):
     """Batches of one row (every product a vector against a matrix) through the vector
     products or the general routes, both first-layer layouts: the reference's fit."""
-    W, b = make_params(sizes, dtype, seed=7)
-    X, Y = make_data(sizes, 19, dtype, seed=8)
     acts = ["sigmoid"] * (len(sizes) - 2) + ["tanh"]
-    net = bpfast.Network(sizes, acts, dtype=dtype)
-    for p, q in zip(net.weights + net.biases, W + b):
-        p[...] = q
-    lr = 0.01 if optimizer == "adam" else 0.1
-    hist = net.fit(X, Y, epochs=2, batch_size=1, learning_rate=lr, optimizer=optimizer,
-                   shuffle=False).loss
-    W_ref, b_ref, hist_ref = reference.fit(W, b, net.activations, X, Y, epochs=2,
-                                           batch_size=1, learning_rate=lr,
-                                           optimizer=optimizer)
-    rtol = 1e-9 if np.dtype(dtype) == np.float64 else 1e-3
-    for got, want in zip(net.weights + net.biases, W_ref + b_ref):
-        assert_close(got, want, rtol=rtol)
-    np.testing.assert_allclose(hist, hist_ref, rtol=rtol)
+    _fit_matches_reference(sizes, acts, dtype, optimizer, 1, epochs=2, rows=19, seed=7)
