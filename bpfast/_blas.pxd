@@ -1,7 +1,9 @@
 # cython: language_level=3
 """Row-major GEMM: a Fortran BLAS found at run time (NumPy's OpenBLAS, or SciPy's
 ``cython_blas``) for large products, plain vectorised loops (``_small_gemm.h``) for small
-ones and whenever no BLAS has been set."""
+ones and whenever no BLAS has been set, register loops for one-row products
+(``_vector_products.h``) and unpacked, threaded tiles for mid-sized ones
+(``_panel_gemm.h``) on processors with AVX-512."""
 from cython cimport floating
 
 cdef extern from "_small_gemm.h" nogil:
@@ -103,6 +105,17 @@ cdef extern from "_vector_products.h" nogil:
                            float beta, float* C, int ldc)
 
 
+cdef extern from "_panel_gemm.h" nogil:
+    int bpfast_panel_route(int trans_b, int m, int n, int k, int size)
+    int bpfast_panel_threads()
+    void bpfast_panel_d(int trans_a, int m, int n, int k, double alpha, const double* A,
+                        int lda, const double* B, int ldb, double beta, double* C, int ldc,
+                        int threads)
+    void bpfast_panel_f(int trans_a, int m, int n, int k, float alpha, const float* A,
+                        int lda, const float* B, int ldb, float beta, float* C, int ldc,
+                        int threads)
+
+
 cdef inline bint vector_product(bint trans_a, bint trans_b, int m, int n, int k,
                                 floating alpha, const floating* a, const floating* b,
                                 int ldb, floating beta, floating* c,
@@ -143,6 +156,14 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating 
     cdef char tb = b'T' if trans_a else b'N'
     if (m == 1 or k == 1) and vector_product(trans_a, trans_b, m, n, k, alpha, a, b, ldb,
                                              beta, c, ldc):
+        return
+    if bpfast_panel_route(trans_b, m, n, k, sizeof(floating)):  # mid-sized, in cache
+        if floating is double:
+            bpfast_panel_d(trans_a, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+                           bpfast_panel_threads())
+        else:
+            bpfast_panel_f(trans_a, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+                           bpfast_panel_threads())
         return
     if <long long>m * n * k <= bpfast_small_gemm_limit or bpfast_dgemm_ptr == NULL:
         if floating is double:

@@ -67,6 +67,30 @@ def _find_numpy_gemm():
     return None
 
 
+#: Names of OpenBLAS's thread-count getter, by how its library prefixes symbols.
+_THREAD_SYMBOLS = ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_",
+                   "scipy_openblas_get_num_threads", "openblas_get_num_threads")
+
+
+def _thread_getter(path):
+    """Address of ``int get_num_threads(void)`` in the library at ``path``, or 0.
+
+    The panel kernel (``_panel_gemm.h``) takes its thread count from it on every product,
+    so ``OPENBLAS_NUM_THREADS`` and ``threadpoolctl.threadpool_limits`` bound bpfast's own
+    threads as they bound OpenBLAS's.
+    """
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError:
+        return 0
+    for name in _THREAD_SYMBOLS:
+        try:
+            return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value or 0
+        except AttributeError:
+            continue
+    return 0
+
+
 def _scipy_gemm():
     """(dgemm address, sgemm address) of ``scipy.linalg.cython_blas``, or None."""
     try:
@@ -108,8 +132,10 @@ def use(backend):
         if found is not None:
             daddr, saddr, ilp64, path = found
             if _try(daddr, saddr, ilp64, "numpy"):
+                _kernels.set_blas_threads_function(_thread_getter(path))
                 _state.update(backend="numpy", library=path)
                 return "numpy"
+    _kernels.set_blas_threads_function(0)
     found = _scipy_gemm()
     if found is not None and _try(*found, False, "scipy"):
         _state.update(backend="scipy", library="scipy.linalg.cython_blas")

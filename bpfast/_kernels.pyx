@@ -21,7 +21,7 @@ cimport numpy as cnp
 import numpy as np
 
 from ._blas cimport (gemm, bpfast_small_gemm_limit, bpfast_dgemm_ptr, bpfast_sgemm_ptr,
-                     bpfast_blas_ilp64)
+                     bpfast_blas_ilp64, bpfast_panel_route)
 
 cdef extern from "_vmath.h" nogil:
     void bpfast_exp_row_d(Py_ssize_t n, const double* z, double* a)
@@ -812,6 +812,36 @@ cdef inline bint tile_backward(int m, int n_above, int n_below,
             and <long long>m * n_above * n_below <= bpfast_fused_update_limit)
 
 
+cdef bint panel_network(int L, const int* sizes, int m, bint first_t,
+                        int itemsize) noexcept nogil:
+    """Whether every product of a training step at batch m that OpenBLAS would thread
+    (more than BPFAST_PANEL_MIN multiply-adds) fits _panel_gemm.h's kernel: forward
+    Z = A W^T (W stored n^l x n^(l-1), or transposed for the first layer with
+    ``first_t``), dA = dZ W and the weight update; see bpfast_panel_scope."""
+    cdef int l, n_in, n_out
+    cdef bint tr
+    for l in range(L):
+        n_in = sizes[l]
+        n_out = sizes[l + 1]
+        tr = first_t and l == 0
+        if not panel_product(not tr, m, n_out, n_in, itemsize):  # forward
+            return False
+        if l > 0 and not panel_product(False, m, n_in, n_out, itemsize):  # dA
+            return False
+        if tr and not panel_product(False, n_in, n_out, m, itemsize):  # update
+            return False
+        if not tr and not panel_product(False, n_out, n_in, m, itemsize):
+            return False
+    return True
+
+
+cdef inline bint panel_product(bint trans_b, int m, int n, int k,
+                               int itemsize) noexcept nogil:
+    """A product that OpenBLAS keeps on one thread, or one the panel kernel fits."""
+    return (<long long>m * n * k <= BPFAST_PANEL_MIN
+            or bpfast_panel_fits(trans_b, m, n, k, itemsize))
+
+
 cdef inline double grad_update(bint transposed, int m, int n_out, int n_in,
                                const floating* dZ, const floating* prev, floating* W,
                                floating* s1, floating* s2, int optimizer, floating lr,
@@ -1518,8 +1548,10 @@ cdef class Trainer(Layers):
     :meth:`epoch` its weights (and their gradient and optimizer state) live in private
     transposed copies, n^0 x n^1, copied in at the start and back at the end: the forward
     product X W^T then runs as a non-transposed GEMM, which OpenBLAS's small-matrix
-    kernels take (measured 5.7 against 8.2 us for 32 x 64 x 64). The first layer's dA is
-    never needed, so its transposed layout costs nothing but the copies.
+    kernels take (measured 5.7 against 8.2 us for 32 x 64 x 64). Mid-sized first layers
+    whose forward product _panel_gemm.h takes (it reads B by rows) are transposed too.
+    The first layer's dA is never needed, so its transposed layout costs nothing but the
+    copies.
     """
     cdef readonly int loss, optimizer, batch_size
     cdef readonly list state
@@ -1552,6 +1584,8 @@ cdef class Trainer(Layers):
     # diagnostic, 0 in ordinary fits
     cdef readonly long long careful_steps
     cdef readonly bint first_transposed
+    # whether the epoch runs in a panel scope (see panel_network)
+    cdef readonly bint panel
 
     def __cinit__(self):
         self.sW1 = self.sb1 = self.sW2 = self.sb2 = NULL
@@ -1609,8 +1643,12 @@ cdef class Trainer(Layers):
             self.sb2 = pointer_list(second[self.L:], "state", self.typenum, bshapes, True)
         # transposed first-layer copies, for small first layers only (see the class
         # notes); plain sgd (fused update) never writes dW in epoch
-        self.first_transposed = (<long long>batch_size * sizes[0] * sizes[1]
-                                 <= bpfast_first_transpose_limit)
+        self.first_transposed = bpfast_first_transpose_limit > 0 and (
+            <long long>batch_size * sizes[0] * sizes[1] <= bpfast_first_transpose_limit
+            # or the panel kernel takes the forward product, which it reads untransposed
+            or bpfast_panel_fits(False, batch_size, sizes[1], sizes[0], dtype.itemsize))
+        self.panel = panel_network(self.L, self.sizes, batch_size, self.first_transposed,
+                                   dtype.itemsize)
         cdef void* w0 = self.W[0]
         cdef void* dw0 = self.dW[0]
         cdef void* s10 = self.sW1[0] if self.sW1 != NULL else NULL
@@ -1701,6 +1739,7 @@ cdef class Trainer(Layers):
         if self.typenum == cnp.NPY_DOUBLE:
             with nogil:
                 self.transpose_first(True)
+                bpfast_set_panel_scope(self.panel)
                 if guard:
                     guard_bounds[double](L, self.sizes, <double**>self.tW,
                                          <double**>self.b, <double**>self.tsW1,
@@ -1717,10 +1756,12 @@ cdef class Trainer(Layers):
                     self.first_transposed, bound,
                     bounds, <double**>self.tdW, <double**>self.bbak,
                     <const double**>self.rows, &self.backup)
+                bpfast_set_panel_scope(0)
                 self.transpose_first(False)
         else:
             with nogil:
                 self.transpose_first(True)
+                bpfast_set_panel_scope(self.panel)
                 if guard:
                     guard_bounds[float](L, self.sizes, <float**>self.tW,
                                         <float**>self.b, <float**>self.tsW1,
@@ -1737,6 +1778,7 @@ cdef class Trainer(Layers):
                     <float>epsilon, <float>alpha, t, self.first_transposed, bound, bounds,
                     <float**>self.tdW, <float**>self.bbak, <const float**>self.rows,
                     &self.backup)
+                bpfast_set_panel_scope(0)
                 self.transpose_first(False)
         self.overflowed = res.overflow != 0
         self.careful_steps += res.careful
@@ -1898,6 +1940,53 @@ def vector_products_available():
     return bool(vector_products_on())
 
 
+cdef extern from "_panel_gemm.h" nogil:
+    long long BPFAST_PANEL_MIN
+    void bpfast_set_panel_scope(int on)
+    int bpfast_panel_fits(int trans_b, int m, int n, int k, int size)
+    int bpfast_panel_allowed "bpfast_panel_allowed"
+    int bpfast_panel_thread_override "bpfast_panel_thread_override"
+    void* bpfast_blas_threads_ptr "bpfast_blas_threads_ptr"
+    int panel_available "bpfast_panel_available"()
+    int panel_threads "bpfast_panel_threads"()
+    long long bpfast_panel_calls
+
+
+def set_panel_gemm(bint enabled, int threads=0):
+    """Whether mid-sized products may take _panel_gemm.h's threaded kernel rather than
+    BLAS, and on how many threads (0: the BLAS's own count); returns the old
+    (enabled, threads). For benchmarks and tests."""
+    global bpfast_panel_allowed, bpfast_panel_thread_override
+    if threads < 0:
+        raise ValueError(f"threads: expected 0 or a positive count, got {threads}")
+    old = (bool(bpfast_panel_allowed), bpfast_panel_thread_override)
+    bpfast_panel_allowed = enabled
+    bpfast_panel_thread_override = threads
+    return old
+
+
+def panel_gemm_available():
+    """Whether this processor runs _panel_gemm.h's kernel."""
+    return bool(panel_available())
+
+
+def panel_gemm_calls():
+    """Products _panel_gemm.h's kernel has taken so far in this process (for tests)."""
+    return bpfast_panel_calls
+
+
+def panel_gemm_threads():
+    """Threads a mid-sized product would take now."""
+    return panel_threads()
+
+
+def set_blas_threads_function(size_t address):
+    """The BLAS's ``int get_num_threads(void)``, which the panel kernel follows (0: none,
+    and mid-sized products then stay with the BLAS). Private: set by _blas_backend."""
+    global bpfast_blas_threads_ptr
+    bpfast_blas_threads_ptr = <void*>address
+
+
 def set_fused_update_limit(long long limit):
     """Layers with batch * n^l * n^(l-1) <= limit take the fused gradient-and-update
     kernel in momentum and Adam steps (0: never); returns the old limit. For benchmarks
@@ -1952,12 +2041,14 @@ def gemm_call(bint trans_a, bint trans_b, double alpha, A, B, double beta, C):
     cdef void* a = cnp.PyArray_DATA(A)
     cdef void* b = cnp.PyArray_DATA(B)
     cdef void* c = cnp.PyArray_DATA(C)
+    bpfast_set_panel_scope(1)  # every route, the panel kernel's included
     if A.dtype == np.float64:
         gemm[double](trans_a, trans_b, m, n, k, alpha, <double*>a, lda, <double*>b, ldb,
                      beta, <double*>c, ldc)
     else:
         gemm[float](trans_a, trans_b, m, n, k, <float>alpha, <float*>a, lda, <float*>b,
                     ldb, <float>beta, <float*>c, ldc)
+    bpfast_set_panel_scope(0)
 
 
 def gemm_probe(A, B):

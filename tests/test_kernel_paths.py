@@ -6,6 +6,7 @@ import pytest
 import bpfast
 from bpfast import _blas_backend, _kernels, reference
 
+from bpfast.activations import activation_codes
 from conftest import assert_close, make_data, make_params, rtol_for
 
 SIZES = [(3, 4, 2), (9, 17, 5, 3), (64, 32, 10), (20, 40, 30, 1)]
@@ -579,3 +580,227 @@ def test_per_sample_fit_on_each_product_route(one_row_products, first_layer, opt
     products or the general routes, both first-layer layouts: the reference's fit."""
     acts = ["sigmoid"] * (len(sizes) - 2) + ["tanh"]
     _fit_matches_reference(sizes, acts, dtype, optimizer, 1, epochs=2, rows=19, seed=7)
+
+
+# ---- _panel_gemm.h: mid-sized products, unpacked, over threads --------------------------
+
+@pytest.fixture(params=["panel", "blas"])
+def panel_products(request):
+    """Mid-sized products through _panel_gemm.h (on two threads, whatever the BLAS's own
+    count) or through BLAS."""
+    if request.param == "panel" and not _kernels.panel_gemm_available():
+        pytest.skip("the panel kernel needs AVX-512")
+    old = _kernels.set_panel_gemm(request.param == "panel", 2)
+    yield request.param
+    _kernels.set_panel_gemm(*old)
+
+
+def _panel_threads(threads):
+    """Context: the panel kernel allowed, on ``threads`` threads."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def switched():
+        if not _kernels.panel_gemm_available():
+            pytest.skip("the panel kernel needs AVX-512")
+        old = _kernels.set_panel_gemm(True, threads)
+        try:
+            yield
+        finally:
+            _kernels.set_panel_gemm(*old)
+    return switched()
+
+
+# (m, n, k): every one at least 2^18 multiply-adds, each operand at most 2 MiB; tails
+# of rows (m not a multiple of 6) and of columns (n not a multiple of the vector width)
+PANEL_SHAPES = [(64, 128, 784), (61, 37, 200), (6, 1000, 50), (7, 9, 5000),
+                (100, 65, 41), (13, 97, 211), (300, 17, 64)]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("shape", PANEL_SHAPES)
+@pytest.mark.parametrize("alpha, beta", [(1.0, 0.0), (-0.3, 1.0), (0.7, -1.5)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_panel_products_match_numpy(shape, trans_a, alpha, beta, threads, dtype):
+    """C = alpha op(A) B + beta C through the panel kernel against NumPy in float64; beta
+    = 0 must not read C (NaN there stays out)."""
+    m, n, k = shape
+    rng = np.random.default_rng(m * n + k)
+    A = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    B = rng.standard_normal((k, n)).astype(dtype)
+    C = rng.standard_normal((m, n)).astype(dtype)
+    opA = A.T if trans_a else A
+    expected = alpha * (opA.astype(np.float64) @ B) + (beta * C if beta else 0)
+    if beta == 0:
+        C[...] = np.nan
+    with _panel_threads(threads):
+        before = _kernels.panel_gemm_calls()
+        _kernels.gemm_call(trans_a, False, alpha, A, B, beta, C)
+        assert _kernels.panel_gemm_calls() == before + 1
+    # sums of k terms: rounding grows like sqrt(k) of the terms' scale
+    scale = np.sqrt(k) * float(np.abs(alpha)) + abs(beta)
+    assert_close(C, expected, dtype, scale=scale)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("trans_a", [False, True])
+def test_panel_results_do_not_depend_on_the_thread_count(trans_a, dtype):
+    """Each entry is one thread's sum in order: the same bits on 1, 2, 3 or 5 threads."""
+    m, n, k = 61, 150, 300
+    rng = np.random.default_rng(5)
+    A = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    B = rng.standard_normal((k, n)).astype(dtype)
+    C0 = rng.standard_normal((m, n)).astype(dtype)
+    results = []
+    for threads in (1, 2, 3, 5):
+        C = C0.copy()
+        with _panel_threads(threads):
+            _kernels.gemm_call(trans_a, False, -0.5, A, B, 1.0, C)
+        results.append(C)
+    for C in results[1:]:
+        np.testing.assert_array_equal(C, results[0])
+
+
+@pytest.mark.parametrize("case", ["B transposed", "too small", "A too large",
+                                  "B too large", "C too large"])
+def test_products_outside_the_panel_rules_stay_with_blas(case):
+    """Only op(B) = B, at least 2^18 multiply-adds and operands of at most 2 MiB."""
+    shapes = {"B transposed": (64, 128, 784), "too small": (63, 64, 64),
+              "A too large": (64, 32, 4097), "B too large": (8, 4097, 64),
+              "C too large": (4097, 64, 8)}
+    m, n, k = shapes[case]
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((m, k))
+    trans_b = case == "B transposed"
+    B = rng.standard_normal((n, k) if trans_b else (k, n))
+    C = np.zeros((m, n))
+    with _panel_threads(2):
+        before = _kernels.panel_gemm_calls()
+        _kernels.gemm_call(False, trans_b, 1.0, A, B, 0.0, C)
+        assert _kernels.panel_gemm_calls() == before
+    assert_close(C, A @ (B.T if trans_b else B), np.float64, scale=np.sqrt(k))
+
+
+# networks whose every product above 2^18 multiply-adds fits the panel kernel at these
+# batch sizes (one mid-sized first layer, the rest small), and whose first layer is too
+# large for the fused tile kernels of momentum and Adam (2^19)
+PANEL_NETWORKS = [((300, 70, 5), 32), ((150, 60, 40, 3), 64), ((130, 131, 2), 33)]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("sizes, batch_size", PANEL_NETWORKS)
+def test_fit_with_panel_products_matches_reference(panel_products, sizes, batch_size,
+                                                   optimizer, dtype):
+    """Training steps whose large products run on the panel kernel (or BLAS): the
+    reference's parameters and losses; the last batch of each epoch is shorter."""
+    acts = ["tanh"] * (len(sizes) - 2) + ["sigmoid"]
+    before = _kernels.panel_gemm_calls()
+    _fit_matches_reference(sizes, acts, dtype, optimizer, batch_size, epochs=2,
+                           rows=3 * batch_size + 5, seed=11)
+    assert (_kernels.panel_gemm_calls() > before) == (panel_products == "panel")
+
+
+@pytest.mark.parametrize("sizes, batch_size, expected",
+                         [((784, 128, 10), 64, True), ((200, 70, 5), 32, True),
+                          ((256, 256, 256, 10), 64, False), ((784, 1024, 10), 64, False),
+                          ((64, 32, 10), 32, True)])
+def test_trainer_takes_the_panel_only_when_blas_would_not_thread(sizes, batch_size,
+                                                                 expected):
+    """A network with any product that OpenBLAS would thread (above 2^18 multiply-adds)
+    and the panel kernel does not fit keeps every product on BLAS: the two thread pools
+    must not take turns on the cores."""
+    with _panel_threads(2):
+        net = bpfast.Network(list(sizes), "tanh")
+        trainer = _kernels.Trainer(net.weights, net.biases, activation_codes(net.activations),
+                                   sizes[0], batch_size, 0, 0, False)
+        assert trainer.panel == expected
+        if expected and sizes[0] * sizes[1] * batch_size > 2**18:
+            assert trainer.first_transposed  # the panel reads W by rows
+
+
+def test_panel_threads_follow_the_blas_limits():
+    """Without an override the kernel takes the BLAS's current thread count, which
+    threadpoolctl's limits set."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if bpfast.blas_info()["backend"] != "numpy":
+        pytest.skip("needs NumPy's OpenBLAS")
+    old = _kernels.set_panel_gemm(True, 0)
+    try:
+        with threadpoolctl.threadpool_limits(1):
+            assert _kernels.panel_gemm_threads() == 1
+        with threadpoolctl.threadpool_limits(2):
+            assert _kernels.panel_gemm_threads() == 2
+    finally:
+        _kernels.set_panel_gemm(*old)
+    with pytest.raises(ValueError, match="threads"):
+        _kernels.set_panel_gemm(True, -1)
+
+
+_FORK_SCRIPT = """
+import os, sys
+import numpy as np
+from bpfast import _kernels
+_kernels.set_panel_gemm(True, 2)
+rng = np.random.default_rng(2)
+A, B = rng.standard_normal((64, 300)), rng.standard_normal((300, 130))
+def product():
+    C = np.zeros((64, 130))
+    _kernels.gemm_call(False, False, 1.0, A, B, 0.0, C)
+    return C
+parent = product()  # the parent's pool runs
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    child = product()
+    os.write(write, b"same" if np.array_equal(child, parent) else b"diff")
+    os._exit(0)
+os.close(write)
+print(os.read(read, 4).decode(), _kernels.panel_gemm_calls())
+os.waitpid(pid, 0)
+"""
+
+
+def test_panel_pool_works_in_a_forked_child(tmp_path):
+    """A child forked after the pool's helpers started has none of them: it starts its own
+    (and does not wait forever on the parent's). In a fresh process: os.fork under this
+    test session's other threads (JAX's) is not safe."""
+    import subprocess
+    import sys
+
+    if not _kernels.panel_gemm_available():
+        pytest.skip("the panel kernel needs AVX-512")
+    script = tmp_path / "fork.py"
+    script.write_text(_FORK_SCRIPT)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["same", "1"]
+
+
+def test_concurrent_trainers_share_the_pool_and_agree():
+    """Two threads training at once: one has the pool, the other runs its products on its
+    own thread; both get what they get alone (results do not depend on threads)."""
+    import threading
+
+    sizes, batch = (200, 70, 5), 32
+    X, Y = make_data(sizes, 300, np.float64, seed=4)
+
+    def train(out, i):
+        net = bpfast.Network(list(sizes), ["tanh", "sigmoid"], seed=i)
+        net.fit(X, Y, epochs=3, batch_size=batch, learning_rate=0.1, shuffle=False)
+        out[i] = [w.copy() for w in net.weights]
+
+    with _panel_threads(2):
+        alone, together = {}, {}
+        for i in range(2):
+            train(alone, i)
+        threads = [threading.Thread(target=train, args=(together, i)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for i in range(2):
+        for a, b in zip(alone[i], together[i]):
+            np.testing.assert_array_equal(a, b)
