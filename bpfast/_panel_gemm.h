@@ -19,9 +19,10 @@
  *
  * The helpers are a process-wide pool (bpfast_pool_*), started at the first parallel call:
  * each spins briefly after a task (the next product of the same batch follows within
- * microseconds), then yields, then sleeps on a condition variable. One caller at a time
- * uses the pool; a second, concurrent caller runs its product on its own thread. A
- * forked child starts a new pool.
+ * microseconds), then yields, then sleeps on a condition variable. The caller runs the
+ * parts no helper has started, so a helper that is asleep or descheduled costs no wait.
+ * One caller at a time uses the pool; a second, concurrent caller runs its product on
+ * its own thread. A forked child starts a new pool.
  *
  * Compiled for AVX-512 through a function attribute (see _tiles.h); where unavailable,
  * bpfast_panel_available() is 0 and the callers keep BLAS.
@@ -56,8 +57,14 @@ static int bpfast_panel_available(void)
 
 /* Routing (gemm in _blas.pxd): products of at least BPFAST_PANEL_MIN multiply-adds whose
  * operands each fit in BPFAST_PANEL_MAX_BYTES, so that every thread's share stays in its
- * core's level-2 cache; smaller products stay with OpenBLAS's small-matrix kernels, which
- * run single-threaded at the FMA peak, larger ones with its packed, cache-blocked GEMM. */
+ * core's level-2 cache. BPFAST_PANEL_MIN is where OpenBLAS starts threading a product
+ * itself (its GEMM_MULTITHREAD_THRESHOLD of 4 times 65536 multiply-adds; see
+ * bpfast_panel_scope); below it the products stay with its small-matrix kernels, on one
+ * thread. Tried and dropped: the panel from 2^15 multiply-adds in float64 made a
+ * 64-32-10 fit at batch 32 (products of 2^16, about 2.5 us each) 505 -> 476 us on a quiet
+ * machine, but 507 -> 960 us while the host was busy: a part of a microsecond-long
+ * product waits out any preemption of the thread running it. Larger products stay with
+ * OpenBLAS's packed, cache-blocked GEMM. */
 #define BPFAST_PANEL_MIN (1LL << 18)
 #define BPFAST_PANEL_MAX_BYTES (1LL << 21)
 
@@ -125,6 +132,13 @@ static int bpfast_panel_route(int trans_b, int m, int n, int k, int size)
 
 typedef void (*bpfast_pool_fn)(void *job, int part, int parts);
 
+/* A task is fn(job, part, parts) for every part; part 0 is the caller's, part p is
+ * helper p - 1's by default, but every part p >= 1 is claimed first (claimed[p] set to
+ * the task's generation, by compare-and-swap): the caller, done with part 0, claims and
+ * runs whatever no helper has started. A helper that the system has descheduled, or that
+ * sleeps, so delays a product by at most the part it is running, never by the time it
+ * takes to wake. Claims only move forward, so a helper that wakes late, or reads the
+ * next task's fields while they are written, finds its part taken and does nothing. */
 static struct {
     pthread_mutex_t caller;      /* held by the one caller using the pool */
     pthread_mutex_t sleep_lock;
@@ -135,7 +149,8 @@ static struct {
     int initialised;
     pid_t pid;                   /* the process that started them */
     unsigned long long generation;  /* bumped for every task */
-    int pending;                 /* helpers not yet done with the current task */
+    unsigned long long claimed[BPFAST_POOL_MAX];  /* generation part p was claimed for */
+    int done;                    /* parts >= 1 of the current task finished by helpers */
     int sleepers;
     bpfast_pool_fn fn;
     void *job;
@@ -154,6 +169,18 @@ static double bpfast_pool_now(void)
 #define BPFAST_POOL_SPIN_SECONDS 2e-6
 #define BPFAST_POOL_YIELD_SECONDS 2e-4
 
+/* Claim part p of task generation g: 1 if this thread is to run it. */
+static int bpfast_pool_claim(int p, unsigned long long g)
+{
+    unsigned long long old = __atomic_load_n(&bpfast_pool.claimed[p], __ATOMIC_ACQUIRE);
+    while (old < g) {
+        if (__atomic_compare_exchange_n(&bpfast_pool.claimed[p], &old, g, 0,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            return 1;
+    }
+    return 0;
+}
+
 static void *bpfast_pool_helper(void *arg)
 {
     int index = (int)(size_t)arg;  /* runs part index + 1 */
@@ -161,6 +188,9 @@ static void *bpfast_pool_helper(void *arg)
     unsigned long long seen = bpfast_pool.born[index];
     for (;;) {
         unsigned long long g;
+        bpfast_pool_fn fn;
+        void *job;
+        int parts;
         double start = bpfast_pool_now();
         int polls = 0;
         while ((g = __atomic_load_n(&bpfast_pool.generation, __ATOMIC_ACQUIRE)) == seen) {
@@ -185,9 +215,15 @@ static void *bpfast_pool_helper(void *arg)
             start = bpfast_pool_now();
         }
         seen = g;
-        if (index + 1 < bpfast_pool.parts)
-            bpfast_pool.fn(bpfast_pool.job, index + 1, bpfast_pool.parts);
-        __atomic_sub_fetch(&bpfast_pool.pending, 1, __ATOMIC_RELEASE);
+        fn = bpfast_pool.fn;
+        job = bpfast_pool.job;
+        parts = bpfast_pool.parts;
+        /* a successful claim proves these were task g's: the caller writes the next
+           task's only after every part of g is claimed */
+        if (index + 1 < parts && bpfast_pool_claim(index + 1, g)) {
+            fn(job, index + 1, parts);
+            __atomic_add_fetch(&bpfast_pool.done, 1, __ATOMIC_RELEASE);
+        }
     }
     return NULL;
 }
@@ -202,7 +238,7 @@ static void bpfast_pool_after_fork(void)
     bpfast_pool.sleep_lock = fresh;
     bpfast_pool.wake = fresh_cond;
     bpfast_pool.started = 0;
-    bpfast_pool.pending = 0;
+    bpfast_pool.done = 0;
     bpfast_pool.sleepers = 0;
     bpfast_pool.pid = getpid();
 }
@@ -237,7 +273,8 @@ static int bpfast_pool_grow(int helpers)
    busy with another caller or no helper can be started. */
 static void bpfast_pool_run(bpfast_pool_fn fn, void *job, int parts)
 {
-    int helpers, polls;
+    int helpers, polls, p, mine = 0;
+    unsigned long long g;
     if (parts > BPFAST_POOL_MAX)
         parts = BPFAST_POOL_MAX;
     if (parts <= 1 || pthread_mutex_trylock(&bpfast_pool.caller) != 0) {
@@ -255,18 +292,24 @@ static void bpfast_pool_run(bpfast_pool_fn fn, void *job, int parts)
     bpfast_pool.fn = fn;
     bpfast_pool.job = job;
     bpfast_pool.parts = parts;
-    __atomic_store_n(&bpfast_pool.pending, helpers, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&bpfast_pool.generation, 1, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&bpfast_pool.done, 0, __ATOMIC_RELAXED);
+    g = __atomic_add_fetch(&bpfast_pool.generation, 1, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&bpfast_pool.sleepers, __ATOMIC_SEQ_CST) > 0) {
         pthread_mutex_lock(&bpfast_pool.sleep_lock);
         pthread_cond_broadcast(&bpfast_pool.wake);
         pthread_mutex_unlock(&bpfast_pool.sleep_lock);
     }
     fn(job, 0, parts);
-    for (polls = 0; __atomic_load_n(&bpfast_pool.pending, __ATOMIC_ACQUIRE) != 0; polls++) {
+    for (p = 1; p < parts; p++)  /* parts no helper has started */
+        if (bpfast_pool_claim(p, g)) {
+            fn(job, p, parts);
+            mine++;
+        }
+    for (polls = 0; __atomic_load_n(&bpfast_pool.done, __ATOMIC_ACQUIRE) + mine < parts - 1;
+         polls++) {
         if (polls < 4096)
             __builtin_ia32_pause();
-        else  /* a helper was descheduled: let it have the core */
+        else  /* a helper was descheduled inside its part: let it have the core */
             sched_yield();
     }
     pthread_mutex_unlock(&bpfast_pool.caller);
@@ -359,15 +402,27 @@ typedef struct {                                                                
     T alpha, beta;                                                                          \
     T *C;                                                                                   \
     ptrdiff_t ldc;                                                                          \
+    int by_rows;                                                                            \
 } NAME##_job;                                                                               \
                                                                                             \
-/* part `part` of `parts`: a contiguous range of whole vectors of C's columns */            \
+/* part `part` of `parts`: a contiguous range of whole vectors of C's columns, or (with  \
+   fewer vectors than parts) of whole tiles of C's rows */                                  \
 BPFAST_TILE_TARGET static void NAME##_part(void *arg, int part, int parts)                   \
 {                                                                                           \
     const NAME##_job *g = (const NAME##_job *)arg;                                          \
     ptrdiff_t vectors = ((ptrdiff_t)g->n + VL - 1) / VL;                                    \
-    ptrdiff_t v0 = vectors * part / parts, v1 = vectors * (part + 1) / parts;               \
+    ptrdiff_t v0 = 0, v1 = vectors, i0 = 0, i1 = g->m;                                      \
     ptrdiff_t j, i;                                                                         \
+    if (g->by_rows) {                                                                       \
+        ptrdiff_t tiles = ((ptrdiff_t)g->m + BPFAST_PANEL_MR - 1) / BPFAST_PANEL_MR;        \
+        i0 = tiles * part / parts * BPFAST_PANEL_MR;                                        \
+        i1 = tiles * (part + 1) / parts * BPFAST_PANEL_MR;                                  \
+        if (i1 > g->m)                                                                      \
+            i1 = g->m;                                                                      \
+    } else {                                                                                \
+        v0 = vectors * part / parts;                                                        \
+        v1 = vectors * (part + 1) / parts;                                                  \
+    }                                                                                       \
     for (j = v0 * VL; j < v1 * VL && j < g->n; j += BPFAST_PANEL_NV * VL) {                 \
         ptrdiff_t cols = g->n - j;                                                          \
         int nv;                                                                             \
@@ -378,8 +433,8 @@ BPFAST_TILE_TARGET static void NAME##_part(void *arg, int part, int parts)      
             cols = BPFAST_PANEL_NV * VL;                                                    \
         nv = (int)((cols + VL - 1) / VL);                                                   \
         last = (M)(((unsigned long long)1 << (cols - (ptrdiff_t)(nv - 1) * VL)) - 1);       \
-        for (i = 0; i < g->m; i += BPFAST_PANEL_MR) {                                       \
-            int rows = g->m - i < BPFAST_PANEL_MR ? (int)(g->m - i) : BPFAST_PANEL_MR;      \
+        for (i = i0; i < i1; i += BPFAST_PANEL_MR) {                                        \
+            int rows = i1 - i < BPFAST_PANEL_MR ? (int)(i1 - i) : BPFAST_PANEL_MR;          \
             NAME##_rows(rows, nv, last, g->k, g->A + i * g->ars, g->ars, g->acs, g->B + j,  \
                         g->ldb, g->alpha, g->beta, g->C + i * g->ldc + j, g->ldc);          \
         }                                                                                   \
@@ -396,8 +451,13 @@ static void NAME(int trans_a, int m, int n, int k, T alpha, const T *A, int lda,
     g.ars = trans_a ? 1 : lda;                                                              \
     g.acs = trans_a ? lda : 1;                                                              \
     g.B = B; g.ldb = ldb; g.alpha = alpha; g.beta = beta; g.C = C; g.ldc = ldc;             \
-    if (threads > vectors)                                                                  \
-        threads = (int)vectors;                                                             \
+    /* columns keep each thread's share of the weights in its own cache from product to \
+       product, and measured faster than rows even at one vector a thread (32 x 32 x 64   \
+       in float32 on 2 threads: 0.94 against 1.41 us); rows only when there are fewer     \
+       vectors of columns than threads */                                                   \
+    g.by_rows = vectors < (ptrdiff_t)threads;                                               \
+    if (g.by_rows && threads > (m + BPFAST_PANEL_MR - 1) / BPFAST_PANEL_MR)                  \
+        threads = (m + BPFAST_PANEL_MR - 1) / BPFAST_PANEL_MR;                              \
     __atomic_add_fetch(&bpfast_panel_calls, 1, __ATOMIC_RELAXED);                           \
     bpfast_pool_run(NAME##_part, &g, threads);                                              \
 }

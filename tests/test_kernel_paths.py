@@ -612,9 +612,10 @@ def _panel_threads(threads):
 
 
 # (m, n, k): every one at least 2^18 multiply-adds, each operand at most 2 MiB; tails
-# of rows (m not a multiple of 6) and of columns (n not a multiple of the vector width)
+# of rows (m not a multiple of 6) and of columns (n not a multiple of the vector width),
+# fewer vectors of columns than threads (split by rows then), k of 2
 PANEL_SHAPES = [(64, 128, 784), (61, 37, 200), (6, 1000, 50), (7, 9, 5000),
-                (100, 65, 41), (13, 97, 211), (300, 17, 64)]
+                (100, 65, 41), (13, 97, 211), (300, 17, 64), (997, 3, 100), (701, 200, 2)]
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -680,6 +681,45 @@ def test_products_outside_the_panel_rules_stay_with_blas(case):
         _kernels.gemm_call(False, trans_b, 1.0, A, B, 0.0, C)
         assert _kernels.panel_gemm_calls() == before
     assert_close(C, A @ (B.T if trans_b else B), np.float64, scale=np.sqrt(k))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape, taken", [((64, 64, 63), False), ((64, 64, 64), True)])
+def test_panel_floor_is_where_openblas_threads(dtype, shape, taken):
+    """From 2^18 multiply-adds (OpenBLAS's own threading threshold) and not below."""
+    m, n, k = shape
+    rng = np.random.default_rng(1)
+    A, B = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+    C = np.zeros((m, n), dtype)
+    with _panel_threads(2):
+        before = _kernels.panel_gemm_calls()
+        _kernels.gemm_call(False, False, 1.0, A, B, 0.0, C)
+        assert (_kernels.panel_gemm_calls() > before) == taken
+    assert_close(C, A.astype(np.float64) @ B, dtype, scale=np.sqrt(k))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_setaffinity"),
+                    reason="needs sched_setaffinity")
+def test_panel_products_finish_on_one_cpu():
+    """With the process pinned to one CPU the helper rarely runs when the caller waits:
+    the caller takes the parts no helper has started, and the results do not change."""
+    import os
+
+    rng = np.random.default_rng(3)
+    A, B = rng.standard_normal((64, 300)), rng.standard_normal((300, 130))
+    want = np.zeros((64, 130))
+    with _panel_threads(1):
+        _kernels.gemm_call(False, False, 1.0, A, B, 0.0, want)
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    try:
+        with _panel_threads(4):
+            for _ in range(200):
+                C = np.zeros((64, 130))
+                _kernels.gemm_call(False, False, 1.0, A, B, 0.0, C)
+                np.testing.assert_array_equal(C, want)
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 # networks whose every product above 2^18 multiply-adds fits the panel kernel at these
