@@ -1641,8 +1641,9 @@ cdef class Trainer(Layers):
             self.state += second
             self.sW2 = pointer_list(second[:self.L], "state", self.typenum, wshapes, True)
             self.sb2 = pointer_list(second[self.L:], "state", self.typenum, bshapes, True)
-        # transposed first-layer copies, for small first layers only (see the class
-        # notes); plain sgd (fused update) never writes dW in epoch
+        # transposed first-layer copies, for small first layers and those whose forward
+        # product the panel kernel takes (see the class notes); plain sgd (fused update)
+        # never writes dW in epoch
         self.first_transposed = bpfast_first_transpose_limit > 0 and (
             <long long>batch_size * sizes[0] * sizes[1] <= bpfast_first_transpose_limit
             # or the panel kernel takes the forward product, which it reads untransposed
