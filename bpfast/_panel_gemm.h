@@ -12,7 +12,7 @@
  * strides. One core ran both M products at 53-58 GFLOP/s (float64) in a C harness,
  * against OpenBLAS's 45 on one thread. op(B) = B^T (a hidden layer's forward product,
  * W stored n^l x n^(l-1)) is left to BLAS: a tile of dot products along k, with the
- * sums reduced across lanes at the end, reached only 40-42 GFLOP/s there.
+ * sums reduced across lanes at the end, reached only 39-42 GFLOP/s there.
  *
  * Threads split the columns of C into contiguous ranges, so a layer's weights (C of the
  * update, B of the forward product) keep the same half in the same core's cache from batch
@@ -219,11 +219,13 @@ static void *bpfast_pool_helper(void *arg)
             start = bpfast_pool_now();
         }
         seen = g;
-        fn = bpfast_pool.fn;
-        job = bpfast_pool.job;
-        parts = bpfast_pool.parts;
-        /* a successful claim proves these were task g's: the caller writes the next
-           task's only after every part of g is claimed */
+        /* atomic reads: a helper that wakes late may read them while the caller writes
+           the next task's; then its claim below fails, and it uses none of them. A
+           successful claim proves they were task g's: the caller writes the next task's
+           only after every part of g is claimed. */
+        fn = __atomic_load_n(&bpfast_pool.fn, __ATOMIC_RELAXED);
+        job = __atomic_load_n(&bpfast_pool.job, __ATOMIC_RELAXED);
+        parts = __atomic_load_n(&bpfast_pool.parts, __ATOMIC_RELAXED);
         if (index + 1 < parts && bpfast_pool_claim(index + 1, g)) {
             fn(job, index + 1, parts);
             __atomic_add_fetch(&bpfast_pool.done, 1, __ATOMIC_RELEASE);
@@ -293,11 +295,17 @@ static void bpfast_pool_run(bpfast_pool_fn fn, void *job, int parts)
         fn(job, 0, 1);
         return;
     }
-    bpfast_pool.fn = fn;
-    bpfast_pool.job = job;
-    bpfast_pool.parts = parts;
+    __atomic_store_n(&bpfast_pool.fn, fn, __ATOMIC_RELAXED);
+    __atomic_store_n(&bpfast_pool.job, job, __ATOMIC_RELAXED);
+    __atomic_store_n(&bpfast_pool.parts, parts, __ATOMIC_RELAXED);
     __atomic_store_n(&bpfast_pool.done, 0, __ATOMIC_RELAXED);
-    g = __atomic_add_fetch(&bpfast_pool.generation, 1, __ATOMIC_SEQ_CST);
+    /* the parts this task does not have are claimed for it in advance: a helper that
+       read another task's part count must not claim, for this generation, a part that
+       does not exist in it (it would run it on the other task's job, and count it done) */
+    g = __atomic_load_n(&bpfast_pool.generation, __ATOMIC_RELAXED) + 1;
+    for (p = parts; p < BPFAST_POOL_MAX; p++)
+        __atomic_store_n(&bpfast_pool.claimed[p], g, __ATOMIC_RELAXED);
+    __atomic_store_n(&bpfast_pool.generation, g, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&bpfast_pool.sleepers, __ATOMIC_SEQ_CST) > 0) {
         pthread_mutex_lock(&bpfast_pool.sleep_lock);
         pthread_cond_broadcast(&bpfast_pool.wake);
