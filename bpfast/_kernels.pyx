@@ -828,9 +828,8 @@ cdef bint panel_network(int L, const int* sizes, int m, bint first_t,
             return False
         if l > 0 and not panel_product(False, m, n_in, n_out, itemsize):  # dA
             return False
-        if tr and not panel_product(False, n_in, n_out, m, itemsize):  # update
-            return False
-        if not tr and not panel_product(False, n_out, n_in, m, itemsize):
+        if not panel_product(False, n_in if tr else n_out, n_out if tr else n_in, m,
+                             itemsize):  # update, of W or of its transposed copy
             return False
     return True
 

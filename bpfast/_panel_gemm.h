@@ -130,7 +130,6 @@ static int bpfast_panel_route(int trans_b, int m, int n, int k, int size)
 #include <pthread.h>
 #include <sched.h>
 #include <time.h>
-#include <unistd.h>
 
 /* ---- the thread pool ------------------------------------------------------------ */
 
@@ -147,11 +146,9 @@ static struct {
     pthread_mutex_t caller;      /* held by the one caller using the pool */
     pthread_mutex_t sleep_lock;
     pthread_cond_t wake;
-    pthread_t threads[BPFAST_POOL_MAX];
     unsigned long long born[BPFAST_POOL_MAX];  /* the generation when each was started */
     int started;                 /* helpers running */
     int initialised;
-    pid_t pid;                   /* the process that started them */
     unsigned long long generation;  /* bumped for every task */
     unsigned long long claimed[BPFAST_POOL_MAX];  /* generation part p was claimed for */
     int done;                    /* parts >= 1 of the current task finished by helpers */
@@ -246,7 +243,6 @@ static void bpfast_pool_after_fork(void)
     bpfast_pool.started = 0;
     bpfast_pool.done = 0;
     bpfast_pool.sleepers = 0;
-    bpfast_pool.pid = getpid();
 }
 
 /* Start helpers until `helpers` run (the caller holds bpfast_pool.caller); returns how
@@ -255,16 +251,16 @@ static int bpfast_pool_grow(int helpers)
 {
     if (!bpfast_pool.initialised) {
         pthread_atfork(NULL, NULL, bpfast_pool_after_fork);
-        bpfast_pool.pid = getpid();
         bpfast_pool.initialised = 1;
     }
     while (bpfast_pool.started < helpers) {
         pthread_attr_t attr;
+        pthread_t thread;  /* detached: nothing ever joins it */
         int failed;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
         bpfast_pool.born[bpfast_pool.started] = bpfast_pool.generation;
-        failed = pthread_create(&bpfast_pool.threads[bpfast_pool.started], &attr,
+        failed = pthread_create(&thread, &attr,
                                 bpfast_pool_helper, (void *)(size_t)bpfast_pool.started);
         pthread_attr_destroy(&attr);
         if (failed)
