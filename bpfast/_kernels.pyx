@@ -1680,6 +1680,52 @@ cdef class Trainer(Layers):
             raise MemoryError()
         self.ready = True
 
+    def reusable(self, list weights, list biases, codes, int n_inputs, int batch_size,
+                 int loss, int optimizer, bint momentum_state):
+        """Whether this trainer, after :meth:`reset`, is what ``Trainer(weights, biases,
+        codes, n_inputs, batch_size, loss, optimizer, momentum_state)`` would build: the
+        very same parameter arrays, still writable, C-contiguous and of their shapes, and
+        the same activations, batch size, loss and optimizer."""
+        cdef Py_ssize_t l
+        if (not self.ready or loss != self.loss or optimizer != self.optimizer
+                or batch_size != self.batch_size or n_inputs != self.sizes[0]
+                or (self.sW1 != NULL) != (optimizer == OPT_ADAM or momentum_state)
+                or len(weights) != self.L or len(biases) != self.L
+                or len(codes) != self.L):
+            return False
+        kept_w, kept_b = self.keep[0], self.keep[1]
+        for l in range(self.L):
+            w, v = weights[l], biases[l]
+            if (w is not kept_w[l] or v is not kept_b[l] or codes[l] != self.codes[l]
+                    or not cnp.PyArray_ISWRITEABLE(w) or not cnp.PyArray_ISWRITEABLE(v)
+                    or not cnp.PyArray_IS_C_CONTIGUOUS(w)
+                    or not cnp.PyArray_IS_C_CONTIGUOUS(v)
+                    or w.shape != (self.sizes[l + 1], self.sizes[l])
+                    or v.shape != (self.sizes[l + 1],)):
+                return False
+        return True
+
+    def reset(self):
+        """Back to the state of a new trainer: optimizer state zero, no overflow seen."""
+        self.check_ready()
+        for s in self.state:
+            s.fill(0)
+        self.overflowed = False
+        self.careful_steps = 0
+
+    @property
+    def nbytes(self):
+        """Bytes of the trainer's own buffers (activations, gradients, optimizer state,
+        copies), the parameters not counted."""
+        total = 0
+        for group in self.keep[2:]:
+            if group is not None:
+                total += sum(a.nbytes for a in group)
+        for item in self.own:
+            total += (sum(a.nbytes for a in item) if isinstance(item, (list, tuple))
+                      else item.nbytes)
+        return total + sum(s.nbytes for s in self.state)
+
     def __dealloc__(self):
         free(self.sW1)
         free(self.sb1)

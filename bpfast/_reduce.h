@@ -11,6 +11,8 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <string.h>
 
 /* Eight independent partial sums (vector lanes times unrolling) hide the add latency;
  * the pragma lets the compiler vectorise the lane loop. */
@@ -41,39 +43,47 @@ BPFAST_DEFINE_SUMSQ(float, bpfast_sumsq_f)
 #define BPFAST_RTARGETS
 #endif
 
-/* max_k |x[k]| if every x[k] is finite, else +inf (NaN counts as not finite). 32
- * independent lanes (four AVX-512 vectors of doubles) so that no lane waits on the
- * latency of its own max and add; the result does not depend on the order. */
-#define BPFAST_DEFINE_MAX_ABS(T, NAME)                                                  \
+/* max_k |x[k]| if every x[k] is finite, else +inf (NaN counts as not finite).
+ *
+ * Taken over bit patterns: with the sign bit cleared, a float's pattern read as a
+ * (non-negative) integer orders exactly as its magnitude, and the patterns of inf and NaN
+ * lie above every finite one (exponent all ones). So one AND and one integer max per
+ * element give both the bound and the finiteness, where the floating-point form needed an
+ * abs, a max and an add of x * 0 to catch NaN (measured on the 2-core AVX-512 machine,
+ * 1797 x 64 doubles: 10.0 against 14.7 us; floats 4.2 against 6.9). 16 independent lanes
+ * (two AVX-512 vectors of 64-bit patterns); the result does not depend on the order. */
+#define BPFAST_DEFINE_MAX_ABS(T, I, NAME, ABS_BITS, INF_BITS)                           \
 BPFAST_RTARGETS static double NAME(const T *x, ptrdiff_t n)                             \
 {                                                                                       \
-    T top[32], s[32], best = 0, sum = 0;                                                \
+    I top[16], best = 0;                                                                \
+    T value;                                                                            \
     ptrdiff_t k = 0, j;                                                                 \
-    for (j = 0; j < 32; j++) {                                                          \
+    for (j = 0; j < 16; j++)                                                            \
         top[j] = 0;                                                                     \
-        s[j] = 0;                                                                       \
-    }                                                                                   \
-    for (; k + 32 <= n; k += 32) {                                                      \
+    for (; k + 16 <= n; k += 16) {                                                      \
         _Pragma("omp simd")                                                             \
-        for (j = 0; j < 32; j++) {                                                      \
-            T a = x[k + j] < 0 ? -x[k + j] : x[k + j];                                  \
-            top[j] = a > top[j] ? a : top[j];                                           \
-            s[j] += x[k + j] * (T)0;                                                    \
+        for (j = 0; j < 16; j++) {                                                      \
+            I u;                                                                        \
+            memcpy(&u, x + k + j, sizeof u);                                            \
+            u &= ABS_BITS;                                                              \
+            top[j] = u > top[j] ? u : top[j];                                           \
         }                                                                               \
     }                                                                                   \
     for (; k < n; k++) {                                                                \
-        T a = x[k] < 0 ? -x[k] : x[k];                                                  \
-        best = a > best ? a : best;                                                     \
-        sum += x[k] * (T)0;                                                             \
+        I u;                                                                            \
+        memcpy(&u, x + k, sizeof u);                                                    \
+        u &= ABS_BITS;                                                                  \
+        best = u > best ? u : best;                                                     \
     }                                                                                   \
-    for (j = 0; j < 32; j++) {                                                          \
+    for (j = 0; j < 16; j++)                                                            \
         best = top[j] > best ? top[j] : best;                                           \
-        sum += s[j];                                                                    \
-    }                                                                                   \
-    return sum == 0 ? (double)best : HUGE_VAL;                                          \
+    if (best >= INF_BITS)                                                               \
+        return HUGE_VAL;                                                                \
+    memcpy(&value, &best, sizeof value);                                                \
+    return (double)value;                                                               \
 }
 
-BPFAST_DEFINE_MAX_ABS(double, bpfast_max_abs_d)
-BPFAST_DEFINE_MAX_ABS(float, bpfast_max_abs_f)
+BPFAST_DEFINE_MAX_ABS(double, int64_t, bpfast_max_abs_d, INT64_MAX, 0x7ff0000000000000LL)
+BPFAST_DEFINE_MAX_ABS(float, int32_t, bpfast_max_abs_f, INT32_MAX, 0x7f800000)
 
 #endif

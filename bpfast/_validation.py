@@ -213,6 +213,8 @@ def check_inputs(weights, biases, activations, X, Y=None):
 
 
 def check_positive_int(value, name):
+    if type(value) is int and value >= 1:  # the usual case, without ABCs
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected a positive integer, got {value!r}")
     if value < 1:

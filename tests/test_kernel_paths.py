@@ -455,6 +455,32 @@ def test_magnitude_bound():
         assert _kernels.magnitude_bound(y) == np.inf
     with pytest.raises(TypeError, match="X"):
         _kernels.magnitude_bound(np.ones((4, 4))[:, ::2])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 33, 1000])
+def test_magnitude_bound_over_bit_patterns(dtype, n):
+    """The bound is taken over bit patterns: negative zero, subnormals, the largest
+    finite value and every non-finite value in every lane and in the tail."""
+    info = np.finfo(dtype)
+    rng = np.random.default_rng(n)
+    x = rng.uniform(-2, 2, n).astype(dtype)
+    assert _kernels.magnitude_bound(x) == np.abs(x).max()
+    assert _kernels.magnitude_bound(np.full(n, -0.0, dtype)) == 0
+    tiny = np.full(n, info.smallest_subnormal, dtype)
+    tiny[n // 2] = -3 * info.smallest_subnormal
+    assert _kernels.magnitude_bound(tiny) == 3 * float(info.smallest_subnormal)
+    for k in {0, n // 2, n - 1}:
+        y = x.copy()
+        y[k] = -info.max
+        assert _kernels.magnitude_bound(y) == float(info.max)
+        for bad in (np.nan, -np.nan, np.inf, -np.inf):
+            y[k] = bad
+            assert _kernels.magnitude_bound(y) == np.inf, (k, bad)
+        # a NaN with a payload: its pattern lies above inf's
+        y.view(np.uint64 if dtype == np.float64 else np.uint32)[k] = (
+            0xFFF0000000000001 if dtype == np.float64 else 0xFF800001)
+        assert _kernels.magnitude_bound(y) == np.inf
     with pytest.raises(TypeError, match="X"):
         _kernels.magnitude_bound(np.ones(3, dtype=np.int64))
     with pytest.raises(TypeError, match="X"):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import bpfast
-from bpfast import reference
+from bpfast import reference, training
 
 DTYPES = (np.float64, np.float32)
 #: Elementwise relative tolerance of Network.fit against reference.fit, per dtype.
@@ -988,6 +988,58 @@ def test_fit_does_not_modify_inputs(dtype, shuffle):
                 seed=0, validation_data=(Xv, Yv))
     for a, c in zip((X, Y, sw, Xv, Yv), copies):
         assert a.dtype == c.dtype and a.tobytes() == c.tobytes()
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_repeated_fits_equal_fits_with_new_trainers(optimizer, monkeypatch):
+    """A network's next fit reuses the trainer its last fit kept (reset: optimizer state
+    zero), and trains exactly as with a new one, also when the batch size, the optimizer
+    or the parameter arrays change between fits."""
+    rng = np.random.default_rng(3)
+    X, Y = rng.standard_normal((37, 5)), rng.uniform(0, 1, (37, 3))
+    runs = [dict(batch_size=8), dict(batch_size=8), dict(batch_size=5),
+            dict(batch_size=5, optimizer="sgd" if optimizer != "sgd" else "adam"),
+            dict(batch_size=5)]
+
+    def train(keep):
+        monkeypatch.setattr(training, "TRAINER_CACHE_BYTES", (1 << 20) if keep else -1)
+        net = make_net((5, 6, 3), ["tanh", "sigmoid"], seed=1)
+        built, real = [], bpfast._kernels.Trainer
+
+        class Counting(real):
+            def __init__(self, *args):
+                built.append(1)
+                super().__init__(*args)
+
+        monkeypatch.setattr(bpfast._kernels, "Trainer", Counting)
+        for k, run in enumerate(runs):
+            if k == 4:  # new parameter arrays: the kept trainer no longer serves
+                net.weights[0] = net.weights[0].copy()
+            net.fit(X, Y, epochs=2, learning_rate=LR[optimizer],
+                    **{"optimizer": optimizer, "shuffle": False, **run})
+        monkeypatch.setattr(bpfast._kernels, "Trainer", real)
+        return params(net), len(built)
+
+    kept, built_kept = train(True)
+    fresh, built_fresh = train(False)
+    assert built_fresh == len(runs)
+    assert built_kept == 4  # the second fit reused the first one's trainer
+    for a, b in zip(kept, fresh):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_repeated_fit_checks_the_parameters_again():
+    """A kept trainer is not used once the parameters are read-only: the fit raises as
+    a first one would, and leaves them unchanged."""
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((10, 3)), rng.uniform(0, 1, (10, 2))
+    net = make_net((3, 4, 2), ["tanh", "sigmoid"])
+    net.fit(X, Y, epochs=1, batch_size=4, learning_rate=0.1)
+    net.weights[1].flags.writeable = False
+    before = params(net)
+    with pytest.raises(ValueError, match="writable"):
+        net.fit(X, Y, epochs=1, batch_size=4, learning_rate=0.1)
+    assert_params_equal(net, before)
 
 
 def test_fit_accepts_read_only_and_non_contiguous_inputs():
