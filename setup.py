@@ -5,6 +5,7 @@ extensions. The default build is portable (``-O3``, no processor-specific flags)
 Set ``BPFAST_NATIVE=1`` to add ``-march=native`` for a build that runs only on
 processors like the one it was built on.
 """
+import glob
 import os
 
 import numpy as np
@@ -40,7 +41,8 @@ def extension(name):
         f"bpfast.{name}",
         [f"bpfast/{name}.pyx"],
         include_dirs=[np.get_include(), "bpfast"],
-        depends=["bpfast/_small_gemm.h", "bpfast/_reduce.h", "bpfast/_update.h", "bpfast/_grad_update.h", "bpfast/_tiles.h", "bpfast/_layer_forward.h", "bpfast/_softmax.h", "bpfast/_pointwise.h", "bpfast/_vmath.h", "bpfast/_vmath_avx512.h", "bpfast/_vector_products.h", "bpfast/_blas.pxd", "bpfast/_activation_math.pxd"],
+        # every header and .pxd: a change to any of them rebuilds the extension
+        depends=sorted(glob.glob("bpfast/*.h") + glob.glob("bpfast/*.pxd")),
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=COMPILE_ARGS,
     )

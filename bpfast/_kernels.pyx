@@ -57,16 +57,26 @@ cdef extern from "_pointwise.h" nogil:
                             float* Z, float* db)
     void bpfast_bias_add_d(Py_ssize_t m, Py_ssize_t n, const double* b, double* Z)
     void bpfast_bias_add_f(Py_ssize_t m, Py_ssize_t n, const float* b, float* Z)
-    void bpfast_delta_from_a_d(int kind, Py_ssize_t m, Py_ssize_t n, const double* dA,
-                               const double* A, double* Z, double* db)
-    void bpfast_delta_from_a_f(int kind, Py_ssize_t m, Py_ssize_t n, const float* dA,
-                               const float* A, float* Z, float* db)
-    double bpfast_mse_delta_d(int kind, Py_ssize_t m, Py_ssize_t n, const double* A,
-                              const double* Y, const double* w, double denom, double* Z,
-                              double* db)
-    double bpfast_mse_delta_f(int kind, Py_ssize_t m, Py_ssize_t n, const float* A,
-                              const float* Y, const float* w, float denom, float* Z,
-                              float* db)
+
+
+# The smooth activations' passes: _pointwise512.h's on processors with AVX-512 (bias and
+# activation in one pass; column sums in registers), else _pointwise.h's loops.
+cdef extern from "_pointwise512.h" nogil:
+    int BPFAST_ACT_SIGMOID, BPFAST_ACT_TANH, BPFAST_ACT_EXP, BPFAST_ACT_SILU
+    void bpfast_pw_bias_act_d(int act, Py_ssize_t m, Py_ssize_t n, const double* b,
+                              double* Z, double* A)
+    void bpfast_pw_bias_act_f(int act, Py_ssize_t m, Py_ssize_t n, const float* b,
+                              float* Z, float* A)
+    void bpfast_pw_delta_from_a_d(int kind, Py_ssize_t m, Py_ssize_t n, const double* dA,
+                                  const double* A, double* Z, double* db)
+    void bpfast_pw_delta_from_a_f(int kind, Py_ssize_t m, Py_ssize_t n, const float* dA,
+                                  const float* A, float* Z, float* db)
+    double bpfast_pw_mse_delta_d(int kind, Py_ssize_t m, Py_ssize_t n, const double* A,
+                                 const double* Y, const double* w, double denom,
+                                 double* Z, double* db)
+    double bpfast_pw_mse_delta_f(int kind, Py_ssize_t m, Py_ssize_t n, const float* A,
+                                 const float* Y, const float* w, float denom, float* Z,
+                                 float* db)
 
 
 cdef inline int from_a_kind(int code) noexcept nogil:
@@ -252,14 +262,19 @@ cdef void bias_activate(int code, int m, int n, const floating* b,
         else:
             bpfast_softmax_rows_f(m, n, b, Z, A)
         return
-    if code == SIGMOID or code == TANH or code == SILU or code == EXP or code == SOFTMAX:
+    if code == SIGMOID or code == TANH or code == SILU or code == EXP:
+        kind = (BPFAST_ACT_SIGMOID if code == SIGMOID else BPFAST_ACT_TANH if code == TANH
+                else BPFAST_ACT_SILU if code == SILU else BPFAST_ACT_EXP)
+        if floating is double:
+            bpfast_pw_bias_act_d(kind, m, n, b, Z, A)
+        else:
+            bpfast_pw_bias_act_f(kind, m, n, b, Z, A)
+        return
+    if code == SOFTMAX:
         if floating is double:
             bpfast_bias_add_d(m, n, b, Z)
         else:
             bpfast_bias_add_f(m, n, b, Z)
-        if code != SOFTMAX:
-            activate_row(code, size, Z, A)
-            return
         for i in range(m):  # a = z - max z, row by row, then e^a over the block
             z = Z + i * n
             a = A + i * n
@@ -337,9 +352,9 @@ cdef double output_delta(int loss, int code, int m, int n, const floating* A,
     cdef int kind = -1 if code == IDENTITY else from_a_kind(code)
     if loss == LOSS_MSE and (kind >= 0 or code == IDENTITY):  # _pointwise.h's loops
         if floating is double:
-            return bpfast_mse_delta_d(kind, m, n, A, Y, w, denom, Z, db)
+            return bpfast_pw_mse_delta_d(kind, m, n, A, Y, w, denom, Z, db)
         else:
-            return bpfast_mse_delta_f(kind, m, n, A, Y, w, denom, Z, db)
+            return bpfast_pw_mse_delta_f(kind, m, n, A, Y, w, denom, Z, db)
     memset(db, 0, n * sizeof(floating))
     for i in range(m):
         wc = w[i] if w != NULL else 1
@@ -403,9 +418,9 @@ cdef void hidden_delta(int code, int m, int n, const floating* dA, const floatin
     kind = from_a_kind(code)
     if kind >= 0:
         if floating is double:
-            bpfast_delta_from_a_d(kind, m, n, dA, A, Z, db)
+            bpfast_pw_delta_from_a_d(kind, m, n, dA, A, Z, db)
         else:
-            bpfast_delta_from_a_f(kind, m, n, dA, A, Z, db)
+            bpfast_pw_delta_from_a_f(kind, m, n, dA, A, Z, db)
         return
     memset(db, 0, n * sizeof(floating))
     for i in range(m):

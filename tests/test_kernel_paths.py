@@ -358,6 +358,47 @@ def test_avx512_vector_math_matches_the_portable_loops(name, dtype, width):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("act", ["sigmoid", "tanh", "exp", "silu"])
+@pytest.mark.parametrize("m", [1, 3, 32])
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 10, 13, 16, 24, 31, 32, 33, 64, 65, 72, 127,
+                               128, 129, 200])
+def test_smooth_passes_match_the_portable_loops(n, m, act, dtype):
+    """_pointwise512.h's passes (bias with activation, hidden delta, squared-error output
+    delta) against _pointwise.h's loops, through a whole backprop: widths that walk the
+    block flat with every period of 1-8 vectors and a ragged last one, and row by row in
+    blocks of 1-8 vectors. To rounding: the column sums are added in another order, and
+    the portable loops' scalar epilogue (the last values of a block) can round an
+    activation 1 ulp apart from the vector body."""
+    if not _kernels.avx512_vector_math():
+        pytest.skip("the AVX-512 passes need AVX-512F")
+    dt = np.dtype(dtype)
+    rng = np.random.default_rng(n * 100 + m)
+    sizes = (7, n, n)
+    W = [(rng.standard_normal((o, i)) / np.sqrt(i)).astype(dt)
+         for i, o in zip(sizes[:-1], sizes[1:])]
+    b = [rng.uniform(-0.5, 0.5, o).astype(dt) for o in sizes[1:]]
+    acts = [act, act if act != "silu" else "identity"]
+    X = rng.standard_normal((m, 7)).astype(dt)
+    Y = rng.uniform(0, 1, (m, n)).astype(dt)
+
+    def run(fast):
+        old = _kernels.set_avx512_vector_math(fast)
+        try:
+            return bpfast.forward(W, b, acts, X), bpfast.backprop(W, b, acts, X, Y)
+        finally:
+            _kernels.set_avx512_vector_math(old)
+
+    (A_fast, (E_fast, dW_fast, db_fast)), (A_port, (E_port, dW_port, db_port)) = (
+        run(True), run(False))
+    rtol = 1e-13 if dt == np.float64 else 2e-6
+    np.testing.assert_allclose(E_fast, E_port, rtol=rtol)
+    for got, want in zip([A_fast] + dW_fast + db_fast, [A_port] + dW_port + db_port):
+        assert got.dtype == dt
+        scale = np.abs(want).max()
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("sizes", [(4, 5, 2), (3, 7, 6), (9, 17, 5, 3)])
 @pytest.mark.parametrize("m", [2, 4, 6])
 def test_results_do_not_depend_on_where_buffers_sit(sizes, m, dtype):
