@@ -1600,6 +1600,9 @@ cdef class Trainer(Layers):
     cdef readonly bint first_transposed
     # whether the epoch runs in a panel scope (see panel_network)
     cdef readonly bint panel
+    # bytes of the trainer's own buffers (activations, gradients, optimizer state,
+    # copies), the parameters not counted
+    cdef readonly Py_ssize_t nbytes
 
     def __cinit__(self):
         self.sW1 = self.sb1 = self.sW2 = self.sb2 = NULL
@@ -1693,6 +1696,9 @@ cdef class Trainer(Layers):
         self.rows = <void**>malloc(batch_size * sizeof(void*))
         if self.bound == NULL or self.rows == NULL:
             raise MemoryError()
+        self.nbytes = sum(a.nbytes for a in Z + A + dW + db + self.state
+                          + [scratch, Xb, Yb, wb] + bias_backup
+                          + (copies if self.first_transposed else []))
         self.ready = True
 
     def reusable(self, list weights, list biases, codes, int n_inputs, int batch_size,
@@ -1728,18 +1734,6 @@ cdef class Trainer(Layers):
         self.overflowed = False
         self.careful_steps = 0
 
-    @property
-    def nbytes(self):
-        """Bytes of the trainer's own buffers (activations, gradients, optimizer state,
-        copies), the parameters not counted."""
-        total = 0
-        for group in self.keep[2:]:
-            if group is not None:
-                total += sum(a.nbytes for a in group)
-        for item in self.own:
-            total += (sum(a.nbytes for a in item) if isinstance(item, (list, tuple))
-                      else item.nbytes)
-        return total + sum(s.nbytes for s in self.state)
 
     def __dealloc__(self):
         free(self.sW1)

@@ -166,6 +166,12 @@ def check_data(X, name, n_columns, dtype, column_meaning, finite=True):
         pass over the data anyway passes False and calls :func:`check_finite` only when
         that pass finds a value that is not finite (for the message).
     """
+    if (type(X) is np.ndarray and X.dtype == dtype and X.ndim == 2  # the usual case
+            and X.shape[1] == n_columns and 0 < X.shape[0] <= _INT_MAX
+            and X.flags.c_contiguous and X.flags.aligned):
+        if finite:
+            check_finite(X, name)
+        return X
     a = _as_array(X, name)
     _check_kind(a, name)
     if a.ndim != 2:
