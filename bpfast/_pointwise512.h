@@ -17,9 +17,11 @@
  * row's pattern repeats within a few vectors: with W lanes, the P = lcm(n, W) values
  * starting at any multiple of P cover the columns the same way, so P / W vectors of
  * column sums (and of bias) serve the whole block; they stay in registers and are folded
- * into db at the end. Wider layers go row by row, up to 8 vectors of columns at a time,
- * the sums again in registers. Measured on the 2-core AVX-512 machine, float64, one call
- * at batch 32: output delta of 10 units 261 -> see _kernels.pyx's notes.
+ * into db at the end. Rows of whole vectors, wider layers and single rows go row by row,
+ * up to 8 vectors of columns at a time, the sums again in registers (no fold). Measured
+ * on the 2-core AVX-512 machine, float64, one call (C harness, against _pointwise.h):
+ * output delta 32 x 10 249 -> 71 ns, hidden delta 32 x 32 175 -> 137 ns, bias with
+ * sigmoid 32 x 32 961 -> 914 ns and 32 x 10 339 -> 307 ns.
  *
  * The sums' order differs from _pointwise.h's (partial sums per lane and period, then
  * folded), so db differs at rounding level from the portable route; it is the same on

@@ -143,7 +143,9 @@ BPFAST_PW_ATTR double PW_NAME(bp_pw_delta)(
     const int mse, int kind, ptrdiff_t m, ptrdiff_t n, const PW_T *dA, const PW_T *A,
     const PW_T *Y, PW_T *Z, int exact, PW_V scale, PW_T *db)
 {
-    int q = bpfast_pw_period(n, PW_W), nv;
+    /* flat only for ragged rows, and more than one: otherwise the row walk does the same
+       vectors without the fold */
+    int q = n % PW_W != 0 && m > 1 ? bpfast_pw_period(n, PW_W) : 0, nv;
     ptrdiff_t j0;
     double total = 0;
     PW_M last;
@@ -213,7 +215,8 @@ __attribute__((target("avx512f"))) static void PW_NAME(bpfast_bias_act512)(
     int act, ptrdiff_t m, ptrdiff_t n, const PW_T *b, PW_T *Z, PW_T *A)
 {
     PW_T pattern[BPFAST_PW_MAX_VECTORS * PW_W];
-    int q = bpfast_pw_period(n, PW_W);
+    /* flat only for ragged rows, and more than one (see bp_pw_delta) */
+    int q = n % PW_W != 0 && m > 1 ? bpfast_pw_period(n, PW_W) : 0;
     ptrdiff_t N = m * n, k, i, j, s, rows = q > 0 ? 1 : m, len = q > 0 ? N : n;
     const PW_T *bias = b;
     if (q > 0) {
