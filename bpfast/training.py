@@ -7,6 +7,7 @@ callback and the progress bar.
 """
 import math
 import numbers
+import threading
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -101,8 +102,10 @@ def _choice(value, options, name):
 #: batch 32: 0.45 ms), nothing beside a large one's, whose buffers are not worth keeping.
 TRAINER_CACHE_BYTES = 1 << 20
 
-# network -> the trainer its last fit used (weak keys: nothing outlives the network)
+# network -> the trainer its last fit used (weak keys: nothing outlives the network);
+# fits in several threads take and put back under the lock
 _TRAINERS = weakref.WeakKeyDictionary()
+_TRAINERS_LOCK = threading.Lock()
 
 
 def _trainer_for(net, batch_size, loss_code, opt_code, velocity):
@@ -113,7 +116,8 @@ def _trainer_for(net, batch_size, loss_code, opt_code, velocity):
     args = (net.weights, net.biases, codes, net.sizes[0], batch_size, loss_code, opt_code,
             velocity)
     try:
-        trainer = _TRAINERS.pop(net, None)
+        with _TRAINERS_LOCK:
+            trainer = _TRAINERS.pop(net, None)
     except TypeError:  # a Network subclass that cannot be a weak dictionary key
         trainer = None
     if trainer is not None and trainer.reusable(*args):
@@ -126,7 +130,8 @@ def _keep_trainer(net, trainer):
     """Keep ``trainer`` for ``net``'s next fit if it is small (TRAINER_CACHE_BYTES)."""
     if trainer.nbytes <= TRAINER_CACHE_BYTES:
         try:
-            _TRAINERS[net] = trainer
+            with _TRAINERS_LOCK:
+                _TRAINERS[net] = trainer
         except TypeError:
             pass
 

@@ -1028,6 +1028,34 @@ def test_repeated_fits_equal_fits_with_new_trainers(optimizer, monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
+def test_repeated_fits_in_threads_equal_fits_in_turn():
+    """Networks fitted again and again in several threads at once (each keeping its
+    trainer between fits) end exactly as fitted one after the other."""
+    import threading
+
+    rng = np.random.default_rng(5)
+    X, Y = rng.standard_normal((40, 6)), rng.uniform(0, 1, (40, 3))
+
+    def train(net, optimizer):
+        for _ in range(15):
+            net.fit(X, Y, epochs=1, batch_size=8, learning_rate=LR[optimizer],
+                    optimizer=optimizer, shuffle=False)
+
+    optimizers = [OPTIMIZERS[k % len(OPTIMIZERS)] for k in range(6)]
+    alone = [make_net((6, 7, 3), ["tanh", "sigmoid"], seed=k) for k in range(6)]
+    for net, opt in zip(alone, optimizers):
+        train(net, opt)
+    together = [make_net((6, 7, 3), ["tanh", "sigmoid"], seed=k) for k in range(6)]
+    threads = [threading.Thread(target=train, args=(net, opt))
+               for net, opt in zip(together, optimizers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(together, alone):
+        assert_params_equal(a, params(b))
+
+
 def test_repeated_fit_checks_the_parameters_again():
     """A kept trainer is not used once the parameters are read-only: the fit raises as
     a first one would, and leaves them unchanged."""
