@@ -215,23 +215,26 @@ __attribute__((target("avx512f"))) static void PW_NAME(bpfast_bias_act512)(
     int act, ptrdiff_t m, ptrdiff_t n, const PW_T *b, PW_T *Z, PW_T *A)
 {
     PW_T pattern[BPFAST_PW_MAX_VECTORS * PW_W];
-    /* flat only for ragged rows, and more than one (see bp_pw_delta) */
+    /* flat over several rows: rows of whole vectors with b itself as the period, ragged
+       ones with b repeated to a period of q vectors; one row, or a long pattern, row by
+       row */
     int q = n % PW_W != 0 && m > 1 ? bpfast_pw_period(n, PW_W) : 0;
-    ptrdiff_t N = m * n, k, i, j, s, rows = q > 0 ? 1 : m, len = q > 0 ? N : n;
+    int flat = m > 1 && (n % PW_W == 0 || q > 0);
+    ptrdiff_t N = m * n, k, i, j, s, rows = flat ? 1 : m, len = flat ? N : n;
+    ptrdiff_t period = q > 0 ? (ptrdiff_t)q * PW_W : n;
     const PW_T *bias = b;
     if (q > 0) {
-        for (s = 0, j = 0; s < (ptrdiff_t)q * PW_W; s++) {
+        for (s = 0, j = 0; s < period; s++) {
             pattern[s] = b[j];
             if (++j == n)
                 j = 0;
         }
         bias = pattern;
     }
-    /* one flat row of N values with the bias period q PW_W, or m rows of n */
+    /* one flat row of N values with the bias period, or m rows of n */
     for (i = 0; i < rows; i++) {
         PW_T *z = Z + i * len;
         PW_T *a = A + i * len;
-        ptrdiff_t period = q > 0 ? (ptrdiff_t)q * PW_W : n;
         for (k = 0, j = 0; k + PW_W <= len; k += PW_W) {
             PW_V x = PW_ADD(PW_LOAD(z + k), PW_LOAD(bias + j));
             PW_STORE(z + k, x);
