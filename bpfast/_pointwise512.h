@@ -100,26 +100,6 @@ static inline int bpfast_pw_exact_reciprocal(double x)
 /* sq[0] += r^2 in double (r's lanes are doubles already) */
 #define PW_SQUARES(sq, r) ((sq)[0] = _mm512_fmadd_pd(r, r, (sq)[0]))
 #include "_pointwise512_body.h"
-#undef PW_T
-#undef PW_V
-#undef PW_M
-#undef PW_W
-#undef PW_NAME
-#undef PW_LOAD
-#undef PW_MLOAD
-#undef PW_STORE
-#undef PW_MSTORE
-#undef PW_ADD
-#undef PW_SUB
-#undef PW_MUL
-#undef PW_DIV
-#undef PW_SET1
-#undef PW_ZERO
-#undef PW_SIGMOID
-#undef PW_TANH
-#undef PW_EXP
-#undef PW_SILU
-#undef PW_SQUARES
 
 /* float: 16 lanes; squares summed in double, the low and the high 8 lanes apart */
 #define PW_T float
@@ -150,26 +130,6 @@ static inline int bpfast_pw_exact_reciprocal(double x)
         (sq)[1] = _mm512_fmadd_pd(hi_, hi_, (sq)[1]);                                    \
     } while (0)
 #include "_pointwise512_body.h"
-#undef PW_T
-#undef PW_V
-#undef PW_M
-#undef PW_W
-#undef PW_NAME
-#undef PW_LOAD
-#undef PW_MLOAD
-#undef PW_STORE
-#undef PW_MSTORE
-#undef PW_ADD
-#undef PW_SUB
-#undef PW_MUL
-#undef PW_DIV
-#undef PW_SET1
-#undef PW_ZERO
-#undef PW_SIGMOID
-#undef PW_TANH
-#undef PW_EXP
-#undef PW_SILU
-#undef PW_SQUARES
 
 #endif /* BPFAST_VMATH_AVX512 */
 

@@ -1,6 +1,7 @@
 /* The passes of _pointwise512.h for one element type. Included there once per type,
  * with PW_T (the type), PW_V / PW_M / PW_W (vector, mask, lanes), PW_NAME (the type's
- * suffix) and the intrinsics defined; no include guard on purpose. */
+ * suffix) and the intrinsics defined, which the end of this file undefines for the next
+ * type; no include guard on purpose. */
 
 /* g'(a) for the activations whose derivative comes from A (BPFAST_FROM_A_* of
  * _pointwise.h): the same formulas as there */
@@ -154,6 +155,7 @@ BPFAST_PW_ATTR double PW_NAME(bp_pw_delta)(
 #define PW_TAIL_ARGS dA, A, Y, Z, exact, scale, db
             BPFAST_PW_CASES(PW_NAME(bp_pw_delta_flat), mse)
 #undef PW_TAIL_ARGS
+#undef BPFAST_PW_CASES
         }
     }
     for (j0 = 0; j0 < n; j0 += BPFAST_PW_MAX_VECTORS * PW_W) {
@@ -172,6 +174,7 @@ BPFAST_PW_ATTR double PW_NAME(bp_pw_delta)(
         case 7: total += PW_NAME(bp_pw_delta_rows)(mse, 7, kind, m, n, PW_TAIL_ARGS); break;
         default: total += PW_NAME(bp_pw_delta_rows)(mse, 8, kind, m, n, PW_TAIL_ARGS); break;
 #undef PW_TAIL_ARGS
+#undef BPFAST_PW_CASES
         }
     }
     return total;
@@ -251,3 +254,29 @@ __attribute__((target("avx512f"))) static void PW_NAME(bpfast_bias_act512)(
         }
     }
 }
+
+/* this type's parameters, undefined for the next */
+#undef PW_T
+#undef PW_V
+#undef PW_M
+#undef PW_W
+#undef PW_NAME
+#undef PW_LOAD
+#undef PW_MLOAD
+#undef PW_STORE
+#undef PW_MSTORE
+#undef PW_ADD
+#undef PW_SUB
+#undef PW_MUL
+#undef PW_DIV
+#undef PW_SET1
+#undef PW_ZERO
+#undef PW_SIGMOID
+#undef PW_TANH
+#undef PW_EXP
+#undef PW_SILU
+#undef PW_SQUARES
+#undef PW_LOAD_LANES
+#undef PW_STORE_LANES
+#undef PW_TAIL_ARGS
+#undef BPFAST_PW_CASES
