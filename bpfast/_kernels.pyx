@@ -240,16 +240,18 @@ cdef void bias_activate(int code, int m, int n, const floating* b,
                         floating* Z, floating* A) noexcept nogil:
     """Z += 1 b^T and A = g(Z).
 
-    The vectorised functions (sigmoid, tanh, silu, exp, and softmax's exponentials) run
-    once over the whole m x n block: one call per row would pay the call and the vector
-    loop's ragged tail once per row, which dominates for narrow layers. The others go row
-    by row while the row is in cache.
+    Piecewise-linear activations: _pointwise.h's loops. Sigmoid, tanh, silu and exp:
+    _pointwise512.h's single pass (or, without AVX-512, the bias add and then the
+    vectorised function once over the whole m x n block: one call per row would pay the
+    call and the vector loop's ragged tail once per row, which dominates for narrow
+    layers). Softmax: across rows when narrow, else its exponentials over the block. The
+    others go row by row while the row is in cache.
     """
     cdef Py_ssize_t i, j, size = <Py_ssize_t>m * n
     cdef floating* z
     cdef floating* a
     cdef floating top, total
-    cdef int kind = pwl_kind(code)
+    cdef int act, kind = pwl_kind(code)
     if kind >= 0:
         if floating is double:
             bpfast_bias_pwl_d(kind, m, n, b, Z, A)
@@ -263,12 +265,12 @@ cdef void bias_activate(int code, int m, int n, const floating* b,
             bpfast_softmax_rows_f(m, n, b, Z, A)
         return
     if code == SIGMOID or code == TANH or code == SILU or code == EXP:
-        kind = (BPFAST_ACT_SIGMOID if code == SIGMOID else BPFAST_ACT_TANH if code == TANH
-                else BPFAST_ACT_SILU if code == SILU else BPFAST_ACT_EXP)
+        act = (BPFAST_ACT_SIGMOID if code == SIGMOID else BPFAST_ACT_TANH if code == TANH
+               else BPFAST_ACT_SILU if code == SILU else BPFAST_ACT_EXP)
         if floating is double:
-            bpfast_pw_bias_act_d(kind, m, n, b, Z, A)
+            bpfast_pw_bias_act_d(act, m, n, b, Z, A)
         else:
-            bpfast_pw_bias_act_f(kind, m, n, b, Z, A)
+            bpfast_pw_bias_act_f(act, m, n, b, Z, A)
         return
     if code == SOFTMAX:
         if floating is double:
@@ -350,7 +352,7 @@ cdef double output_delta(int loss, int code, int m, int n, const floating* A,
     cdef floating eps = FLT_EPSILON if floating is float else DBL_EPSILON
     cdef LogOfProduct factors = LogOfProduct(1.0, 0, 0)
     cdef int kind = -1 if code == IDENTITY else from_a_kind(code)
-    if loss == LOSS_MSE and (kind >= 0 or code == IDENTITY):  # _pointwise.h's loops
+    if loss == LOSS_MSE and (kind >= 0 or code == IDENTITY):  # _pointwise512.h's pass
         if floating is double:
             return bpfast_pw_mse_delta_d(kind, m, n, A, Y, w, denom, Z, db)
         else:
@@ -1733,7 +1735,6 @@ cdef class Trainer(Layers):
             s.fill(0)
         self.overflowed = False
         self.careful_steps = 0
-
 
     def __dealloc__(self):
         free(self.sW1)
