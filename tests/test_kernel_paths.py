@@ -449,6 +449,47 @@ def _sgd_trainer(sizes, acts, dtype, batch_size, seed=0, optimizer="sgd"):
     return W, b, _kernels.Trainer(W, b, codes, sizes[0], batch_size, 0, opt_code, velocity)
 
 
+def test_trainer_reusable_only_for_what_it_was_built_for():
+    """Trainer.reusable: the same arrays, settings and layout, nothing else."""
+    sizes, acts = (5, 7, 3), ["tanh", "sigmoid"]
+    W, b, trainer = _sgd_trainer(sizes, acts, np.float64, 4, optimizer="momentum")
+    codes = bpfast.activations.activation_codes(acts)
+    args = [W, b, codes, 5, 4, 0, 0, True]
+    assert trainer.reusable(*args)
+    assert trainer.nbytes > 0
+    changes = {
+        "new weight array": (0, [W[0].copy(), W[1]]),
+        "new bias array": (1, [b[0], b[1].copy()]),
+        "activations": (2, bpfast.activations.activation_codes(["relu", "sigmoid"])),
+        "n_inputs": (3, 6),
+        "batch_size": (4, 5),
+        "loss": (5, 2),
+        "optimizer": (6, 1),
+        "no velocity": (7, False),
+        "fewer layers": (0, W[:1]),
+    }
+    for what, (k, value) in changes.items():
+        other = list(args)
+        other[k] = value
+        if what == "fewer layers":
+            other[1] = b[:1]
+            other[2] = codes[:1]
+        assert not trainer.reusable(*other), what
+    W[1].flags.writeable = False
+    assert not trainer.reusable(*args)
+    W[1].flags.writeable = True
+    b[0].shape = (7, 1)  # the same array object, another shape
+    assert not trainer.reusable(*args)
+    b[0].shape = (7,)
+    assert trainer.reusable(*args)
+    # reset zeroes the optimizer state a fit left behind
+    X, Y = make_data(sizes, 9, np.float64, seed=2)
+    trainer.epoch(X, Y, None, None, 0.1, 0.9)
+    assert any(np.any(state != 0) for state in trainer.state)
+    trainer.reset()
+    assert all(np.all(state == 0) for state in trainer.state)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("acts", [["relu", "sigmoid"], ["exp", "identity"],
                                   ["softplus", "silu"]])
