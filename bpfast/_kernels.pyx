@@ -1707,8 +1707,9 @@ cdef class Trainer(Layers):
                  int loss, int optimizer, bint momentum_state):
         """Whether this trainer, after :meth:`reset`, is what ``Trainer(weights, biases,
         codes, n_inputs, batch_size, loss, optimizer, momentum_state)`` would build: the
-        very same parameter arrays, still writable, C-contiguous and of their shapes, and
-        the same activations, batch size, loss and optimizer."""
+        very same parameter arrays, still writable, C-contiguous, of their shapes and with
+        their data where it was (``resize(..., refcheck=False)`` can move it), and the
+        same activations, batch size, loss and optimizer."""
         cdef Py_ssize_t l
         if (not self.ready or loss != self.loss or optimizer != self.optimizer
                 or batch_size != self.batch_size or n_inputs != self.sizes[0]
@@ -1724,7 +1725,8 @@ cdef class Trainer(Layers):
                     or not cnp.PyArray_IS_C_CONTIGUOUS(w)
                     or not cnp.PyArray_IS_C_CONTIGUOUS(v)
                     or w.shape != (self.sizes[l + 1], self.sizes[l])
-                    or v.shape != (self.sizes[l + 1],)):
+                    or v.shape != (self.sizes[l + 1],)
+                    or cnp.PyArray_DATA(w) != self.W[l] or cnp.PyArray_DATA(v) != self.b[l]):
                 return False
         return True
 

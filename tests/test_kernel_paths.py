@@ -455,6 +455,7 @@ def test_trainer_reusable_only_for_what_it_was_built_for():
     W, b, trainer = _sgd_trainer(sizes, acts, np.float64, 4, optimizer="momentum")
     codes = bpfast.activations.activation_codes(acts)
     args = [W, b, codes, 5, 4, 0, 0, True]
+    bias_address = b[0].ctypes.data
     assert trainer.reusable(*args)
     assert trainer.nbytes > 0
     changes = {
@@ -488,6 +489,14 @@ def test_trainer_reusable_only_for_what_it_was_built_for():
     assert any(np.any(state != 0) for state in trainer.state)
     trainer.reset()
     assert all(np.all(state == 0) for state in trainer.state)
+    # the same object and shape, its data moved (resize without the reference check):
+    # the kept pointer would be stale
+    values = b[0].copy()
+    b[0].resize((4096,), refcheck=False)
+    b[0].resize((7,), refcheck=False)
+    b[0][...] = values
+    assert b[0].ctypes.data != bias_address
+    assert not trainer.reusable(*args)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

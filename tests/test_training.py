@@ -1056,6 +1056,26 @@ def test_repeated_fits_in_threads_equal_fits_in_turn():
         assert_params_equal(a, params(b))
 
 
+def test_repeated_fit_after_the_parameters_data_moved():
+    """A parameter array whose data moved between fits (resize without the reference
+    check keeps the object and its shape) gets a new trainer, which trains it like any."""
+    rng = np.random.default_rng(1)
+    X, Y = rng.standard_normal((10, 3)), rng.uniform(0, 1, (10, 2))
+    net = make_net((3, 4, 2), ["tanh", "sigmoid"])
+    net.fit(X, Y, epochs=1, batch_size=4, learning_rate=0.1, shuffle=False)
+    W0 = net.weights[0]
+    values = W0.copy()
+    W0.resize((64, 64), refcheck=False)
+    W0.resize((4, 3), refcheck=False)
+    W0[...] = values
+    twin = make_net((3, 4, 2), ["tanh", "sigmoid"])
+    for p, q in zip(twin.weights + twin.biases, params(net)):
+        p[...] = q
+    net.fit(X, Y, epochs=2, batch_size=4, learning_rate=0.1, shuffle=False)
+    twin.fit(X, Y, epochs=2, batch_size=4, learning_rate=0.1, shuffle=False)
+    assert_params_equal(net, params(twin))
+
+
 def test_repeated_fit_checks_the_parameters_again():
     """A kept trainer is not used once the parameters are read-only: the fit raises as
     a first one would, and leaves them unchanged."""
