@@ -57,6 +57,10 @@ cdef extern from "_pointwise.h" nogil:
                             float* Z, float* db)
     void bpfast_bias_add_d(Py_ssize_t m, Py_ssize_t n, const double* b, double* Z)
     void bpfast_bias_add_f(Py_ssize_t m, Py_ssize_t n, const float* b, float* Z)
+    double bpfast_xent_loss_d(int binary, Py_ssize_t N, const double* A, const double* Y,
+                              double eps)
+    double bpfast_xent_loss_f(int binary, Py_ssize_t N, const float* A, const float* Y,
+                              float eps)
 
 
 # The smooth activations' passes: _pointwise512.h's on processors with AVX-512 (bias and
@@ -357,6 +361,15 @@ cdef double output_delta(int loss, int code, int m, int n, const floating* A,
             return bpfast_pw_mse_delta_d(kind, m, n, A, Y, w, denom, Z, db)
         else:
             return bpfast_pw_mse_delta_f(kind, m, n, A, Y, w, denom, Z, db)
+    if (loss == LOSS_CE or loss == LOSS_BCE) and w == NULL:
+        # dZ = (A - Y) / denom with its column sums is the identity's squared-error pass
+        # (its sum of squares unused); the loss from _pointwise.h's vectorised products
+        if floating is double:
+            bpfast_pw_mse_delta_d(-1, m, n, A, Y, NULL, denom, Z, db)
+            return bpfast_xent_loss_d(loss == LOSS_BCE, <Py_ssize_t>m * n, A, Y, eps)
+        else:
+            bpfast_pw_mse_delta_f(-1, m, n, A, Y, NULL, denom, Z, db)
+            return bpfast_xent_loss_f(loss == LOSS_BCE, <Py_ssize_t>m * n, A, Y, eps)
     memset(db, 0, n * sizeof(floating))
     for i in range(m):
         wc = w[i] if w != NULL else 1

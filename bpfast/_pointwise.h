@@ -15,6 +15,7 @@
 #ifndef BPFAST_POINTWISE_H
 #define BPFAST_POINTWISE_H
 
+#include <math.h>
 #include <stddef.h>
 #include <string.h>
 
@@ -189,5 +190,68 @@ BPFAST_PTARGETS static double MSE(int kind, ptrdiff_t m, ptrdiff_t n,           
 
 BPFAST_DEFINE_SMOOTH(double, bpfast_bias_add_d, bpfast_delta_from_a_d, bpfast_mse_delta_d)
 BPFAST_DEFINE_SMOOTH(float, bpfast_bias_add_f, bpfast_delta_from_a_f, bpfast_mse_delta_f)
+
+/* The cross-entropy loss over unweighted rows (N values of A and Y), in double:
+ * -sum y log p, and for the binary loss also -sum (1 - y) log(1 - p), p = A clipped to
+ * [eps, 1 - eps] as in _kernels.pyx's output_delta. One-hot entries (y = 1, and y = 0 for
+ * the binary loss) multiply their factor p (1 - p) into one of 8 running products, each
+ * renormalised to mantissa and exponent every 16 factors (each factor is at least eps,
+ * so nothing underflows) and logged once at the end, instead of one log per value; other
+ * labels take their logs one by one. */
+#define BPFAST_DEFINE_XENT(T, NAME, LOG)                                                \
+BPFAST_PTARGETS static double NAME(int binary, ptrdiff_t N, const T *restrict A,        \
+                                   const T *restrict Y, T eps)                          \
+{                                                                                       \
+    double prod[8] = {1, 1, 1, 1, 1, 1, 1, 1}, soft = 0, total = 0;                     \
+    long long exponent = 0;                                                             \
+    ptrdiff_t k = 0, j;                                                                 \
+    int rounds = 0, e;                                                                  \
+    for (; k < N; k += 8) {                                                             \
+        int other = 0;                                                                  \
+        ptrdiff_t width = N - k < 8 ? N - k : 8;                                        \
+        if (width == 8) {                                                               \
+            _Pragma("omp simd reduction(|:other)")                                      \
+            for (j = 0; j < 8; j++) {                                                   \
+                T a = A[k + j], y = Y[k + j], p;                                        \
+                p = a > eps ? a : eps;                                                  \
+                p = p < 1 - eps ? p : 1 - eps;                                          \
+                prod[j] *= y == 1 ? (double)p : binary && y == 0 ? (double)(1 - p) : 1.0; \
+                other |= y != 0 && y != 1;                                              \
+            }                                                                           \
+        } else {                                                                        \
+            for (j = 0; j < width; j++) {                                               \
+                T a = A[k + j], y = Y[k + j], p;                                        \
+                p = a > eps ? a : eps;                                                  \
+                p = p < 1 - eps ? p : 1 - eps;                                          \
+                prod[j] *= y == 1 ? (double)p : binary && y == 0 ? (double)(1 - p) : 1.0; \
+                other |= y != 0 && y != 1;                                              \
+            }                                                                           \
+        }                                                                               \
+        if (other)  /* labels other than 0 and 1: their terms one by one */            \
+            for (j = 0; j < width; j++) {                                               \
+                T a = A[k + j], y = Y[k + j], p;                                        \
+                if (y == 0 || y == 1)                                                   \
+                    continue;                                                           \
+                p = a > eps ? a : eps;                                                  \
+                p = p < 1 - eps ? p : 1 - eps;                                          \
+                soft -= (double)y * LOG(p);                                             \
+                if (binary)                                                             \
+                    soft -= (double)(1 - y) * LOG(1 - p);                               \
+            }                                                                           \
+        if (++rounds == 16) {                                                           \
+            for (j = 0; j < 8; j++) {                                                   \
+                prod[j] = frexp(prod[j], &e);                                           \
+                exponent += e;                                                          \
+            }                                                                           \
+            rounds = 0;                                                                 \
+        }                                                                               \
+    }                                                                                   \
+    for (j = 0; j < 8; j++)                                                             \
+        total += log(prod[j]);                                                          \
+    return soft - (total + (double)exponent * 0.69314718055994530942);                  \
+}
+
+BPFAST_DEFINE_XENT(double, bpfast_xent_loss_d, log)
+BPFAST_DEFINE_XENT(float, bpfast_xent_loss_f, logf)
 
 #endif

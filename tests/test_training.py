@@ -1145,6 +1145,34 @@ def test_trainer_gradient_equals_reference(loss, dtype, weighted, l2):
         trainer.gradient(np.zeros((m + 1, sizes[0]), dtype), np.zeros((m + 1, 3), dtype))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("loss", ["cross_entropy", "binary_cross_entropy"])
+@pytest.mark.parametrize("m", [1, 3, 130, 3001])
+def test_cross_entropy_loss_of_saturated_outputs(loss, m, dtype):
+    """The unweighted cross-entropy losses multiply the one-hot factors p (and 1 - p)
+    in running products, renormalised as they go: thousands of rows whose outputs are
+    saturated (p clipped at eps, factors of 2e-16) give the reference's loss, also with
+    soft labels among them and value counts that are not whole vectors."""
+    from bpfast import _kernels
+    from bpfast.activations import activation_codes
+    from bpfast.training import LOSSES as LOSS_CODES
+
+    output = OUTPUT_FOR[loss]
+    names = ("tanh", output)
+    sizes = (4, 6, 7 if loss == "cross_entropy" else 3)
+    rng = np.random.default_rng(m)
+    X = (30 * rng.standard_normal((m, sizes[0]))).astype(dtype)
+    Y = make_targets(rng, m, sizes[-1], loss, output).astype(dtype)
+    net = make_net(sizes, list(names), dtype, seed=4)
+    net.weights[1][...] *= 40  # saturated outputs: most factors clipped at eps
+    trainer = _kernels.Trainer(net.weights, net.biases, activation_codes(names), sizes[0],
+                               m, LOSS_CODES[loss][0], 0, False)
+    E = trainer.gradient(X, Y)
+    E_ref, _, _ = reference.loss_gradient(net.weights, net.biases, names, X, Y, loss)
+    assert np.isfinite(E) and E > 1
+    assert E == pytest.approx(E_ref, rel=RTOL[np.dtype(dtype)])
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_sgd_guard_never_leaves_non_finite_weights(seed):
     """Random float32 networks, input scales and learning rates near overflow: whether fit
