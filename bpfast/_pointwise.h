@@ -198,6 +198,18 @@ BPFAST_DEFINE_SMOOTH(float, bpfast_bias_add_f, bpfast_delta_from_a_f, bpfast_mse
  * renormalised to mantissa and exponent every 16 factors (each factor is at least eps,
  * so nothing underflows) and logged once at the end, instead of one log per value; other
  * labels take their logs one by one. */
+/* p = a clipped to [eps, 1 - eps] (NaN gives eps), as output_delta clips it */
+#define BPFAST_XENT_P(a, eps) ((a) > (eps) ? ((a) < 1 - (eps) ? (a) : 1 - (eps)) : (eps))
+
+/* value k + j of BPFAST_DEFINE_XENT's loop: its one-hot factor into prod[j], and whether
+ * its label is neither 0 nor 1 into `other` */
+#define BPFAST_XENT_STEP(T)                                                             \
+    do {                                                                                \
+        T y_ = Y[k + j], p_ = BPFAST_XENT_P(A[k + j], eps);                             \
+        prod[j] *= y_ == 1 ? (double)p_ : binary && y_ == 0 ? (double)(1 - p_) : 1.0;   \
+        other |= y_ != 0 && y_ != 1;                                                    \
+    } while (0)
+
 #define BPFAST_DEFINE_XENT(T, NAME, LOG)                                                \
 BPFAST_PTARGETS static double NAME(int binary, ptrdiff_t N, const T *restrict A,        \
                                    const T *restrict Y, T eps)                          \
@@ -211,29 +223,17 @@ BPFAST_PTARGETS static double NAME(int binary, ptrdiff_t N, const T *restrict A,
         ptrdiff_t width = N - k < 8 ? N - k : 8;                                        \
         if (width == 8) {                                                               \
             _Pragma("omp simd reduction(|:other)")                                      \
-            for (j = 0; j < 8; j++) {                                                   \
-                T a = A[k + j], y = Y[k + j], p;                                        \
-                p = a > eps ? a : eps;                                                  \
-                p = p < 1 - eps ? p : 1 - eps;                                          \
-                prod[j] *= y == 1 ? (double)p : binary && y == 0 ? (double)(1 - p) : 1.0; \
-                other |= y != 0 && y != 1;                                              \
-            }                                                                           \
+            for (j = 0; j < 8; j++)                                                     \
+                BPFAST_XENT_STEP(T);                                                    \
         } else {                                                                        \
-            for (j = 0; j < width; j++) {                                               \
-                T a = A[k + j], y = Y[k + j], p;                                        \
-                p = a > eps ? a : eps;                                                  \
-                p = p < 1 - eps ? p : 1 - eps;                                          \
-                prod[j] *= y == 1 ? (double)p : binary && y == 0 ? (double)(1 - p) : 1.0; \
-                other |= y != 0 && y != 1;                                              \
-            }                                                                           \
+            for (j = 0; j < width; j++)                                                 \
+                BPFAST_XENT_STEP(T);                                                    \
         }                                                                               \
         if (other)  /* labels other than 0 and 1: their terms one by one */            \
             for (j = 0; j < width; j++) {                                               \
-                T a = A[k + j], y = Y[k + j], p;                                        \
+                T y = Y[k + j], p = BPFAST_XENT_P(A[k + j], eps);                       \
                 if (y == 0 || y == 1)                                                   \
                     continue;                                                           \
-                p = a > eps ? a : eps;                                                  \
-                p = p < 1 - eps ? p : 1 - eps;                                          \
                 soft -= (double)y * LOG(p);                                             \
                 if (binary)                                                             \
                     soft -= (double)(1 - y) * LOG(1 - p);                               \
