@@ -449,6 +449,41 @@ def _sgd_trainer(sizes, acts, dtype, batch_size, seed=0, optimizer="sgd"):
     return W, b, _kernels.Trainer(W, b, codes, sizes[0], batch_size, 0, opt_code, velocity)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_aligned_empty_starts_on_a_cache_line(dtype):
+    """aligned_empty: the asked shape and dtype, C-contiguous, writable, its own memory,
+    on a 64-byte boundary whatever NumPy's allocator returned; zeros when asked."""
+    keep = [np.empty(k, np.uint8) for k in range(1, 40)]  # shift the allocator around
+    assert _kernels.aligned_empty((0,), dtype).shape == (0,)  # no data to align
+    for shape in [(1,), (3,), (7, 5), (64, 128), (784, 128), (2, 3, 4)]:
+        for zero in (False, True):
+            a = _kernels.aligned_empty(shape, dtype, zero)
+            assert a.shape == shape and a.dtype == dtype
+            assert a.flags.c_contiguous and a.flags.writeable and a.flags.aligned
+            assert a.ctypes.data % 64 == 0
+            if zero:
+                assert not a.any()
+            a[...] = 1  # writes stay inside its own buffer
+            assert a.sum() == a.size
+    assert len(keep) == 39
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("sizes,batch_size", [((5, 7, 3), 4), ((784, 128, 10), 64),
+                                               ((33, 17, 9, 2), 5)])
+def test_trainer_buffers_start_on_cache_lines(sizes, batch_size, optimizer):
+    """Every array a trainer allocates starts on a cache line (the panel kernel's threads
+    split rows by columns; a shared line would bounce between their caches), and they
+    are what its nbytes counts."""
+    acts = ["tanh"] * (len(sizes) - 2) + ["sigmoid"]
+    for dtype in (np.float32, np.float64):
+        W, b, trainer = _sgd_trainer(sizes, acts, dtype, batch_size, optimizer=optimizer)
+        assert trainer.buffers
+        for a in trainer.buffers:
+            assert a.ctypes.data % 64 == 0 and a.dtype == dtype
+        assert trainer.nbytes == sum(a.nbytes for a in trainer.buffers)
+
+
 def test_trainer_reusable_only_for_what_it_was_built_for():
     """Trainer.reusable: the same arrays, settings and layout, nothing else."""
     sizes, acts = (5, 7, 3), ["tanh", "sigmoid"]
