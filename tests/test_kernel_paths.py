@@ -615,6 +615,39 @@ def test_magnitude_bound_over_bit_patterns(dtype, n):
         _kernels.magnitude_bound([1.0, 2.0])
 
 
+@pytest.mark.skipif(not _kernels.panel_gemm_available(), reason="no thread pool here")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("threads", [2, 3, 5])
+def test_magnitude_bound_of_large_arrays_over_threads(dtype, threads):
+    """Arrays of 8 MiB and more are split over the pool, each part a range of whole
+    lines: the same bound as one thread, with the largest value, or a non-finite one,
+    at either end of every part, and in an odd-sized tail."""
+    itemsize = np.dtype(dtype).itemsize
+    lanes = 64 // itemsize
+    old = _kernels.set_panel_gemm(True, threads)
+    try:
+        for n in ((8 << 20) // itemsize, (8 << 20) // itemsize + 13):
+            x = np.random.default_rng(n + threads).uniform(-1, 1, n).astype(dtype)
+            x_before = x.copy()
+            assert _kernels.magnitude_bound(x) == np.abs(x).max()
+            lines = -(-n // lanes)
+            edges = sorted({min(n - 1, max(0, lines * p // threads * lanes + d))
+                            for p in range(threads + 1) for d in (-1, 0)})
+            for k in edges:
+                y = x.copy()
+                y[k] = -7.5
+                assert _kernels.magnitude_bound(y) == 7.5, (n, k)
+                for bad in (np.nan, np.inf, -np.inf):
+                    y[k] = bad
+                    assert _kernels.magnitude_bound(y) == np.inf, (n, k, bad)
+            np.testing.assert_array_equal(x, x_before)
+        # below the size where the pool is used, and the same answer
+        small = np.arange(-1000, 1000, dtype=dtype)
+        assert _kernels.magnitude_bound(small) == 1000
+    finally:
+        _kernels.set_panel_gemm(*old)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("classes", [2, 10, 16, 17])
 @pytest.mark.parametrize("m", [1, 31, 32, 33, 100])
