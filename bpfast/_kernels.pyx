@@ -1515,7 +1515,8 @@ cdef void transpose_layer0(bint into, int n1, int n0, floating** W, floating** W
 # The trainer's buffers start on a cache line. The panel kernel's threads split products
 # by columns, and NumPy aligns to 16 bytes only: a line holding the end of one thread's
 # columns and the start of the other's then bounced between their caches on every row
-# (784-128-10 at batch 64, float32: 154 against 139 us per two-thread step aligned).
+# (784-128-10 at batch 64 on two threads, float32: 25.8 ms per epoch with every buffer
+# 16 bytes past a line, 23.8 aligned; float64 48.3 against 47.3).
 cdef Py_ssize_t CACHE_LINE = 64
 
 
