@@ -194,8 +194,13 @@ def check_data(X, name, n_columns, dtype, column_meaning, finite=True):
     return a
 
 
-def check_inputs(weights, biases, activations, X, Y=None):
+def check_inputs(weights, biases, activations, X, Y=None, bound=None):
     """All checks of a ``forward``/``backprop`` call.
+
+    ``bound``, when given, is a compiled ``max |a|`` that returns inf when a value is not
+    finite (``_kernels.magnitude_bound``): the data's finiteness check then takes it
+    instead of NumPy's isfinite, which writes a boolean array first (10,000 x 784 doubles:
+    1.1 against 3.1 ms). The reference leaves it out and stays pure NumPy.
 
     Returns
     -------
@@ -208,9 +213,13 @@ def check_inputs(weights, biases, activations, X, Y=None):
 
     weights, biases, sizes, dtype = check_parameters(weights, biases)
     names = resolve_activations(activations, len(weights))
-    X = check_data(X, "X", sizes[0], dtype, "n^0 = weights[0].shape[1]")
+    X = check_data(X, "X", sizes[0], dtype, "n^0 = weights[0].shape[1]", bound is None)
+    if bound is not None and not bound(X) < np.inf:
+        check_finite(X, "X")
     if Y is not None:
-        Y = check_data(Y, "Y", sizes[-1], dtype, "n^L = weights[-1].shape[0]")
+        Y = check_data(Y, "Y", sizes[-1], dtype, "n^L = weights[-1].shape[0]", bound is None)
+        if bound is not None and not bound(Y) < np.inf:
+            check_finite(Y, "Y")
         if Y.shape[0] != X.shape[0]:
             raise ValueError(
                 f"Y: expected {X.shape[0]} rows, one per row of X, got {Y.shape[0]}"

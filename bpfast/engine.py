@@ -47,6 +47,23 @@ def _workspace(sizes, m, dtype):
     return _cached("workspace", sizes, m, dtype, make)
 
 
+def _block_workspace(sizes, block, dtype):
+    """Buffers of a backprop taken ``block`` rows at a time (see
+    ``_kernels.backprop_block_rows``): Z, A and scratch for one block, the first layer's
+    weights and gradient transposed, and every layer's bias gradient for one block. All
+    start on a cache line (the panel kernel's threads split their columns); kept per
+    thread like :func:`_workspace`."""
+    def make():
+        empty = _kernels.aligned_empty
+        widest_hidden = max(sizes[1:-1], default=1)
+        return ([empty((block, n), dtype) for n in sizes[1:]],
+                [empty((block, n), dtype) for n in sizes[1:]],
+                empty(block * widest_hidden, dtype),
+                empty((sizes[0], sizes[1]), dtype), empty((sizes[0], sizes[1]), dtype),
+                empty(sum(sizes[1:]), dtype))
+    return _cached("blocks", sizes, block, dtype, make)
+
+
 def forward(weights, biases, activations, X):
     """Network output ``A^L`` for the inputs ``X``, computed by the compiled kernels.
 
@@ -68,7 +85,8 @@ def forward(weights, biases, activations, X):
     -------
     ndarray of shape ``(m, n^L)``, in the parameters' dtype (float32 or float64).
     """
-    weights, biases, names, X, _ = check_inputs(weights, biases, activations, X)
+    weights, biases, names, X, _ = check_inputs(weights, biases, activations, X,
+                                               bound=_kernels.magnitude_bound)
     return _forward_checked(weights, biases, names, X)
 
 
@@ -107,7 +125,8 @@ def loss(weights, biases, activations, X, Y):
 
     The forward pass runs in the parameters' dtype; the sum is accumulated in float64.
     """
-    weights, biases, names, X, Y = check_inputs(weights, biases, activations, X, Y)
+    weights, biases, names, X, Y = check_inputs(weights, biases, activations, X, Y,
+                                                  bound=_kernels.magnitude_bound)
     return _squared_error(_forward_checked(weights, biases, names, X), Y)
 
 
@@ -139,13 +158,21 @@ def backprop(weights, biases, activations, X, Y):
     db : list of ndarray
         ``db[l-1] = dE/db^l``, shaped like ``biases[l-1]``.
     """
-    weights, biases, names, X, Y = check_inputs(weights, biases, activations, X, Y)
+    weights, biases, names, X, Y = check_inputs(weights, biases, activations, X, Y,
+                                                  bound=_kernels.magnitude_bound)
     m = X.shape[0]
     dtype = X.dtype
     sizes = [X.shape[1]] + [w.shape[0] for w in weights]
-    Z, A, scratch = _workspace(sizes, m, dtype)
     dW = [np.empty_like(w) for w in weights]
     db = [np.empty_like(b) for b in biases]
+    block = _kernels.backprop_block_rows(sizes, m, dtype.itemsize)
+    if block:
+        Z, A, scratch, W0T, dW0T, db_block = _block_workspace(sizes, block, dtype)
+        layers = _kernels.Layers(weights, biases, activation_codes(names), sizes[0],
+                                 block, Z, A, dW, db)
+        E = layers.backprop_blocks(X, Y, scratch, W0T, dW0T, db_block)
+        return float(E), dW, db
+    Z, A, scratch = _workspace(sizes, m, dtype)
     layers = _kernels.Layers(weights, biases, activation_codes(names), sizes[0], m,
                              Z, A, dW, db)
     E = layers.backprop(X, Y, scratch)

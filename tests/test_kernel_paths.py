@@ -648,6 +648,90 @@ def test_magnitude_bound_of_large_arrays_over_threads(dtype, threads):
         _kernels.set_panel_gemm(*old)
 
 
+BLOCKED_CASES = [  # sizes, activations, rows: every one taken in blocks, most ragged
+    ((784, 128, 10), ["tanh", "sigmoid"], 500),
+    ((64, 32, 10), ["sigmoid", "sigmoid"], 1797),
+    ((100, 64, 10), ["relu", "identity"], 600),
+    ((100, 64, 33, 7), ["relu", "tanh", "softmax"], 777),
+    ((50, 40), ["sigmoid"], 700),
+    ((72, 48, 24, 3), ["silu", "leaky_relu", "softplus"], 1031),
+]
+
+
+@pytest.mark.skipif(not _kernels.panel_gemm_available(), reason="no panel kernel here")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("sizes,acts,m", BLOCKED_CASES)
+def test_full_batch_backprop_in_blocks(sizes, acts, m, threads, dtype):
+    """A full-batch backprop taken in row blocks (the panel kernel's products, the first
+    layer transposed, dW accumulated block after block, the last block ragged) gives the
+    reference's loss and gradient and the one-pass route's, on any thread count, and
+    leaves the caller's arrays alone."""
+    block = _kernels.backprop_block_rows(list(sizes), m, np.dtype(dtype).itemsize)
+    assert 32 <= block <= m // 2 and block % 8 == 0
+    W, b = make_params(sizes, dtype, seed=m)
+    X, Y = make_data(sizes, m, dtype, seed=threads)
+    before = [a.copy() for a in W + b + [X, Y]]
+    old = _kernels.set_panel_gemm(True, threads)
+    try:
+        calls = _kernels.panel_gemm_calls()
+        E, dW, db = bpfast.backprop(W, b, acts, X, Y)
+        assert _kernels.panel_gemm_calls() > calls
+    finally:
+        _kernels.set_panel_gemm(*old)
+    E_ref, dW_ref, db_ref = reference.backprop(W, b, acts, X, Y)
+    assert E == pytest.approx(E_ref, rel=rtol_for(dtype))
+    for l in range(len(W)):
+        assert dW[l].dtype == dtype and dW[l].shape == W[l].shape
+        assert_close(dW[l], dW_ref[l], dtype, err_msg=f"dW[{l}]")
+        assert_close(db[l], db_ref[l], dtype, err_msg=f"db[{l}]")
+    with _one_pass_backprop():
+        E1, dW1, db1 = bpfast.backprop(W, b, acts, X, Y)
+    assert E == pytest.approx(E1, rel=rtol_for(dtype))
+    for l in range(len(W)):
+        assert_close(dW[l], dW1[l], dtype)
+        assert_close(db[l], db1[l], dtype)
+    for a, a0 in zip(W + b + [X, Y], before):
+        np.testing.assert_array_equal(a, a0)
+    # the same call again (the cached workspace) gives the same values, bit for bit
+    E2, dW2, db2 = bpfast.backprop(W, b, acts, X, Y)
+    assert E2 == E
+    for got, want in zip(dW2 + db2, dW + db):
+        np.testing.assert_array_equal(got, want)
+
+
+class _one_pass_backprop:
+    """Within: bpfast.backprop takes all rows at once."""
+
+    def __enter__(self):
+        self.real = _kernels.backprop_block_rows
+        _kernels.backprop_block_rows = lambda *args: 0
+
+    def __exit__(self, *exc):
+        _kernels.backprop_block_rows = self.real
+
+
+@pytest.mark.skipif(not _kernels.panel_gemm_available(), reason="no panel kernel here")
+def test_backprop_block_rows_choice():
+    """Blocks only where every block's product fits the panel kernel or stays on one
+    OpenBLAS thread, with the first layer's product above the panel's threshold, and at
+    least two blocks."""
+    f64 = 8
+    assert _kernels.backprop_block_rows([784, 128, 10], 10000, f64) == 200  # 200x128x10
+    assert _kernels.backprop_block_rows([784, 128, 10], 399, f64) == 192  # two blocks
+    assert _kernels.backprop_block_rows([784, 128, 10], 100, f64) == 48
+    assert _kernels.backprop_block_rows([784, 128, 10], 63, f64) == 0  # blocks of 32 at least
+    assert _kernels.backprop_block_rows([784, 1024, 10], 10000, f64) == 0  # W 6.4 MB
+    assert _kernels.backprop_block_rows([8, 8, 8], 10000, f64) == 0  # too small
+    assert _kernels.backprop_block_rows([784, 128, 1024, 10], 10000, f64) == 0  # 128->1024
+    assert _kernels.backprop_block_rows([10], 10000, f64) == 0
+    old = _kernels.set_panel_gemm(False)
+    try:
+        assert _kernels.backprop_block_rows([784, 128, 10], 10000, f64) == 0
+    finally:
+        _kernels.set_panel_gemm(*old)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("classes", [2, 10, 16, 17])
 @pytest.mark.parametrize("m", [1, 31, 32, 33, 100])
