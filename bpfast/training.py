@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _kernels
+from . import _kernels, engine
 from ._validation import as_kernel_array, check_data, check_finite, check_positive_int
 from .activations import activation_codes
 from .reference import loss_value
@@ -139,13 +139,20 @@ def _keep_trainer(net, trainer):
             pass
 
 
-def evaluate_loss(net, X, Y, loss, sample_weight=None):
+def evaluate_loss(net, X, Y, loss, sample_weight=None, in_blocks=False):
     """The ``loss`` of ``net`` on checked data (no penalty), summed in float64.
 
     The formulas are :func:`bpfast.reference.loss_value`'s, with probabilities clipped at
-    the network dtype's ``eps`` as in training.
+    the network dtype's ``eps`` as in training. ``in_blocks`` (X already in the network's
+    dtype and the kernels' layout, as :func:`fit` checks its validation data): the
+    forward pass in row blocks where the panel kernel takes them, as between epochs
+    (see ``engine._forward_checked``).
     """
-    A = net.forward(X).astype(np.float64)
+    if in_blocks:
+        A = engine._forward_checked(net.weights, net.biases, net.activations, X,
+                                    in_blocks=True).astype(np.float64)
+    else:
+        A = net.forward(X).astype(np.float64)
     w = np.ones(X.shape[0]) if sample_weight is None else sample_weight.astype(np.float64)
     return loss_value(A.T, Y.astype(np.float64).T, loss, w, w.sum(), np.finfo(net.dtype).eps)
 
@@ -237,7 +244,7 @@ def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="
                 )
             history.loss.append(loss_sum / X.shape[0])
             if validation_data is not None:
-                history.val_loss.append(evaluate_loss(net, Xv, Yv, loss))
+                history.val_loss.append(evaluate_loss(net, Xv, Yv, loss, in_blocks=True))
             history.time.append(time.perf_counter() - started)
             if bar is not None:
                 bar.set_postfix(_postfix(history, X.shape[0]), refresh=False)

@@ -700,8 +700,62 @@ def test_full_batch_backprop_in_blocks(sizes, acts, m, threads, dtype):
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.skipif(not _kernels.panel_gemm_available(), reason="no panel kernel here")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("sizes,acts,m", BLOCKED_CASES)
+def test_forward_in_blocks(sizes, acts, m, threads, dtype):
+    """The forward pass in the same row blocks through the panel kernel (fit's
+    validation loss): the reference's outputs and the one-pass route's, written straight
+    into the returned array, on any thread count; the caller's arrays are untouched."""
+    from bpfast import engine
+    W, b = make_params(sizes, dtype, seed=m + 1)
+    X, Y = make_data(sizes, m, dtype, seed=threads + 7)
+    names = bpfast.activations.resolve_activations(acts, len(W))
+    before = [a.copy() for a in W + b + [X, Y]]
+    old = _kernels.set_panel_gemm(True, threads)
+    try:
+        calls = _kernels.panel_gemm_calls()
+        A = engine._forward_checked(W, b, names, X, in_blocks=True)
+        assert _kernels.panel_gemm_calls() > calls
+    finally:
+        _kernels.set_panel_gemm(*old)
+    assert A.shape == (m, sizes[-1]) and A.dtype == dtype and A.flags.c_contiguous
+    assert_close(A, reference.forward(W, b, acts, X), dtype)
+    assert_close(A, bpfast.forward(W, b, acts, X), dtype)  # one pass
+    for a, a0 in zip(W + b + [X, Y], before):
+        np.testing.assert_array_equal(a, a0)
+    A2 = engine._forward_checked(W, b, names, X, in_blocks=True)
+    assert A2 is not A
+    np.testing.assert_array_equal(A2, A)
+
+
+@pytest.mark.skipif(not _kernels.panel_gemm_available(), reason="no panel kernel here")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_validation_loss_in_blocks(dtype):
+    """fit's validation loss takes the blocked forward pass: the loss of the network
+    after each epoch, as the one-pass route and the reference compute it."""
+    from bpfast import training
+    rng = np.random.default_rng(5)
+    X, Y = rng.standard_normal((300, 784)).astype(dtype), rng.uniform(0, 1, (300, 10))
+    Xv, Yv = rng.standard_normal((450, 784)).astype(dtype), rng.uniform(0, 1, (450, 10))
+    assert _kernels.backprop_block_rows([784, 128, 10], 450, np.dtype(dtype).itemsize)
+    net = bpfast.Network([784, 128, 10], activations=["tanh", "sigmoid"], dtype=dtype,
+                         seed=0)
+    seen = []
+    history = net.fit(X, Y, epochs=3, batch_size=64, learning_rate=0.05,
+                      validation_data=(Xv, Yv),
+                      callback=lambda n, epoch, h: seen.append(
+                          (h.val_loss[-1], training.evaluate_loss(n, Xv, Yv, "mse"),
+                           reference.loss(n.weights, n.biases, n.activations, Xv, Yv))))
+    assert len(history.val_loss) == 3
+    for blocked, one_pass, ref in seen:
+        assert blocked == pytest.approx(one_pass, rel=rtol_for(dtype))
+        assert blocked == pytest.approx(ref, rel=rtol_for(dtype))
+
+
 class _one_pass_backprop:
-    """Within: bpfast.backprop takes all rows at once."""
+    """Within: bpfast.backprop and forward take all rows at once."""
 
     def __enter__(self):
         self.real = _kernels.backprop_block_rows
