@@ -667,16 +667,18 @@ def test_full_batch_backprop_in_blocks(sizes, acts, m, threads, dtype):
     layer transposed, dW accumulated block after block, the last block ragged) gives the
     reference's loss and gradient and the one-pass route's, on any thread count, and
     leaves the caller's arrays alone."""
-    block = _kernels.backprop_block_rows(list(sizes), m, np.dtype(dtype).itemsize)
-    assert 32 <= block <= m // 2 and block % 8 == 0
     W, b = make_params(sizes, dtype, seed=m)
     X, Y = make_data(sizes, m, dtype, seed=threads)
     before = [a.copy() for a in W + b + [X, Y]]
     old = _kernels.set_panel_gemm(True, threads)
     try:
+        block = _kernels.backprop_block_rows(list(sizes), m, np.dtype(dtype).itemsize)
+        assert 32 <= block <= m // 2 and block % 8 == 0
         calls = _kernels.panel_gemm_calls()
         E, dW, db = bpfast.backprop(W, b, acts, X, Y)
         assert _kernels.panel_gemm_calls() > calls
+        # the same call again (the cached workspace) gives the same values, bit for bit
+        E2, dW2, db2 = bpfast.backprop(W, b, acts, X, Y)
     finally:
         _kernels.set_panel_gemm(*old)
     E_ref, dW_ref, db_ref = reference.backprop(W, b, acts, X, Y)
@@ -693,8 +695,6 @@ def test_full_batch_backprop_in_blocks(sizes, acts, m, threads, dtype):
         assert_close(db[l], db1[l], dtype)
     for a, a0 in zip(W + b + [X, Y], before):
         np.testing.assert_array_equal(a, a0)
-    # the same call again (the cached workspace) gives the same values, bit for bit
-    E2, dW2, db2 = bpfast.backprop(W, b, acts, X, Y)
     assert E2 == E
     for got, want in zip(dW2 + db2, dW + db):
         np.testing.assert_array_equal(got, want)
@@ -718,6 +718,7 @@ def test_forward_in_blocks(sizes, acts, m, threads, dtype):
         calls = _kernels.panel_gemm_calls()
         A = engine._forward_checked(W, b, names, X, in_blocks=True)
         assert _kernels.panel_gemm_calls() > calls
+        A2 = engine._forward_checked(W, b, names, X, in_blocks=True)
     finally:
         _kernels.set_panel_gemm(*old)
     assert A.shape == (m, sizes[-1]) and A.dtype == dtype and A.flags.c_contiguous
@@ -725,7 +726,6 @@ def test_forward_in_blocks(sizes, acts, m, threads, dtype):
     assert_close(A, bpfast.forward(W, b, acts, X), dtype)  # one pass
     for a, a0 in zip(W + b + [X, Y], before):
         np.testing.assert_array_equal(a, a0)
-    A2 = engine._forward_checked(W, b, names, X, in_blocks=True)
     assert A2 is not A
     np.testing.assert_array_equal(A2, A)
 
@@ -739,15 +739,21 @@ def test_validation_loss_in_blocks(dtype):
     rng = np.random.default_rng(5)
     X, Y = rng.standard_normal((300, 784)).astype(dtype), rng.uniform(0, 1, (300, 10))
     Xv, Yv = rng.standard_normal((450, 784)).astype(dtype), rng.uniform(0, 1, (450, 10))
-    assert _kernels.backprop_block_rows([784, 128, 10], 450, np.dtype(dtype).itemsize)
     net = bpfast.Network([784, 128, 10], activations=["tanh", "sigmoid"], dtype=dtype,
                          seed=0)
     seen = []
-    history = net.fit(X, Y, epochs=3, batch_size=64, learning_rate=0.05,
-                      validation_data=(Xv, Yv),
-                      callback=lambda n, epoch, h: seen.append(
-                          (h.val_loss[-1], training.evaluate_loss(n, Xv, Yv, "mse"),
-                           reference.loss(n.weights, n.biases, n.activations, Xv, Yv))))
+    old = _kernels.set_panel_gemm(True, 2)
+    try:
+        assert _kernels.backprop_block_rows([784, 128, 10], 450, np.dtype(dtype).itemsize)
+        calls = _kernels.panel_gemm_calls()
+        history = net.fit(X, Y, epochs=3, batch_size=64, learning_rate=0.05,
+                          validation_data=(Xv, Yv),
+                          callback=lambda n, epoch, h: seen.append(
+                              (h.val_loss[-1], training.evaluate_loss(n, Xv, Yv, "mse"),
+                               reference.loss(n.weights, n.biases, n.activations, Xv, Yv))))
+        assert _kernels.panel_gemm_calls() > calls
+    finally:
+        _kernels.set_panel_gemm(*old)
     assert len(history.val_loss) == 3
     for blocked, one_pass, ref in seen:
         assert blocked == pytest.approx(one_pass, rel=rtol_for(dtype))
@@ -771,16 +777,17 @@ def test_backprop_block_rows_choice():
     OpenBLAS thread, with the first layer's product above the panel's threshold, and at
     least two blocks."""
     f64 = 8
-    assert _kernels.backprop_block_rows([784, 128, 10], 10000, f64) == 200  # 200x128x10
-    assert _kernels.backprop_block_rows([784, 128, 10], 399, f64) == 192  # two blocks
-    assert _kernels.backprop_block_rows([784, 128, 10], 100, f64) == 48
-    assert _kernels.backprop_block_rows([784, 128, 10], 63, f64) == 0  # blocks of 32 at least
-    assert _kernels.backprop_block_rows([784, 1024, 10], 10000, f64) == 0  # W 6.4 MB
-    assert _kernels.backprop_block_rows([8, 8, 8], 10000, f64) == 0  # too small
-    assert _kernels.backprop_block_rows([784, 128, 1024, 10], 10000, f64) == 0  # 128->1024
-    assert _kernels.backprop_block_rows([10], 10000, f64) == 0
-    old = _kernels.set_panel_gemm(False)
+    old = _kernels.set_panel_gemm(True, 2)  # whatever BLAS this process found
     try:
+        assert _kernels.backprop_block_rows([784, 128, 10], 10000, f64) == 200  # 200x128x10
+        assert _kernels.backprop_block_rows([784, 128, 10], 399, f64) == 192  # two blocks
+        assert _kernels.backprop_block_rows([784, 128, 10], 100, f64) == 48
+        assert _kernels.backprop_block_rows([784, 128, 10], 63, f64) == 0  # 32 rows at least
+        assert _kernels.backprop_block_rows([784, 1024, 10], 10000, f64) == 0  # W 6.4 MB
+        assert _kernels.backprop_block_rows([8, 8, 8], 10000, f64) == 0  # too small
+        assert _kernels.backprop_block_rows([784, 128, 1024, 10], 10000, f64) == 0
+        assert _kernels.backprop_block_rows([10], 10000, f64) == 0
+        _kernels.set_panel_gemm(False)
         assert _kernels.backprop_block_rows([784, 128, 10], 10000, f64) == 0
     finally:
         _kernels.set_panel_gemm(*old)
