@@ -551,17 +551,18 @@ cdef inline Py_ssize_t bias_offset(const int* sizes, int l) noexcept nogil:
 
 cdef double blocked_backprop(int L, Py_ssize_t n, int block, const int* sizes,
                              const int* codes, const floating* X, const floating* Y,
-                             floating** W, floating** b, floating** Z, floating** A,
-                             floating** dW, floating** db, floating* db_block,
-                             floating* scratch) noexcept nogil:
+                             const floating* W0, floating** W, floating** b, floating** Z,
+                             floating** A, floating* dW0, floating** dW, floating** db,
+                             floating* db_block, floating* scratch) noexcept nogil:
     """:func:`backward_pass` over n rows taken ``block`` rows at a time; returns E.
 
     Each block runs forward and backward through the layers while its activations are
     in cache; every layer's dW accumulates the blocks' products (beta = 1 after the
     first block) and db their column sums, and the output delta divides by all n rows,
     so the result is the whole batch's gradient: the same sums, grouped by block. W[0]
-    and dW[0] are stored transposed (n^0 x n^1), for the panel kernel. Z, A and scratch
-    have ``block`` rows; db_block has room for one bias gradient per layer.
+    and dW[0] are the panel kernel's transposed (n^0 x n^1) buffers: W0 (n^1 x n^0) is
+    copied into W[0] first, and dW[0] out to dW0 last. Z, A and scratch have ``block``
+    rows; db_block has room for one bias gradient per layer.
     """
     cdef Py_ssize_t start, k
     cdef int l, mb, n0 = sizes[0], nL = sizes[L]
@@ -570,6 +571,7 @@ cdef double blocked_backprop(int L, Py_ssize_t n, int block, const int* sizes,
     cdef floating* dbl
     cdef const floating* x
     cdef const floating* prev
+    transpose(sizes[1], n0, W0, W[0])
     start = 0
     while start < n:
         mb = <int>(n - start if n - start < block else block)
@@ -592,7 +594,26 @@ cdef double blocked_backprop(int L, Py_ssize_t n, int block, const int* sizes,
             for k in range(sizes[l + 1]):
                 db[l][k] = dbl[k] if start == 0 else db[l][k] + dbl[k]
         start += mb
+    transpose(n0, sizes[1], dW[0], dW0)
     return sq / (2.0 * n)
+
+
+cdef void blocked_forward(int L, Py_ssize_t n, int block, const int* sizes,
+                          const int* codes, const floating* X, const floating* W0,
+                          floating** W, floating** b, floating** Z, floating** A,
+                          floating* out) noexcept nogil:
+    """:func:`forward_pass` over n rows taken ``block`` rows at a time, the last layer
+    written straight into ``out`` (n x n^L). W[0] is the panel kernel's transposed
+    (n^0 x n^1) buffer, into which W0 (n^1 x n^0) is copied first; Z and A have
+    ``block`` rows, and A's last entry is moved along ``out`` block by block."""
+    cdef Py_ssize_t start = 0
+    cdef int mb, n0 = sizes[0], nL = sizes[L]
+    transpose(sizes[1], n0, W0, W[0])
+    while start < n:
+        mb = <int>(n - start if n - start < block else block)
+        A[L - 1] = out + start * nL
+        forward_pass(L, mb, sizes, codes, X + start * n0, W, b, Z, A, True)
+        start += mb
 
 
 # ---------------------------------------------------------------------------
@@ -827,41 +848,28 @@ cdef class Layers:
         cdef Py_ssize_t n = X.shape[0] if cnp.PyArray_Check(X) else -1
         if n < 1:
             raise ValueError("X: expected a 2-D array with at least one row")
-        cdef int L = self.L, n0 = self.sizes[0], n1 = self.sizes[1], nL = self.sizes[L]
+        cdef int L = self.L, n0 = self.sizes[0], n1 = self.sizes[1]
         cdef void* x = checked_data(X, "X", self.typenum, n, n0, False)
-        cdef void* o = checked_data(out, "out", self.typenum, n, nL, True)
+        cdef void* o = checked_data(out, "out", self.typenum, n, self.sizes[L], True)
         cdef void* wt = checked_data(W0T, "W0T", self.typenum, n0, n1, True)
         cdef void** tW = with_first(self.W, L, wt)
-        cdef void** tA = <void**>malloc(L * sizeof(void*))
-        cdef int l, mb
-        cdef Py_ssize_t start = 0
-        cdef size_t item = 8 if self.typenum == cnp.NPY_DOUBLE else 4
+        # a copy of the A pointers, whose last entry blocked_forward moves along out
+        cdef void** tA = with_first(self.A, L, self.A[0])
         if tW == NULL or tA == NULL:
             free(tW)
             free(tA)
             raise MemoryError()
-        for l in range(L):
-            tA[l] = self.A[l]
         with nogil:
             bpfast_set_panel_scope(1)
             if self.typenum == cnp.NPY_DOUBLE:
-                transpose[double](n1, n0, <double*>self.W[0], <double*>wt)
+                blocked_forward[double](L, n, self.m, self.sizes, self.codes, <double*>x,
+                                        <double*>self.W[0], <double**>tW,
+                                        <double**>self.b, <double**>self.Z,
+                                        <double**>tA, <double*>o)
             else:
-                transpose[float](n1, n0, <float*>self.W[0], <float*>wt)
-            while start < n:
-                mb = <int>(n - start if n - start < self.m else self.m)
-                tA[L - 1] = <char*>o + start * nL * item  # the last layer straight to out
-                if self.typenum == cnp.NPY_DOUBLE:
-                    forward_pass[double](L, mb, self.sizes, self.codes,
-                                         <double*>x + start * n0, <double**>tW,
-                                         <double**>self.b, <double**>self.Z,
-                                         <double**>tA, True)
-                else:
-                    forward_pass[float](L, mb, self.sizes, self.codes,
-                                        <float*>x + start * n0, <float**>tW,
-                                        <float**>self.b, <float**>self.Z,
-                                        <float**>tA, True)
-                start += mb
+                blocked_forward[float](L, n, self.m, self.sizes, self.codes, <float*>x,
+                                       <float*>self.W[0], <float**>tW, <float**>self.b,
+                                       <float**>self.Z, <float**>tA, <float*>o)
             bpfast_set_panel_scope(0)
         free(tW)
         free(tA)
@@ -901,22 +909,20 @@ cdef class Layers:
         with nogil:
             bpfast_set_panel_scope(1)
             if self.typenum == cnp.NPY_DOUBLE:
-                transpose[double](n1, n0, <double*>self.W[0], <double*>wt)
                 E = blocked_backprop[double](L, n, self.m, self.sizes, self.codes,
-                                             <double*>x, <double*>y, <double**>tW,
-                                             <double**>self.b, <double**>self.Z,
-                                             <double**>self.A, <double**>tdW,
+                                             <double*>x, <double*>y, <double*>self.W[0],
+                                             <double**>tW, <double**>self.b,
+                                             <double**>self.Z, <double**>self.A,
+                                             <double*>self.dW[0], <double**>tdW,
                                              <double**>self.db, <double*>dbb,
                                              <double*>s)
-                transpose[double](n0, n1, <double*>dwt, <double*>self.dW[0])
             else:
-                transpose[float](n1, n0, <float*>self.W[0], <float*>wt)
                 E = blocked_backprop[float](L, n, self.m, self.sizes, self.codes,
-                                            <float*>x, <float*>y, <float**>tW,
-                                            <float**>self.b, <float**>self.Z,
-                                            <float**>self.A, <float**>tdW,
-                                            <float**>self.db, <float*>dbb, <float*>s)
-                transpose[float](n0, n1, <float*>dwt, <float*>self.dW[0])
+                                            <float*>x, <float*>y, <float*>self.W[0],
+                                            <float**>tW, <float**>self.b, <float**>self.Z,
+                                            <float**>self.A, <float*>self.dW[0],
+                                            <float**>tdW, <float**>self.db, <float*>dbb,
+                                            <float*>s)
             bpfast_set_panel_scope(0)
         free(tW)
         free(tdW)
@@ -2148,15 +2154,12 @@ def magnitude_bound(X):
     cdef Py_ssize_t n = cnp.PyArray_SIZE(X)
     cdef int typenum = cnp.PyArray_TYPE(X)
     cdef void* data = cnp.PyArray_DATA(X)
+    cdef int size = 8 if typenum == cnp.NPY_DOUBLE else 4
     cdef double top
-    if typenum == cnp.NPY_DOUBLE:
-        with nogil:
-            top = bpfast_max_abs_parallel(data, n, 8)
-    elif typenum == cnp.NPY_FLOAT:
-        with nogil:
-            top = bpfast_max_abs_parallel(data, n, 4)
-    else:
+    if typenum != cnp.NPY_DOUBLE and typenum != cnp.NPY_FLOAT:
         raise TypeError(f"X: expected float32 or float64, got {X.dtype}")
+    with nogil:
+        top = bpfast_max_abs_parallel(data, n, size)
     return top
 
 

@@ -15,6 +15,12 @@ _CACHE_LIMIT_BYTES = 256 * 2**20
 _cache = threading.local()
 
 
+def _checked(weights, biases, activations, X, Y=None):
+    """:func:`check_inputs` with the data's finiteness taken by the compiled magnitude
+    bound (one pass over bit patterns, no boolean array)."""
+    return check_inputs(weights, biases, activations, X, Y, bound=_kernels.magnitude_bound)
+
+
 def _cached(slot, sizes, m, dtype, make):
     """``make()``'s arrays (a tuple of lists and arrays), reused while the same thread asks
     ``slot`` for the same sizes, batch and dtype; only the last of each slot is kept, and
@@ -85,8 +91,7 @@ def forward(weights, biases, activations, X):
     -------
     ndarray of shape ``(m, n^L)``, in the parameters' dtype (float32 or float64).
     """
-    weights, biases, names, X, _ = check_inputs(weights, biases, activations, X,
-                                               bound=_kernels.magnitude_bound)
+    weights, biases, names, X, _ = _checked(weights, biases, activations, X)
     return _forward_checked(weights, biases, names, X)
 
 
@@ -143,8 +148,7 @@ def loss(weights, biases, activations, X, Y):
 
     The forward pass runs in the parameters' dtype; the sum is accumulated in float64.
     """
-    weights, biases, names, X, Y = check_inputs(weights, biases, activations, X, Y,
-                                                  bound=_kernels.magnitude_bound)
+    weights, biases, names, X, Y = _checked(weights, biases, activations, X, Y)
     return _squared_error(_forward_checked(weights, biases, names, X), Y)
 
 
@@ -176,8 +180,7 @@ def backprop(weights, biases, activations, X, Y):
     db : list of ndarray
         ``db[l-1] = dE/db^l``, shaped like ``biases[l-1]``.
     """
-    weights, biases, names, X, Y = check_inputs(weights, biases, activations, X, Y,
-                                                  bound=_kernels.magnitude_bound)
+    weights, biases, names, X, Y = _checked(weights, biases, activations, X, Y)
     m = X.shape[0]
     dtype = X.dtype
     sizes = [X.shape[1]] + [w.shape[0] for w in weights]
