@@ -23,9 +23,13 @@ import re
 import socket
 import tempfile
 import zipfile
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.lib import format as npy_format
+
+if TYPE_CHECKING:
+    from .network import Network
 
 FORMAT = "bpfast"
 FORMAT_VERSION = 1
@@ -61,9 +65,10 @@ def _host_tag():
     return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
 
 
-def _temp_prefix(pid=None):
-    """``.bpfast-PID.HOST-``: the owner of a temporary file can be told from its name."""
-    return f".bpfast-{os.getpid() if pid is None else pid}.{_host_tag()}-"
+def temp_prefix() -> str:
+    """``.bpfast-PID.HOST-``, the prefix of our temporary files: their owner can be told
+    from the name, so :func:`remove_stale_temp_files` can clean up after a killed save."""
+    return f".bpfast-{os.getpid()}.{_host_tag()}-"
 
 
 def _pid_is_alive(pid):
@@ -76,12 +81,14 @@ def _pid_is_alive(pid):
     return True
 
 
-def remove_stale_temp_files(directory):
+def remove_stale_temp_files(directory: str) -> None:
     """Remove temporary files that a killed bpfast process on this host left in ``directory``.
 
-    Only files named by :func:`_temp_prefix` whose process no longer runs are removed:
+    Only files named by :func:`temp_prefix` whose process no longer runs are removed:
     another host's files (a shared file system) and live processes' files are kept.
     """
+    if os.name != "posix":  # os.kill(pid, 0) would not be a harmless probe elsewhere
+        return
     pattern = re.compile(r"\.bpfast-(\d+)\." + re.escape(_host_tag()) + r"-[^/]*\.tmp\Z")
     try:
         names = os.listdir(directory)
@@ -123,7 +130,7 @@ def _name_target(err, path):
     return err
 
 
-def atomic_write(path, write, binary=True, suffix=".tmp", **open_kwargs):
+def atomic_write(path, write, binary: bool = True, suffix: str = ".tmp", **open_kwargs) -> str:
     """Call ``write(f)`` on a temporary file beside ``path``, then rename it to ``path``.
 
     A crash or an exception never leaves half a file at ``path`` (an old file stays as it
@@ -138,7 +145,7 @@ def atomic_write(path, write, binary=True, suffix=".tmp", **open_kwargs):
     remove_stale_temp_files(directory)
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(), suffix=suffix, dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(), suffix=suffix, dir=directory)
         with os.fdopen(fd, "wb" if binary else "w", **open_kwargs) as f:
             write(f)
             f.flush()
@@ -213,7 +220,7 @@ def _savable_metadata(net):
     }
 
 
-def save(net, path):
+def save(net, path) -> str:
     """Write ``net`` to ``path`` (conventionally ending in ``.npz``); returns ``path``.
 
     Parameters
@@ -395,7 +402,7 @@ def _load(zf, path, max_bytes):
     return net
 
 
-def load(path, *, max_bytes: int = MAX_MODEL_BYTES):
+def load(path, *, max_bytes: int = MAX_MODEL_BYTES) -> "Network":
     """Read a network written by :func:`save` (or ``Network.save``).
 
     Nothing is inflated or allocated before the zip directory, the metadata and every
@@ -430,11 +437,6 @@ def load(path, *, max_bytes: int = MAX_MODEL_BYTES):
             return _load(zf, path, max_bytes)
     except ModelFileError:
         raise
-    except zipfile.BadZipFile as err:
-        if not zipfile.is_zipfile(path):
-            raise ModelFileError(f"{path}: not a bpfast model file (not an .npz archive)") \
-                from None
-        raise ModelFileError(f"{path}: not a readable bpfast model file ({err})") from None
     except Exception as err:  # any corruption zipfile, numpy's header parser or json may meet
         raise ModelFileError(
             f"{path}: not a readable bpfast model file ({type(err).__name__}: "
