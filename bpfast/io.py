@@ -23,7 +23,7 @@ import re
 import socket
 import tempfile
 import zipfile
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from numpy.lib import format as npy_format
@@ -130,7 +130,8 @@ def _name_target(err, path):
     return err
 
 
-def atomic_write(path, write, binary: bool = True, suffix: str = ".tmp", **open_kwargs) -> str:
+def atomic_write(path: "str | os.PathLike[str]", write: Callable[[IO], object],
+                 binary: bool = True, suffix: str = ".tmp", **open_kwargs: Any) -> str:
     """Call ``write(f)`` on a temporary file beside ``path``, then rename it to ``path``.
 
     A crash or an exception never leaves half a file at ``path`` (an old file stays as it
@@ -220,7 +221,7 @@ def _savable_metadata(net):
     }
 
 
-def save(net, path) -> str:
+def save(net: "Network", path: "str | os.PathLike[str]") -> str:
     """Write ``net`` to ``path`` (conventionally ending in ``.npz``); returns ``path``.
 
     Parameters
@@ -245,7 +246,7 @@ def save(net, path) -> str:
         as it was.
     """
     meta = _savable_metadata(net)
-    arrays = {"metadata": np.array(json.dumps(meta))}
+    arrays: dict[str, Any] = {"metadata": np.array(json.dumps(meta))}
     for l, (W, b) in enumerate(zip(net.weights, net.biases)):
         arrays[f"W{l}"] = W
         arrays[f"b{l}"] = b
@@ -402,7 +403,7 @@ def _load(zf, path, max_bytes):
     return net
 
 
-def load(path, *, max_bytes: int = MAX_MODEL_BYTES) -> "Network":
+def load(path: "str | os.PathLike[str]", *, max_bytes: int = MAX_MODEL_BYTES) -> "Network":
     """Read a network written by :func:`save` (or ``Network.save``).
 
     Nothing is inflated or allocated before the zip directory, the metadata and every
