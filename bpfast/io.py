@@ -104,7 +104,7 @@ def remove_stale_temp_files(directory: str) -> None:
                 pass  # gone already, or not ours to remove: the save goes on
 
 
-def _fsync_directory(directory):
+def fsync_directory(directory: str) -> None:
     """Make a rename in ``directory`` durable (POSIX); a no-op where directories can't be
     opened or synced (Windows, some network file systems)."""
     try:
@@ -119,8 +119,9 @@ def _fsync_directory(directory):
         os.close(fd)
 
 
-def _name_target(err, path):
-    """``err`` re-aimed at ``path`` when it names our temporary file: users know the target."""
+def aimed_at_target(err: BaseException, path: str) -> BaseException:
+    """``err`` re-aimed at ``path`` when it names one of our temporary files (users know
+    the target, not the temporary name); any other exception unchanged."""
     if isinstance(err, OSError) and isinstance(err.filename, str) and os.path.basename(
             err.filename).startswith(".bpfast-"):
         detail = f"{err.strerror or err} (while writing it through a temporary file)"
@@ -156,11 +157,11 @@ def atomic_write(path: "str | os.PathLike[str]", write: Callable[[IO], object],
     except BaseException as err:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        new = _name_target(err, path)
+        new = aimed_at_target(err, path)
         if new is err:
             raise
         raise new from None
-    _fsync_directory(directory)
+    fsync_directory(directory)
     return path
 
 

@@ -36,6 +36,10 @@ def trained(tmp_path, reg_csv):
     return tmp_path / "m.npz", reg_csv
 
 
+LINUX_PROC = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"),
+                                reason="reads file names from /proc/self/fd")
+
+
 # --------------------------------------------------------------------------------------
 # Item 4: sizes that cannot fit in memory, hostile sidecars and models
 # --------------------------------------------------------------------------------------
@@ -311,3 +315,17 @@ def test_directory_in_the_way_found_before_training(tmp_path, reg_csv, which):
             "--out", "m.npz", *extra)
     assert_bad_input(r, "is a directory")
     assert r.stdout == "" and not (tmp_path / "m.npz").exists()
+
+
+@LINUX_PROC
+def test_failed_model_write_names_the_target(tmp_path, reg_csv, monkeypatch, capsys):
+    def full_disk(f, **arrays):
+        raise OSError(28, "No space left on device", os.readlink(f"/proc/self/fd/{f.fileno()}"))
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bio.np, "savez", full_disk)
+    assert cli.main(_train_args(reg_csv)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bpfast: error: m.npz: No space left on device"), err
+    assert ".bpfast-" not in err and err.count("\n") == 1
+    assert sorted(os.listdir(tmp_path)) == ["reg.csv"]

@@ -36,6 +36,10 @@ def temp_files(directory):
                   if p.name.startswith(".bpfast-"))
 
 
+LINUX_PROC = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"),
+                                reason="reads file names from /proc/self/fd")
+
+
 # --------------------------------------------------------------------------------------
 # Item 2: save refuses a network that load would refuse
 # --------------------------------------------------------------------------------------
@@ -296,6 +300,7 @@ def test_fortran_ordered_and_compressed_members_load(tmp_path):
 # Item 9: fsync before the rename; leftovers of killed saves are removed
 # --------------------------------------------------------------------------------------
 
+@LINUX_PROC
 def test_save_syncs_the_file_before_the_rename_and_the_directory_after(tmp_path,
                                                                          monkeypatch):
     events = []
@@ -365,6 +370,7 @@ def test_kill_9_during_save_leaves_a_temp_file_the_next_save_removes(tmp_path):
 # Item 12: errors name the target, not the temporary file
 # --------------------------------------------------------------------------------------
 
+@LINUX_PROC
 def test_write_error_names_the_target_not_the_temp_file(tmp_path, monkeypatch):
     def full_disk(f, **arrays):
         raise OSError(errno.ENOSPC, "No space left on device",
