@@ -46,6 +46,9 @@ MAX_METADATA_BYTES = 1 << 20
 #: The largest ``.npy`` header :func:`load` parses.
 _MAX_HEADER_BYTES = 10000
 
+#: Bytes of an array :func:`load` inflates at a time.
+_READ_CHUNK = 1 << 20
+
 
 class ModelFileError(ValueError):
     """A model file that is not a valid bpfast model."""
@@ -311,7 +314,8 @@ def _read_into(f, target, fortran, name, path):
     view = memoryview(buf.T if fortran else buf).cast("B")
     got = 0
     while got < len(view):
-        n = f.readinto(view[got:])
+        # zipfile's readinto reads a whole request into a new bytes object first
+        n = f.readinto(view[got:got + _READ_CHUNK])
         if not n:
             raise ModelFileError(f"{path}: {name} is truncated")
         got += n
