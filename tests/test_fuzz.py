@@ -216,7 +216,8 @@ def test_load_byte_flips_of_a_saved_model(saved_model, flips):
 # the data-file readers
 # --------------------------------------------------------------------------------------
 
-CSV_ALPHABET = st.sampled_from(list("0123456789.,-+eE \"\n\r\tabxyNaInf;") + ["\x00", "é", "\ufeff"])
+CSV_ALPHABET = st.sampled_from(list("0123456789.,-+eE \"\n\r\tabxyNaInf;")
+                               + ["\x00", "é", "\ufeff"])
 
 
 def read_all(path):

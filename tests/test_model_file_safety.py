@@ -8,7 +8,6 @@ import io
 import json
 import os
 import pathlib
-import resource
 import signal
 import subprocess
 import sys
