@@ -172,13 +172,20 @@ def atomic_write(path: "str | os.PathLike[str]", write: Callable[[IO], object],
 # Saving
 # --------------------------------------------------------------------------------------
 
+def _describe_dtype(dt):
+    if dt.isnative:
+        return dt.name
+    order = "big" if dt.byteorder == ">" else "little"
+    return f"{dt.name} in {order}-endian byte order ({dt.str})"
+
+
 def _check_parameter(a, name, dtype, shape):
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name}: expected a {dtype} ndarray of shape {shape}, got "
                         f"{type(a).__name__}")
     if a.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {dtype} (the network's, in native byte "
-                        f"order), got {a.dtype.str if a.dtype.kind == 'f' else a.dtype}")
+                        f"order), got {_describe_dtype(a.dtype)}")
     if a.shape != shape:
         raise ValueError(f"{name}: expected shape {shape} (from sizes), got {a.shape}")
     if not np.isfinite(a).all():
