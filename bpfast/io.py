@@ -316,7 +316,8 @@ def _open_array(zf, info, name, path, shape, dtype):
 
 
 def _read_into(f, target, fortran, name, path):
-    """Fill ``target`` from the data of ``f`` (zip CRC checked), without a second copy."""
+    """Fill ``target`` from the data of ``f`` (zip CRC checked), in place; a Fortran-ordered
+    array goes through one transposed buffer."""
     buf = np.empty(target.shape[::-1], target.dtype).T if fortran else target
     view = memoryview(buf.T if fortran else buf).cast("B")
     got = 0
