@@ -78,5 +78,11 @@ def resolve_activations(activations, n_layers):
 
 
 def activation_codes(names):
-    """Integer codes of canonical names, as the compiled kernels expect them."""
-    return np.array([ACTIVATIONS.index(n) for n in names], dtype=np.intc)
+    """Integer codes of activation names, as the compiled kernels expect them.
+
+    ``names`` are usually a network's canonical names, but a user may have replaced
+    ``net.activations``: an alias is accepted, an unknown name raises ``ValueError``
+    naming ``activations[i]`` and the valid names.
+    """
+    return np.array([ACTIVATIONS.index(_canonical(n, f"activations[{i}]"))
+                     for i, n in enumerate(names)], dtype=np.intc)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -39,6 +40,14 @@ def _check(args):
         sizes = [int(s) for s in args.sizes.split("-")]
     except ValueError:
         raise CLIError(f"--sizes: expected sizes like 64-32-10, got {args.sizes!r}") from None
+    if len(sizes) < 2 or min(sizes) < 1:
+        raise CLIError(f"--sizes: expected two or more positive sizes like 64-32-10, "
+                       f"got {args.sizes!r}")
+    # the network, its gradient twice (compiled and reference), the data and every
+    # layer's Z and A twice
+    need = 8 * (3 * _n_parameters(sizes) + 4 * args.samples * sum(sizes))
+    _require_memory(need, f"a {args.sizes} network on {args.samples:,} samples",
+                    "--sizes/--samples")
     net = bpfast.Network(sizes, activations=args.activation, seed=args.seed)
     X = rng.normal(size=(args.samples, sizes[0]))
     Y = rng.uniform(size=(args.samples, sizes[-1]))
@@ -94,12 +103,76 @@ def _atomic_write(path, write, binary=False):
 
 
 def _check_out_dir(path):
-    """Fail before any work when an output file's directory does not exist."""
+    """Fail before any work when an output file cannot be written: its directory does
+    not exist or is not writable, or the path is a directory."""
+    from .io import temp_prefix
+
     directory = os.path.dirname(os.path.abspath(os.fspath(path)))
     if not os.path.isdir(directory):
         raise CLIError(f"{path}: the directory {directory} does not exist")
     if os.path.isdir(path):
         raise CLIError(f"{path}: is a directory")
+    try:  # the very operation a save does first, so permissions, ACLs and mounts all count
+        fd, probe = tempfile.mkstemp(prefix=temp_prefix(), suffix=".probe.tmp", dir=directory)
+    except OSError as err:
+        raise CLIError(f"{path}: cannot write in {directory} "
+                       f"({err.strerror or type(err).__name__})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _n_parameters(sizes):
+    return sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def _fmt_bytes(n):
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1024
+
+
+def _memory_size():
+    """This machine's physical memory in bytes (or 64 GiB where it cannot be asked)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 64 << 30
+
+
+def _require_memory(nbytes, what, option):
+    """Refuse, before allocating, a size whose arrays could not fit in physical memory."""
+    if nbytes > _memory_size():
+        raise CLIError(f"{option}: {what} would need about {_fmt_bytes(nbytes)} of memory; "
+                       f"this machine has {_fmt_bytes(_memory_size())}")
+
+
+def _fit_scaling(X):
+    """Per-column mean and standard deviation of ``X`` (a constant column gets std 1).
+
+    Each column is first divided by its largest magnitude, so neither the sum nor the
+    squares overflow for values near the float64 limit.
+    """
+    peak = np.abs(X).max(axis=0)
+    peak[peak == 0] = 1.0
+    Z = X / peak
+    mean = Z.mean(axis=0) * peak
+    std = Z.std(axis=0) * peak
+    std[std == 0] = 1.0
+    return mean, std
+
+
+def _standardise(X, mean, std, names):
+    """``(X - mean) / std``, or a CLIError naming the first column it overflows."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        Z = (X - mean) / std
+    bad = ~np.isfinite(Z).all(axis=0)
+    if bad.any():
+        j = int(np.argmax(bad))
+        raise CLIError(f"input column {names[j]!r}: its values overflow when standardised "
+                       f"(mean {mean[j]:.6g}, std {std[j]:.6g}); rescale the column or train "
+                       "with --scale none")
+    return Z
 
 
 def _arch(net):
@@ -150,6 +223,16 @@ def _positive(kind):
         return value
 
     return parse
+
+
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
 
 
 def _fraction(text):
@@ -263,6 +346,37 @@ def sidecar_path(model_path):
     return os.fspath(model_path) + ".json"
 
 
+def _save_with_sidecar(net, path, side):
+    """Write the model to ``path`` and ``side`` (its checksum filled in) beside it.
+
+    The model goes to a temporary file first, then the sidecar is written, then the model
+    is renamed into place: an interruption or a failure at any step leaves either the old
+    model (whose checksum a new sidecar does not match, so predict refuses the pair) or
+    the new model with its new sidecar, never a new model beside a missing or stale one.
+    """
+    from .io import aimed_at_target, atomic_write, fsync_directory, temp_prefix
+
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(), suffix=".npz.tmp", dir=directory)
+        os.close(fd)
+        net.save(tmp)
+        side["model_sha256"] = _sha256(tmp)
+        text = json.dumps(side, indent=1, allow_nan=False)  # strict JSON: no NaN, Infinity
+        atomic_write(sidecar_path(path), lambda f: f.write(text), binary=False,
+                     encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException as err:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        new = aimed_at_target(err, path)
+        if new is err:
+            raise
+        raise new from None
+    fsync_directory(directory)
+
+
 def _sha256(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -309,6 +423,7 @@ def _train(args):
 
     plt = _need_matplotlib() if args.plot else None
     _check_out_dir(args.out)
+    _check_out_dir(sidecar_path(args.out))
     if args.plot:
         _check_out_dir(args.plot)
     table = read_table(args.data)
@@ -359,17 +474,20 @@ def _train(args):
                        f"--validation {args.validation}")
     val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
 
+    dtype = np.dtype(args.dtype)
+    hidden = _parse_hidden(args.hidden)
+    sizes = [X.shape[1]] + hidden + [Y.shape[1]]
+    # parameters, gradients and the optimizer's state (Adam keeps two arrays)
+    _require_memory(4 * dtype.itemsize * _n_parameters(sizes),
+                    f"a {'-'.join(map(str, sizes))} network", "--hidden")
+
     scale = None
     if args.scale == "standard":
-        mean = X[train].mean(axis=0)
-        std = X[train].std(axis=0)
-        std[std == 0] = 1.0
-        X = (X - mean) / std
+        mean, std = _fit_scaling(X[train])
+        X = _standardise(X, mean, std, _output_names(table, features))
         scale = {"mean": mean.tolist(), "std": std.tolist()}
 
-    dtype = np.dtype(args.dtype)
     X, Y = X.astype(dtype), Y.astype(dtype)
-    hidden = _parse_hidden(args.hidden)
     if args.loss == "cross_entropy":
         if args.output_activation not in (None, "softmax"):
             raise CLIError("--output-activation: cross_entropy needs a softmax output layer, "
@@ -377,7 +495,6 @@ def _train(args):
         out_act = "softmax"
     else:
         out_act = args.output_activation or "identity"
-    sizes = [X.shape[1]] + hidden + [Y.shape[1]]
     net = bpfast.Network(sizes, activations=[args.activation] * len(hidden) + [out_act],
                          dtype=dtype, seed=args.seed)
     Xtr, Ytr, Xv, Yv = X[train], Y[train], X[val], Y[val]
@@ -421,11 +538,10 @@ def _train(args):
     print(f"time: {sum(history.time):.3f} s for {history.epochs} epochs "
           f"({_fmt_rate(history.epochs * len(train) / max(sum(history.time), 1e-9))} samples/s)")
 
-    net.save(args.out)
     side = {
         "format": SIDECAR_FORMAT,
         "version": SIDECAR_VERSION,
-        "model_sha256": _sha256(args.out),
+        "model_sha256": None,  # filled in by _save_with_sidecar
         "sizes": list(net.sizes),
         "data": os.path.basename(args.data),
         "loss": args.loss,
@@ -437,7 +553,7 @@ def _train(args):
             int(c) if isinstance(c, (np.integer, int)) else str(c) for c in classes],
         "scale": scale,
     }
-    _atomic_write(sidecar_path(args.out), lambda f: json.dump(side, f, indent=1))
+    _save_with_sidecar(net, args.out, side)
     what = "class labels, column names and input scaling" if classes is not None else \
         "column names and input scaling"
     print(f"wrote {args.out} and {sidecar_path(args.out)} ({what}: bpfast's model files "
@@ -454,39 +570,102 @@ def _train(args):
 # predict
 # --------------------------------------------------------------------------------------
 
+#: The largest sidecar file predict reads.
+MAX_SIDECAR_BYTES = 64 << 20
+
+
+def _names(side, key, path, count=None):
+    """``side[key]`` as a list of distinct non-empty strings (``count`` of them)."""
+    value = side.get(key)
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(n, str) and n for n in value)):
+        raise CLIError(f"{path}: {key!r} must be a list of column names, got {value!r:.80}")
+    if len(set(value)) != len(value):
+        raise CLIError(f"{path}: {key!r} names a column twice")
+    if count is not None and len(value) != count:
+        raise CLIError(f"{path}: {len(value)} {key} for the model's {count}")
+    return value
+
+
+def _sidecar_widths(side, path, features, n_inputs):
+    widths = side.get("feature_widths")
+    if (not isinstance(widths, list) or len(widths) != len(features)
+            or not all(type(w) is int and w >= 1 for w in widths)):
+        raise CLIError(f"{path}: 'feature_widths' must give a positive width for each of "
+                       f"the {len(features)} features")
+    if sum(widths) != n_inputs:
+        raise CLIError(f"{path}: the features are {sum(widths)} inputs wide, the model "
+                       f"takes {n_inputs}")
+
+
+def _sidecar_classes(side, path, n_outputs):
+    classes = side.get("classes")
+    if classes is None:
+        return None
+    if (not isinstance(classes, list)
+            or not all(type(c) in (int, str) for c in classes)):
+        raise CLIError(f"{path}: 'classes' must be a list of class labels (integers or "
+                       f"text), got {classes!r:.80}")
+    if len(classes) != n_outputs or len(set(classes)) != len(classes):
+        raise CLIError(f"{path}: {len(classes)} class labels (distinct: "
+                       f"{len(set(classes))}) for the model's {n_outputs} outputs")
+    if len(side.get("targets") or []) != 1:
+        raise CLIError(f"{path}: class labels need exactly one target column")
+    return classes
+
+
+def _sidecar_scale(side, path, n_inputs):
+    scale = side.get("scale")
+    if scale is None:
+        return None
+    if not isinstance(scale, dict):
+        raise CLIError(f"{path}: 'scale' must be null or an object with 'mean' and 'std'")
+    out = {}
+    for key in ("mean", "std"):
+        v = scale.get(key)
+        if (not isinstance(v, list) or len(v) != n_inputs
+                or not all(type(x) in (int, float) and np.isfinite(x) for x in v)):
+            raise CLIError(f"{path}: scale {key!r} must be {n_inputs} finite numbers "
+                           "(one per model input)")
+        out[key] = np.array(v, dtype=np.float64)
+    if not (out["std"] > 0).all():
+        raise CLIError(f"{path}: scale 'std' must be positive")
+    return out
+
+
 def _read_sidecar(model_path, net):
+    """The sidecar beside ``model_path``, checked entry by entry against ``net``, or None."""
     path = sidecar_path(model_path)
     if not os.path.exists(path):
         return None
     try:
+        if os.path.getsize(path) > MAX_SIDECAR_BYTES:
+            raise CLIError(f"{path}: {os.path.getsize(path):,} bytes is too large for a "
+                           "bpfast sidecar file")
         with open(path, encoding="utf-8") as f:
             side = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CLIError(f"{path}: not a readable bpfast sidecar file ({err})") from None
-    try:
-        if side.get("format") != SIDECAR_FORMAT or side.get("version") != SIDECAR_VERSION:
-            raise CLIError(f"{path}: not a bpfast sidecar file of version {SIDECAR_VERSION}")
-        if side.get("model_sha256") != _sha256(model_path):
-            raise CLIError(f"{path} was written for another version of {model_path}; "
-                           "retrain, or delete the sidecar to predict from raw columns")
-        if list(side["sizes"]) != list(net.sizes):
-            raise CLIError(f"{path}: describes a {side['sizes']} network, the model is "
-                           f"{list(net.sizes)}")
-        features = [str(n) for n in side["features"]]
-        outputs = [str(n) for n in side["outputs"]]
-        scale = side["scale"]
-        if scale is not None:
-            scale = {k: np.asarray(scale[k], dtype=np.float64) for k in ("mean", "std")}
-            if any(v.shape != (net.sizes[0],) for v in scale.values()):
-                raise CLIError(f"{path}: input scaling does not match the model's "
-                               f"{net.sizes[0]} inputs")
-        classes = side["classes"]
-        if classes is not None and len(classes) != net.sizes[-1]:
-            raise CLIError(f"{path}: {len(classes)} class labels for {net.sizes[-1]} outputs")
-        return {"features": features, "outputs": outputs, "scale": scale, "classes": classes,
-                "targets": [str(n) for n in side["targets"]], "loss": side.get("loss")}
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise CLIError(f"{path}: malformed sidecar file ({type(err).__name__}: {err})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise CLIError(f"{path}: not a readable bpfast sidecar file "
+                       f"({type(err).__name__}: {err})") from None
+    if (not isinstance(side, dict) or side.get("format") != SIDECAR_FORMAT
+            or side.get("version") != SIDECAR_VERSION):
+        raise CLIError(f"{path}: not a bpfast sidecar file of version {SIDECAR_VERSION}")
+    if side.get("model_sha256") != _sha256(model_path):
+        raise CLIError(f"{path} was written for another version of {model_path}; "
+                       "retrain, or delete the sidecar to predict from raw columns")
+    if side.get("sizes") != list(net.sizes):
+        raise CLIError(f"{path}: describes a {side.get('sizes')!r:.80} network, the model is "
+                       f"{list(net.sizes)}")
+    features = _names(side, "features", path)
+    _sidecar_widths(side, path, features, net.sizes[0])
+    targets = _names(side, "targets", path)
+    classes = _sidecar_classes(side, path, net.sizes[-1])
+    outputs = _names(side, "outputs", path, None if classes else net.sizes[-1])
+    if side.get("loss") not in ("mse", "cross_entropy"):
+        raise CLIError(f"{path}: unknown loss {side.get('loss')!r:.80}")
+    return {"features": features, "outputs": outputs, "scale": _sidecar_scale(
+        side, path, net.sizes[0]), "classes": classes, "targets": targets,
+        "loss": side["loss"]}
 
 
 def _predict(args):
@@ -511,7 +690,8 @@ def _predict(args):
         raise CLIError(f"the model {args.model} expects {net.sizes[0]} inputs, but "
                        f"{args.data} gives {X.shape[1]} ({source})")
     if side is not None and side["scale"] is not None:
-        X = (X - side["scale"]["mean"]) / side["scale"]["std"]
+        X = _standardise(X, side["scale"]["mean"], side["scale"]["std"],
+                         _output_names(table, side["features"]))
     A = net.forward(X.astype(net.dtype))
     precision = 9 if net.dtype == np.float32 else None
     info = sys.stderr if args.out in (None, "-") else sys.stdout
@@ -565,12 +745,21 @@ def _bench(args):
 # the parser
 # --------------------------------------------------------------------------------------
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that keeps bpfast's promise for usage errors: one line, exit status 2."""
+
+    def error(self, message):
+        print(f"bpfast: error: {_one_line(message)} (see `{self.prog} --help`)",
+              file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
 def build_parser():
     import bpfast
     from bpfast import benchmarks
     from bpfast.activations import ACTIVATIONS
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bpfast",
         description="Fast, exact back-propagation for fully connected networks.",
         epilog="Run `bpfast COMMAND --help` for a command's options.",
@@ -587,7 +776,7 @@ def build_parser():
     check.add_argument("--activation", default="sigmoid", help="activation of every layer")
     check.add_argument("--samples", type=_positive(int), default=256,
                        help="number of samples m")
-    check.add_argument("--seed", type=int, default=0, help="random seed")
+    check.add_argument("--seed", type=_seed, default=0, help="random seed")
     check.set_defaults(run=_check)
 
     demo = sub.add_parser(
@@ -596,7 +785,7 @@ def build_parser():
     )
     demo.add_argument("--epochs", type=_positive(int), default=20,
                       help="training epochs (default 20)")
-    demo.add_argument("--seed", type=int, default=0,
+    demo.add_argument("--seed", type=_seed, default=0,
                       help="seeds the held-out split and the initial weights (default 0)")
     demo.add_argument("--batch-size", type=_positive(int), default=8, help="default 8")
     demo.add_argument("--learning-rate", type=_positive(float), default=0.1,
@@ -648,7 +837,7 @@ def build_parser():
                        help="standardise the inputs with the training rows' mean and "
                             "standard deviation (default) or use them as they are")
     train.add_argument("--dtype", choices=["float64", "float32"], default="float64")
-    train.add_argument("--seed", type=int, default=0,
+    train.add_argument("--seed", type=_seed, default=0,
                        help="seeds the split, the initial weights and the shuffling")
     train.add_argument("--out", default="model.npz", metavar="MODEL",
                        help="model file to write (default model.npz; its sidecar is "
@@ -714,6 +903,13 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("bpfast: interrupted", file=sys.stderr)
         return 130
+    except MemoryError as err:
+        print(f"bpfast: error: out of memory ({_one_line(err)}); try smaller sizes or "
+              "less data", file=sys.stderr)
+        return EXIT_USAGE
+    except RecursionError:
+        print("bpfast: error: an input is nested too deeply to read", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,6 @@
 """``Network``: a fully connected network that owns its parameters."""
+import os
+
 import numpy as np
 
 from . import engine
@@ -169,8 +171,28 @@ class Network:
                    patience=patience, tol=tol, restore_best=restore_best,
                    callback=callback, progress=progress)
 
-    def save(self, path):
-        """Write the network to a portable ``.npz`` file (see :mod:`bpfast.io`)."""
+    def save(self, path: "str | os.PathLike[str]") -> str:
+        """Write the network to a portable ``.npz`` file (see :mod:`bpfast.io`).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The target; an existing file is replaced atomically.
+
+        Returns
+        -------
+        str
+            ``path``.
+
+        Raises
+        ------
+        TypeError, ValueError
+            When :func:`bpfast.load` would refuse the file: a parameter replaced by one
+            of another dtype or byte order, shape, or with NaN or infinite values, an
+            added or removed layer, an unknown activation or loss. The message names the
+            parameter (e.g. ``weights[1]``) with what was expected and what came; nothing
+            is written and a file at ``path`` stays as it was.
+        """
         from .io import save
 
         return save(self, path)
