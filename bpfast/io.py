@@ -4,7 +4,8 @@ File layout (format version 1): a NumPy ``.npz`` archive holding
 
 - ``metadata``: a 0-d unicode array with a JSON object
   ``{"format": "bpfast", "version": 1, "sizes": [...], "activations": [...],
-  "dtype": "float64", "loss": "mse"}``;
+  "dtype": "float64", "loss": "mse", "classes": null}`` (``classes``: the sorted class
+  labels, integers or strings, of a network fitted on labels; absent in older files);
 - ``W0 ... W{L-1}`` and ``b0 ... b{L-1}``: the weights and biases, in the file's dtype.
 
 The file is written to a temporary file beside the target and renamed, so a crash never
@@ -62,6 +63,7 @@ def save(net, path):
         "activations": list(net.activations),
         "dtype": net.dtype.name,
         "loss": getattr(net, "loss_function", "mse"),
+        "classes": _classes_to_json(getattr(net, "classes_", None)),
     }
     arrays = {"metadata": np.array(json.dumps(meta))}
     for l, (W, b) in enumerate(zip(net.weights, net.biases)):
@@ -144,4 +146,26 @@ def load(path):
     if loss not in ("mse", "cross_entropy", "binary_cross_entropy", "poisson"):
         raise ModelFileError(f"{path}: unknown loss {loss!r}")
     net.loss_function = loss
+    net.classes_ = _classes_from_json(meta.get("classes"), sizes[-1], path)
     return net
+
+
+def _classes_to_json(classes):
+    return None if classes is None else np.asarray(classes).tolist()
+
+
+def _classes_from_json(classes, n_outputs, path):
+    """The ``classes`` metadata as an array, checked: None, or sorted unique labels of
+    one kind (integers, strings, booleans or whole floats), as many as the output layer takes."""
+    if classes is None:
+        return None
+    expected = 2 if n_outputs == 1 else n_outputs
+    if (not isinstance(classes, list) or len(classes) != expected
+            or not any(all(type(c) is kind for c in classes) for kind in (int, str, bool, float))
+            or not all(c == c for c in classes)  # NaN
+            or classes != sorted(set(classes))):
+        raise ModelFileError(
+            f"{path}: metadata 'classes' must be {expected} sorted, distinct labels of one "
+            f"kind (integers or strings), for {n_outputs} output unit(s); found {classes!r}"
+        )
+    return np.array(classes)
