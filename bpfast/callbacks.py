@@ -18,7 +18,7 @@ their ``val_`` forms) and ``"min"`` for everything else.
 import csv
 import math
 import os
-from typing import Dict, List, Optional, Union
+from typing import IO, Any, Dict, List, Optional, Union
 
 from .io import atomic_write
 from .metrics import mode_of
@@ -144,7 +144,9 @@ class EarlyStopping(_Monitor):
             raise ValueError(f"patience: expected a non-negative integer, got {patience!r}")
         self.patience = patience
         self.restore_best_weights = bool(restore_best_weights)
-        self.wait, self.best_epoch, self._best_params = 0, None, None
+        self.wait = 0
+        self.best_epoch: Optional[int] = None
+        self._best_params: Optional[list] = None
 
     def on_train_begin(self, state: FitState) -> None:
         super().on_train_begin(state)
@@ -219,7 +221,9 @@ class CSVLogger(Callback):
         self.filename = os.fspath(filename)
         self.separator = separator
         self.append = bool(append)
-        self._file, self._writer = None, None
+        self._file: Optional[IO[str]] = None
+        self._writer: Any = None
+        self._columns: List[str] = []
 
     def on_train_begin(self, state: FitState) -> None:
         header = ["epoch"] + sorted(state.recorded) + ["learning_rate"]
@@ -227,17 +231,18 @@ class CSVLogger(Callback):
             and os.path.getsize(self.filename) > 0
         if not self.append:  # a new, empty file appears at once, never a half one
             atomic_write(self.filename, lambda f: None, binary=False, suffix=".csv.tmp")
-        self._file = open(self.filename, "a", newline="", encoding="utf-8")
-        self._writer = csv.writer(self._file, delimiter=self.separator)
+        self._file = file = open(self.filename, "a", newline="", encoding="utf-8")
+        self._writer = csv.writer(file, delimiter=self.separator)
         self._columns = header
         if not exists:
             self._writer.writerow(header)
-            self._file.flush()
+            file.flush()
 
     def on_epoch_end(self, state: FitState, epoch: int) -> None:
         logs = state.logs(epoch)
         self._writer.writerow([epoch] + [repr(logs[name]) for name in self._columns[1:]])
-        self._file.flush()
+        if self._file is not None:
+            self._file.flush()
 
     def on_train_end(self, state: FitState) -> None:
         if self._file is not None:

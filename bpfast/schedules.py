@@ -12,12 +12,12 @@ the rate each epoch used.
 """
 import math
 import numbers
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 __all__ = ["Constant", "CosineDecay", "InvScaling", "Schedule", "StepDecay", "resolve"]
 
 
-def _positive(value, name):
+def _positive(value: Any, name: str) -> float:
     if (isinstance(value, bool) or not isinstance(value, numbers.Real)
             or not math.isfinite(value) or value <= 0):
         raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
@@ -81,7 +81,8 @@ class StepDecay(Schedule):
         gamma = _positive(gamma, "gamma")
         if gamma > 1:
             raise ValueError(f"gamma: expected a number in (0, 1], got {gamma}")
-        self.step_size, self.gamma = int(step_size), gamma
+        self.step_size: int = int(step_size)
+        self.gamma: float = gamma
 
     def rate(self, epoch: int, learning_rate: float, epochs: int) -> float:
         return learning_rate * self.gamma ** (epoch // self.step_size)
@@ -108,12 +109,14 @@ class CosineDecay(Schedule):
         if period is not None and (isinstance(period, bool)
                                    or not isinstance(period, numbers.Integral) or period < 1):
             raise ValueError(f"period: expected a positive integer or None, got {period!r}")
-        self.min_lr, self.period = float(min_lr), period
+        self.min_lr: float = float(min_lr)
+        self.period: Optional[int] = None if period is None else int(period)
 
     def rate(self, epoch: int, learning_rate: float, epochs: int) -> float:
         period = epochs if self.period is None else self.period
         t = min(epoch, period - 1)
-        return self.min_lr + (learning_rate - self.min_lr) * (1 + math.cos(math.pi * t / period)) / 2
+        cosine = (1 + math.cos(math.pi * t / period)) / 2
+        return self.min_lr + (learning_rate - self.min_lr) * cosine
 
 
 class _Function(Schedule):

@@ -268,13 +268,13 @@ def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="
     rng = np.random.default_rng(seed) if shuffle else None
     history = History()
     state = _start(net, history, metric_names, validation_data is not None, epochs)
-    net.classes_ = classes
     initial_rate = learning_rate
     bar = _progress_bar(epochs) if progress else None
     best, best_params, waited, t = math.inf, None, 0, 0
     try:
         for callback_ in callbacks:
             callback_.on_train_begin(state)
+        net.classes_ = classes
         for epoch in range(epochs):
             started = time.perf_counter()
             learning_rate = checked_rate(schedule, epoch, initial_rate, epochs) * state.lr_scale
