@@ -21,6 +21,8 @@ def is_label_vector(Y, loss):
 def _label_array(y, name):
     """``y`` as a 1-D array of integer, boolean or string labels."""
     a = np.asarray(y)
+    if a.dtype.kind == "O" and all(isinstance(v, str) for v in a):  # e.g. pandas strings
+        a = a.astype(str)
     if a.dtype.kind == "f":
         if not np.isfinite(a).all() or not (a == np.round(a)).all():
             raise ValueError(

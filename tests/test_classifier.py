@@ -119,6 +119,26 @@ def test_binary_cross_entropy_k_units_one_hot():
     np.testing.assert_array_equal(a.predict_proba(X), a.forward(X))
 
 
+@pytest.mark.parametrize("make", [list, lambda a: a.astype(object)])
+def test_labels_as_a_list_or_object_array(make):
+    X, y = blobs(seed=6)
+    labels = np.array(["b", "a", "c"])[y]
+    a, b = softmax_net(), softmax_net()
+    a.fit(X, make(labels), loss="cross_entropy", **FIT)
+    b.fit(X, labels, loss="cross_entropy", **FIT)
+    assert_same_params(a, b)
+    np.testing.assert_array_equal(a.classes_, ["a", "b", "c"])
+
+
+def test_boolean_labels():
+    X, y = blobs(k=2, seed=6)
+    a, b = sigmoid_net(), sigmoid_net()
+    a.fit(X, y == 1, loss="binary_cross_entropy", **FIT)
+    b.fit(X, y, loss="binary_cross_entropy", **FIT)
+    assert_same_params(a, b)
+    np.testing.assert_array_equal(a.predict(X), b.predict(X) == 1)
+
+
 def test_whole_float_labels_are_labels():
     X, y = blobs(seed=6)
     a, b = softmax_net(), softmax_net()
