@@ -24,6 +24,7 @@ from ._blas_backend import blas_info, configure as _configure_blas
 _configure_blas()
 
 from . import callbacks, metrics, reference, schedules
+from . import onnx as _onnx  # noqa: F401  (registers the drop-ins once skl2onnx is imported)
 from .activations import ACTIVATIONS
 from .engine import backprop, forward, loss
 from .gradcheck import check_gradient

@@ -11,8 +11,9 @@ with shape ``("batch", n^0)``, the batch dimension dynamic; the output ``"output
 :func:`register_skl2onnx` registers :class:`bpfast.sklearn.MLPClassifier` and
 ``MLPRegressor`` with skl2onnx under scikit-learn's own MLP converters, so
 ``skl2onnx.convert_sklearn`` converts them as it converts scikit-learn's classes (the
-drop-ins hold the same fitted attributes). Importing this module registers them as soon
-as skl2onnx is imported (at once if it already is), without importing skl2onnx itself.
+drop-ins hold the same fitted attributes). ``import bpfast`` imports this module, which
+registers them as soon as skl2onnx is imported (at once if it already is), without
+importing skl2onnx, scikit-learn or onnx itself.
 
 >>> import bpfast
 >>> net = bpfast.Network([4, 8, 3], activations=["relu", "softmax"], seed=0)

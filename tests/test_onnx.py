@@ -170,11 +170,22 @@ print("converted")
 """
 
 
-@pytest.mark.parametrize("imports", ["import bpfast.onnx\nimport skl2onnx",
-                                     "import skl2onnx\nimport bpfast.onnx"])
-def test_importing_bpfast_onnx_registers_in_either_order(skl2onnx, imports):
+@pytest.mark.parametrize("imports", ["import bpfast\nimport skl2onnx",
+                                     "import skl2onnx\nimport bpfast",
+                                     "import skl2onnx"])
+def test_importing_bpfast_registers_in_either_order(skl2onnx, imports):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     done = subprocess.run([sys.executable, "-c", SCRIPT.format(imports=imports)],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "converted"
+
+
+def test_importing_bpfast_imports_none_of_onnx_skl2onnx_sklearn():
+    code = ("import sys, bpfast; print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'onnx', 'onnxruntime', 'skl2onnx', 'sklearn'}))")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
