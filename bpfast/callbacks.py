@@ -20,7 +20,6 @@ import math
 import os
 from typing import IO, Any, Dict, List, Optional, Union
 
-from .io import atomic_write
 from .metrics import mode_of
 
 __all__ = ["CSVLogger", "Callback", "EarlyStopping", "FitState", "ModelCheckpoint",
@@ -229,9 +228,8 @@ class CSVLogger(Callback):
         header = ["epoch"] + sorted(state.recorded) + ["learning_rate"]
         exists = self.append and os.path.exists(self.filename) \
             and os.path.getsize(self.filename) > 0
-        if not self.append:  # a new, empty file appears at once, never a half one
-            atomic_write(self.filename, lambda f: None, binary=False, suffix=".csv.tmp")
-        self._file = file = open(self.filename, "a", newline="", encoding="utf-8")
+        mode = "a" if self.append else "w"
+        self._file = file = open(self.filename, mode, newline="", encoding="utf-8")
         self._writer = csv.writer(file, delimiter=self.separator)
         self._columns = header
         if not exists:

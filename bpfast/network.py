@@ -196,8 +196,9 @@ class Network:
             after ``callback``.
         validation_split : float in (0, 1), optional
             Hold out the last ``validation_split`` fraction of the rows (as Keras does:
-            the rows at the end, in data order, before any shuffling) as validation data.
-            Not together with ``validation_data``.
+            the rows at the end, in data order, before any shuffling) as validation data,
+            evaluated like ``validation_data`` (unweighted). Not together with
+            ``validation_data``.
         lr_schedule : str, callable or bpfast.schedules.Schedule, optional
             The learning rate of each epoch: "constant", "invscaling", "step" or
             "cosine" (the :mod:`bpfast.schedules` classes with their default
