@@ -23,7 +23,8 @@ from ._blas_backend import blas_info, configure as _configure_blas
 
 _configure_blas()
 
-from . import reference
+from . import callbacks, metrics, reference, schedules
+from . import onnx as _onnx  # noqa: F401  (registers the drop-ins once skl2onnx is imported)
 from .activations import ACTIVATIONS
 from .engine import backprop, forward, loss
 from .gradcheck import check_gradient
@@ -42,9 +43,12 @@ __all__ = [
     "load",
     "backprop",
     "blas_info",
+    "callbacks",
     "check_gradient",
     "forward",
     "loss",
+    "metrics",
     "reference",
+    "schedules",
     "__version__",
 ]

@@ -175,7 +175,7 @@ def check_data(X, name, n_columns, dtype, column_meaning, finite=True):
     a = _as_array(X, name)
     _check_kind(a, name)
     if a.ndim != 2:
-        hint = f"; for one sample use {name}.reshape(1, -1)" if a.ndim == 1 else ""
+        hint = _one_d_hint(name, a, n_columns) if a.ndim == 1 else ""
         raise ValueError(
             f"{name}: expected a 2-D array (n_samples, {n_columns}), got {a.ndim} "
             f"dimensions with shape {a.shape}{hint}"
@@ -192,6 +192,15 @@ def check_data(X, name, n_columns, dtype, column_meaning, finite=True):
     if finite:
         check_finite(a, name)
     return a
+
+
+def _one_d_hint(name, a, n_columns):
+    """The reshape that makes the 1-D ``a`` the expected 2-D shape, when one does."""
+    if n_columns == 1:  # m rows of one column (e.g. one target per sample)
+        return f"; for one column of {a.shape[0]} rows use {name}.reshape(-1, 1)"
+    if a.shape[0] == n_columns:
+        return f"; for one sample use {name}.reshape(1, -1)"
+    return ""
 
 
 def check_inputs(weights, biases, activations, X, Y=None, bound=None):

@@ -4,7 +4,8 @@ File layout (format version 1): a NumPy ``.npz`` archive holding
 
 - ``metadata``: a 0-d unicode array with a JSON object
   ``{"format": "bpfast", "version": 1, "sizes": [...], "activations": [...],
-  "dtype": "float64", "loss": "mse"}``;
+  "dtype": "float64", "loss": "mse", "classes": null}`` (``classes``: the sorted class
+  labels, integers or strings, of a network fitted on labels; absent in older files);
 - ``W0 ... W{L-1}`` and ``b0 ... b{L-1}``: the weights and biases, in the file's dtype.
 
 :func:`save` refuses a network that :func:`load` would refuse, so it never replaces a
@@ -229,6 +230,7 @@ def _savable_metadata(net):
         "activations": list(activations),
         "dtype": dtype.name,
         "loss": loss,
+        "classes": _savable_classes(net, sizes[-1]),
     }
 
 
@@ -389,8 +391,9 @@ def _load(zf, path, max_bytes):
     from .network import Network
 
     members = _members(zf, path)
-    sizes, activations, dtype, loss = _check_metadata(
-        _read_metadata(zf, members["metadata"], path), path)
+    meta = _read_metadata(zf, members["metadata"], path)
+    sizes, activations, dtype, loss = _check_metadata(meta, path)
+    classes = _classes_from_json(meta.get("classes"), sizes[-1], path)
     layout = list(_layer_arrays(sizes))
     expected = {name for name, *_ in layout}
     found = set(members) - {"metadata"}
@@ -413,6 +416,7 @@ def _load(zf, path, max_bytes):
         if not np.isfinite(target).all():
             raise ModelFileError(f"{path}: {name} holds NaN or infinite values")
     net.loss_function = loss
+    net.classes_ = classes
     return net
 
 
@@ -456,3 +460,34 @@ def load(path: "str | os.PathLike[str]", *, max_bytes: int = MAX_MODEL_BYTES) ->
             f"{path}: not a readable bpfast model file ({type(err).__name__}: "
             f"{' '.join(str(err).split())[:200]})"
         ) from None
+
+
+def _classes_to_json(classes):
+    return None if classes is None else np.asarray(classes).tolist()
+
+
+def _classes_from_json(classes, n_outputs, path):
+    """The ``classes`` metadata as an array, checked: None, or sorted unique labels of
+    one kind (integers, strings, booleans or whole floats), as many as the output layer takes."""
+    if classes is None:
+        return None
+    expected = 2 if n_outputs == 1 else n_outputs
+    if (not isinstance(classes, list) or len(classes) != expected
+            or not any(all(type(c) is kind for c in classes) for kind in (int, str, bool, float))
+            or not all(c == c for c in classes)  # NaN
+            or classes != sorted(set(classes))):
+        raise ModelFileError(
+            f"{path}: metadata 'classes' must be {expected} sorted, distinct labels of one "
+            f"kind (integers or strings), for {n_outputs} output unit(s); found {repr(classes)[:200]}"
+        )
+    return np.array(classes)
+
+
+def _savable_classes(net, n_outputs):
+    """``net.classes_`` as JSON, after checking that :func:`load` will accept it."""
+    classes = _classes_to_json(getattr(net, "classes_", None))
+    try:
+        _classes_from_json(classes, n_outputs, "classes_")
+    except ModelFileError as err:
+        raise ValueError(str(err)) from None
+    return classes

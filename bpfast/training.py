@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _kernels, engine
+from . import _kernels, _targets, engine
 from ._validation import as_kernel_array, check_data, check_finite, check_positive_int
 from .activations import activation_codes
+from .callbacks import Callback, FitState
+from .metrics import check_metrics, evaluate
 from .reference import loss_value
+from .schedules import checked_rate, resolve
 
 #: Optimizer name -> (kernel optimizer code, keeps a velocity, nesterov)
 OPTIMIZERS = {
@@ -50,6 +53,12 @@ class History:
         Mean training loss over the epoch's batches (each batch counted once per row).
     val_loss : list of float
         Loss on ``validation_data`` after each epoch (empty without it).
+    metrics : dict of str to list of float
+        Every value recorded per epoch by name: ``"loss"``, ``"val_loss"`` (with
+        validation data; the same lists as ``loss`` and ``val_loss``), each metric asked
+        of ``fit`` and, with validation data, its ``"val_"`` form.
+    learning_rate : list of float
+        The learning rate each epoch used.
     time : list of float
         Wall time of each epoch in seconds, validation included.
     stopped_early : bool
@@ -61,6 +70,8 @@ class History:
     loss: list = field(default_factory=list)
     val_loss: list = field(default_factory=list)
     time: list = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    learning_rate: list = field(default_factory=list)
     stopped_early: bool = False
     best_epoch: int = None
 
@@ -148,19 +159,28 @@ def evaluate_loss(net, X, Y, loss, sample_weight=None, in_blocks=False):
     forward pass in row blocks where the panel kernel takes them, as between epochs
     (see ``engine._forward_checked``).
     """
+    return _loss_of_outputs(net, _outputs(net, X, in_blocks), Y, loss, sample_weight)
+
+
+def _outputs(net, X, in_blocks):
+    """``net``'s outputs on ``X`` as a float64 array of its own (the forward pass's
+    buffers are reused by the next pass)."""
     if in_blocks:
-        A = engine._forward_checked(net.weights, net.biases, net.activations, X,
-                                    in_blocks=True).astype(np.float64)
-    else:
-        A = net.forward(X).astype(np.float64)
-    w = np.ones(X.shape[0]) if sample_weight is None else sample_weight.astype(np.float64)
+        return engine._forward_checked(net.weights, net.biases, net.activations, X,
+                                       in_blocks=True).astype(np.float64)
+    return net.forward(X).astype(np.float64)
+
+
+def _loss_of_outputs(net, A, Y, loss, sample_weight=None):
+    w = np.ones(A.shape[0]) if sample_weight is None else sample_weight.astype(np.float64)
     return loss_value(A.T, Y.astype(np.float64).T, loss, w, w.sum(), np.finfo(net.dtype).eps)
 
 
 def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="mse",
         shuffle=True, seed=None, momentum=0.9, beta1=0.9, beta2=0.999, epsilon=1e-8,
         l2=0.0, sample_weight=None, validation_data=None, early_stopping=False,
-        patience=10, tol=1e-4, restore_best=True, callback=None, progress=False):
+        patience=10, tol=1e-4, restore_best=True, callback=None, progress=False,
+        metrics=(), callbacks=(), validation_split=None, lr_schedule=None, class_weight=None):
     """Train ``net`` in place; see :meth:`bpfast.Network.fit` for the parameters."""
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
@@ -184,6 +204,20 @@ def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="
             f"loss: {loss!r} needs a {needs} output layer, but the network's last activation "
             f"is {net.activations[-1]!r}; build it with activations=[..., {needs!r}]"
         )
+    metric_names = check_metrics(metrics, loss)
+    callbacks = _check_callbacks(callbacks)
+    schedule = resolve(lr_schedule)
+    if validation_split is not None:
+        if validation_data is not None:
+            raise ValueError("validation_split: give validation_split or validation_data, "
+                             "not both")
+        validation_split = _fraction(validation_split)
+    if class_weight is not None and not _targets.is_label_vector(Y, loss):
+        raise ValueError(
+            "class_weight: needs class labels in Y (1-D, with loss='cross_entropy' or "
+            "'binary_cross_entropy')"
+        )
+    Y, classes, labels = _encode_targets(net, Y, loss)
 
     # finiteness comes from the same compiled pass as the overflow guard's bounds
     # (max |X|, max |Y|: inf when a value is not finite), one read of the data, not two
@@ -205,11 +239,20 @@ def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="
             )
         if not np.isfinite(sample_weight).all() or (sample_weight < 0).any():
             raise ValueError("sample_weight: expected finite, non-negative weights")
+    if validation_split is not None:
+        X, Y, sample_weight, labels, validation_data = _split(
+            X, Y, sample_weight, labels, validation_split)
+    if class_weight is not None:
+        factors = _targets.class_weight_factors(class_weight, labels, classes)
+        if sample_weight is not None:
+            factors = factors * sample_weight
+        sample_weight = as_kernel_array(factors, net.dtype)
     if validation_data is not None:
         try:
             Xv, Yv = validation_data
         except (TypeError, ValueError):
             raise TypeError("validation_data: expected a pair (X_val, Y_val)") from None
+        Yv = _validation_targets(net, Yv, classes, loss)
         Xv = check_data(Xv, "validation_data[0]", net.sizes[0], net.dtype, "n^0")
         Yv = check_data(Yv, "validation_data[1]", net.sizes[-1], net.dtype, "n^L")
         if Xv.shape[0] != Yv.shape[0]:
@@ -224,11 +267,17 @@ def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="
     data_bound = (x_top, y_top, w_top)
     rng = np.random.default_rng(seed) if shuffle else None
     history = History()
+    state = _start(net, history, metric_names, validation_data is not None, epochs)
+    initial_rate = learning_rate
     bar = _progress_bar(epochs) if progress else None
     best, best_params, waited, t = math.inf, None, 0, 0
     try:
+        for callback_ in callbacks:
+            callback_.on_train_begin(state)
+        net.classes_ = classes
         for epoch in range(epochs):
             started = time.perf_counter()
+            learning_rate = checked_rate(schedule, epoch, initial_rate, epochs) * state.lr_scale
             order = rng.permutation(X.shape[0]).astype(np.intp) if shuffle else None
             loss_sum, t, bad = trainer.epoch(
                 X, Y, sample_weight, order, learning_rate, momentum, nesterov,
@@ -243,8 +292,13 @@ def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="
                     f"Try a smaller learning_rate (now {learning_rate})."
                 )
             history.loss.append(loss_sum / X.shape[0])
+            history.learning_rate.append(learning_rate)
+            if metric_names:
+                _record(history, "", evaluate(_outputs(net, X, True), Y, metric_names))
             if validation_data is not None:
-                history.val_loss.append(evaluate_loss(net, Xv, Yv, loss, in_blocks=True))
+                A = _outputs(net, Xv, True)
+                history.val_loss.append(_loss_of_outputs(net, A, Yv, loss))
+                _record(history, "val_", evaluate(A, Yv, metric_names))
             history.time.append(time.perf_counter() - started)
             if bar is not None:
                 bar.set_postfix(_postfix(history, X.shape[0]), refresh=False)
@@ -262,15 +316,99 @@ def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="
                     if waited >= patience:
                         history.stopped_early = True
                         break
+            for callback_ in callbacks:
+                callback_.on_epoch_end(state, epoch)
+            if state.stop_training:
+                break
     finally:
         if bar is not None:
             bar.close()
         _keep_trainer(net, trainer)
+        for callback_ in callbacks:
+            callback_.on_train_end(state)
     if history.stopped_early and best_params is not None:
         for p, s in zip(net.weights + net.biases, best_params):
             p[...] = s
     net.loss_function = loss
     return history
+
+
+def _check_callbacks(callbacks):
+    if isinstance(callbacks, Callback):
+        callbacks = [callbacks]
+    try:
+        callbacks = list(callbacks)
+    except TypeError:
+        raise TypeError(
+            f"callbacks: expected a list of bpfast.callbacks.Callback, got "
+            f"{type(callbacks).__name__}"
+        ) from None
+    for i, c in enumerate(callbacks):
+        if not isinstance(c, Callback):
+            raise TypeError(
+                f"callbacks[{i}]: expected a bpfast.callbacks.Callback, got {type(c).__name__}"
+                " (a plain function goes to callback=)"
+            )
+    return callbacks
+
+
+def _fraction(value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"validation_split: expected a number in (0, 1), got {value!r}")
+    if not 0 < value < 1:
+        raise ValueError(f"validation_split: expected a number in (0, 1), got {value}")
+    return float(value)
+
+
+def _encode_targets(net, Y, loss):
+    """``(Y, classes, labels)``: targets as training reads them, and for class labels
+    the sorted classes and each row's class index (else None, None)."""
+    n_out = net.sizes[-1]
+    if not _targets.is_label_vector(Y, loss):
+        return _targets.as_column(Y, n_out, "Y"), None, None
+    classes = _targets.fit_classes(Y, n_out, loss, "Y")
+    labels = _targets.class_indices(Y, classes, "Y")
+    return _targets.encode(labels, n_out, net.dtype), classes, labels
+
+
+def _validation_targets(net, Yv, classes, loss):
+    name = "validation_data[1]"
+    if classes is not None and np.ndim(Yv) == 1:
+        return _targets.encode(_targets.class_indices(Yv, classes, name), net.sizes[-1],
+                               net.dtype)
+    return _targets.as_column(Yv, net.sizes[-1], name)
+
+
+def _split(X, Y, sample_weight, labels, fraction):
+    """The first rows for training, the last ``fraction`` of them for validation (as
+    Keras: ``floor(m * (1 - fraction))`` training rows)."""
+    m = X.shape[0]
+    n = int(math.floor(m * (1.0 - fraction)))
+    if not 0 < n < m:
+        raise ValueError(
+            f"validation_split: {fraction} of {m} rows leaves {n} for training and "
+            f"{m - n} for validation; both need at least one"
+        )
+    sample_weight = None if sample_weight is None else sample_weight[:n]
+    labels = None if labels is None else labels[:n]
+    return X[:n], Y[:n], sample_weight, labels, (X[n:], Y[n:])
+
+
+def _start(net, history, metric_names, validating, epochs):
+    """The callbacks' view of the fit, with ``history.metrics`` holding every recorded
+    name (the loss lists themselves under "loss" and "val_loss")."""
+    history.metrics["loss"] = history.loss
+    if validating:
+        history.metrics["val_loss"] = history.val_loss
+    for prefix in ("", "val_") if validating else ("",):
+        for name in metric_names:
+            history.metrics[prefix + name] = []
+    return FitState(net, history, tuple(history.metrics), epochs)
+
+
+def _record(history, prefix, values):
+    for name, value in values.items():
+        history.metrics[prefix + name].append(value)
 
 
 def _postfix(history, n):
