@@ -749,7 +749,11 @@ def format_table(report):
 
 def plot_speedups(report, path):
     """A bar chart of each peer's time over bpfast's, per case, written to ``path`` (PNG)."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise ImportError("plot_speedups needs matplotlib: install the extra with "
+                          f"`pip install 'bpfast[plot]'` ({err})") from err
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
