@@ -1,7 +1,9 @@
 """Write docs/cli.md, the command-line reference, from bpfast's own argparse parser.
 
-    PYTHONPATH=. python .ci/cli_reference.py          # rewrite docs/cli.md
-    PYTHONPATH=. python .ci/cli_reference.py --check  # exit 1 if docs/cli.md is stale
+    python .ci/cli_reference.py          # rewrite docs/cli.md
+    python .ci/cli_reference.py --check  # exit 1 if docs/cli.md is stale
+
+It imports the installed bpfast (or, with ``PYTHONPATH=.``, a source tree built in place).
 
 Every subcommand and option comes from ``bpfast.cli.build_parser()``, so the page cannot
 drift from the command; the prose around it lives in INTRO and OUTRO below.
@@ -126,7 +128,7 @@ def main(argv: list[str]) -> int:
     text = render()
     if argv == ["--check"]:
         if not PAGE.exists() or PAGE.read_text() != text:
-            print(f"{PAGE} is out of date: run `PYTHONPATH=. python .ci/cli_reference.py`",
+            print(f"{PAGE} is out of date: run `python .ci/cli_reference.py`",
                   file=sys.stderr)
             return 1
         return 0

@@ -5,6 +5,7 @@ The floors stay in one place, pyproject.toml: each ``name>=X`` requirement becom
 
     python .ci/floors.py runtime EXTRA... > runtime.txt   # dependencies and the extras
     python .ci/floors.py build > build.txt                # [build-system] requires
+    python .ci/floors.py extras EXTRA...                  # the extras' requirements as declared
 """
 import re
 import sys
@@ -32,7 +33,7 @@ def _key(version: str) -> tuple[int, ...]:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("runtime", "build"):
+    if not argv or argv[0] not in ("runtime", "build", "extras"):
         print(__doc__, file=sys.stderr)
         return 2
     project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
@@ -45,6 +46,10 @@ def main(argv: list[str]) -> int:
             print(f"floors.py: unknown extra(s) {unknown}; pyproject has {sorted(extras)}",
                   file=sys.stderr)
             return 2
+        if argv[0] == "extras":
+            for name in argv[1:]:
+                print("\n".join(extras[name]))
+            return 0
         requirements = list(project["project"]["dependencies"])
         for name in argv[1:]:
             requirements += extras[name]
