@@ -48,8 +48,11 @@ has `--help`; `bpfast --version` prints the version.
   a missing target column, an empty file, a corrupted model or one that does not fit the
   data) prints one line on standard error that names the problem, e.g.
   `bpfast: error: data.csv: non-numeric value 'five' in feature column 'b' on line 3`, and
-  exits with status 2. Model and prediction files are written to a temporary file and
-  renamed, so a failure never leaves half a file.
+  exits with status 2; so do usage errors (with a pointer to `--help`), sizes whose arrays
+  could not fit in the machine's memory (the message says how much they would need), and
+  output paths that cannot be written, found before training starts. Model and prediction
+  files are written to a temporary file and renamed, so a failure never leaves half a
+  file.
 
 ## Data files
 
@@ -59,8 +62,15 @@ allowed for classification), or an `.npz` holding either arrays `X` (one sample 
 `--loss cross_entropy` and one target column of class labels (integers or text) the labels
 are one-hot encoded. A bpfast model file holds only the network, so `train` writes a
 sidecar `MODEL.json` next to it (`model.npz.json` for `model.npz`) with the class labels,
-the input column names, the input scaling and the model file's checksum. `predict` selects
-the input columns by name from the sidecar (so the file may hold other columns, in any
+the input column names, the input scaling and the model file's checksum. The sidecar is
+written before the model is renamed into place, so a failure or an interruption never
+leaves a new model beside a missing or old sidecar (`predict` refuses a sidecar whose
+checksum does not match the model). The standardisation divides each column by its
+largest magnitude before squaring, so columns of values up to the float64 limit are
+scaled, not zeroed; one that still overflows is refused by name. `predict` checks every
+entry of the sidecar against the model (output names and class labels against its
+outputs, the scaling's length and finiteness, the feature names and widths against its
+inputs), selects the input columns by name (so the file may hold other columns, in any
 order, and may lack the target) and writes a CSV: for a classifier the predicted label and
 one probability column per class (`species,p_setosa,p_versicolor,p_virginica`), otherwise
 one column per target. A model without a sidecar (saved from Python) takes every column
