@@ -3,14 +3,17 @@
 Everything declarative lives in pyproject.toml; this file only lists the Cython
 extensions. The default build is portable (``-O3``, no processor-specific flags).
 Set ``BPFAST_NATIVE=1`` to add ``-march=native`` for a build that runs only on
-processors like the one it was built on.
+processors like the one it was built on. Release builds carry no debug information and,
+on Linux, no symbol table; set ``BPFAST_DEBUG=1`` to keep both.
 """
 import glob
 import os
+import sys
 
 import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 # -fopenmp-simd honours the "omp simd" reduction pragmas in _small_gemm.h without
 # linking an OpenMP runtime. -fno-trapping-math lets gcc if-convert the comparisons in
@@ -48,7 +51,25 @@ def extension(name):
     )
 
 
+
+class ReleaseBuildExt(build_ext):
+    """Strip debug information and symbols where the compiler is GCC or clang.
+
+    Python's own CFLAGS carry ``-g``, which more than triples the size of the modules; the
+    flags are added per compiler because MSVC and Apple's linker take other options.
+    """
+
+    def build_extensions(self):
+        if self.compiler.compiler_type == "unix" and os.environ.get("BPFAST_DEBUG") != "1":
+            for ext in self.extensions:
+                ext.extra_compile_args = ext.extra_compile_args + ["-g0"]
+                if sys.platform.startswith("linux"):
+                    ext.extra_link_args = ext.extra_link_args + ["-s"]
+        super().build_extensions()
+
+
 setup(
+    cmdclass={"build_ext": ReleaseBuildExt},
     ext_modules=cythonize(
         [extension("_kernels"), extension("_shuffle")],
         compiler_directives=DIRECTIVES,

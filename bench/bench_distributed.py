@@ -21,20 +21,21 @@ Medians of ``--repeats`` runs. Not part of the test suite::
 
 On a machine with fewer cores than workers + 1 (the client and scheduler need some CPU
 too) the 2-worker figures measure contention as much as scaling.
+
+It uses the installed bpfast (``pip install '.[dask]' threadpoolctl``), which the worker
+processes import too; to run it on a source tree built in place, set ``PYTHONPATH`` to
+the tree.
 """
 import argparse
 import logging
 import os
 import platform
 import statistics
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import bpfast  # noqa: E402  (after the path set-up)
+import bpfast
 
 SIZES = (784, 128, 10)
 ACTS = ["tanh", "sigmoid"]

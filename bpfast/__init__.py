@@ -1,6 +1,6 @@
 """bpfast: fast, exact back-propagation for fully connected networks.
 
-The seed's forward pass and back-propagation run in typed Cython kernels over NumPy
+The forward pass and back-propagation run in typed Cython kernels over NumPy
 buffers; :mod:`bpfast.reference` holds the same math in plain NumPy.
 
 >>> import numpy as np, bpfast

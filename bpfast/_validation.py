@@ -6,6 +6,7 @@ are converted with :func:`as_kernel_array` (C-contiguous, aligned, native byte o
 which copies only when it has to.
 """
 import numbers
+from typing import Any
 
 import numpy as np
 
@@ -203,7 +204,8 @@ def _one_d_hint(name, a, n_columns):
     return ""
 
 
-def check_inputs(weights, biases, activations, X, Y=None, bound=None):
+def check_inputs(weights, biases, activations, X, Y=None, bound=None,
+                 ) -> tuple[list[np.ndarray], list[np.ndarray], Any, np.ndarray, Any]:
     """All checks of a ``forward``/``backprop`` call.
 
     ``bound``, when given, is a compiled ``max |a|`` that returns inf when a value is not

@@ -4,6 +4,8 @@ The compiled kernels identify an activation by its index in :data:`ACTIVATIONS`;
 formulas themselves live twice, on purpose: in NumPy in :mod:`bpfast.reference` (the
 oracle) and in C in ``_activation_math.pxd`` (the kernels). Tests hold the two together.
 """
+from collections.abc import Sequence
+
 import numpy as np
 
 #: Canonical names, in the order of the compiled kernels' integer codes.
@@ -34,7 +36,7 @@ def _canonical(name, where):
     return key
 
 
-def resolve_activations(activations, n_layers):
+def resolve_activations(activations: str | Sequence[str], n_layers: int) -> tuple[str, ...]:
     """Expand ``activations`` to one canonical name per layer.
 
     Parameters
@@ -77,7 +79,7 @@ def resolve_activations(activations, n_layers):
     return resolved
 
 
-def activation_codes(names):
+def activation_codes(names: Sequence[str]) -> np.ndarray:
     """Integer codes of activation names, as the compiled kernels expect them.
 
     ``names`` are usually a network's canonical names, but a user may have replaced

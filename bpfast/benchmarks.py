@@ -7,7 +7,7 @@ the same initial parameters:
 
 - **training epochs** (the ``fit`` contract): one epoch of plain mini-batch SGD in data order
   (``optimizer="sgd", shuffle=False``), each step ``W -= lr * dW`` with ``dW`` the gradient of
-  the seed's ``E = 1/(2m) sum (A^L - Y)^2`` over that batch's own ``m``;
+  ``E = 1/(2m) sum (A^L - Y)^2`` over that batch's own ``m``;
 - **forward**: inference only; **backprop**: one full-batch gradient.
 
 Peers (each only if importable; none is a dependency of bpfast):
@@ -34,7 +34,9 @@ import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -91,24 +93,25 @@ class Case:
         return f"{layers} {acts}, {self.rows:,} rows, {what[self.task]}"
 
 
-def forward_flops(sizes, m):
+def forward_flops(sizes: Sequence[int], m: int) -> int:
     """``2 m sum_l n^l n^(l-1)``: the GEMMs of a forward pass over ``m`` samples."""
     return 2 * m * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
 
 
-def backward_flops(sizes, m):
+def backward_flops(sizes: Sequence[int], m: int) -> int:
     """The GEMMs of back-propagation: ``dW`` for every layer, ``dA`` for layers 2..L."""
     prods = [a * b for a, b in zip(sizes[:-1], sizes[1:])]
     return 2 * m * sum(prods) + 2 * m * sum(prods[1:])
 
 
-def case_flops(case):
+def case_flops(case: "Case") -> int:
     """Flops of one run of ``case`` (an epoch's batches add up to all ``rows``)."""
     f = forward_flops(case.sizes, case.rows)
     return f if case.task == "forward" else f + backward_flops(case.sizes, case.rows)
 
 
-def default_cases(quick=False, names=None, dtypes=DTYPES):
+def default_cases(quick: bool = False, names: Sequence[str] | None = None,
+                  dtypes: Sequence[str] = DTYPES) -> list["Case"]:
     """The comparison's cases; ``quick`` caps the rows of the large ones at QUICK_ROWS."""
     cases = []
     wanted = None if names is None else set(names)
@@ -461,8 +464,10 @@ def _case_data(case):
     return [W.copy() for W in net.weights], [b.copy() for b in net.biases], X, Y
 
 
-def run_comparison(cases=None, peers=PEERS, quick=False, learning_rate=LEARNING_RATE,
-                   log=None, policy=None, gemm=True):
+def run_comparison(cases: Sequence["Case"] | None = None, peers: Sequence[str] = PEERS,
+                   quick: bool = False, learning_rate: float = LEARNING_RATE,
+                   log: Callable[[str], object] | None = None, policy: Any = None,
+                   gemm: bool = True) -> dict[str, Any]:
     """Time every case for bpfast and each available peer; returns the report (a dict).
 
     ``log`` (a callable taking a string) hears one line per finished case. ``policy``
@@ -489,7 +494,7 @@ def run_comparison(cases=None, peers=PEERS, quick=False, learning_rate=LEARNING_
         "gemm": {},
         "results": [],
     }
-    gemm_samples = {}
+    gemm_samples: dict[str, Any] = {}
 
     def measure_gemm(dtype):
         if gemm:
@@ -563,7 +568,7 @@ def cpu_name():
     return platform.processor() or platform.machine() or "unknown processor"
 
 
-def machine_info():
+def machine_info() -> dict[str, Any]:
     """Processor, core count, and the thread pools of the BLAS libraries in use."""
     info = {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "pools": []}
@@ -674,7 +679,7 @@ def _pool_name(pool):
     return f"{owner}{pool.get('internal_api') or 'blas'} {pool.get('version') or ''}".strip()
 
 
-def format_table(report):
+def format_table(report: dict[str, Any]) -> str:
     """The report as readable text: header lines, the case legend, the table, notes."""
     peers = [p for p in PEERS if p in report["peers"]]
     avail = [p for p in peers if report["peers"][p]["available"]]
@@ -747,9 +752,13 @@ def format_table(report):
     return "\n".join(lines)
 
 
-def plot_speedups(report, path):
+def plot_speedups(report: dict[str, Any], path: str) -> None:
     """A bar chart of each peer's time over bpfast's, per case, written to ``path`` (PNG)."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise ImportError("plot_speedups needs matplotlib: install the extra with "
+                          f"`pip install 'bpfast[plot]'` ({err})") from err
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -794,7 +803,7 @@ def write_json(report, path):
 # Command line (``bpfast bench`` and ``bench/compare.py``)
 # --------------------------------------------------------------------------------------
 
-def add_arguments(parser):
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true",
                         help=f"fewer repeats, and at most {QUICK_ROWS:,} rows in the large "
                              "cases (well under a minute)")
@@ -929,7 +938,7 @@ def build_parser(prog="compare.py"):
     return add_arguments(parser)
 
 
-def main(argv=None, prog="compare.py"):
+def main(argv: Sequence[str] | None = None, prog: str = "compare.py") -> int:
     """``python bench/compare.py [--quick] [--plot speed.png] [--json out.json]``."""
     parser = build_parser(prog)
     args = parser.parse_args(argv)

@@ -7,7 +7,9 @@ missing column, a model that does not fit the data, ...) prints one line on stde
 ``bpfast: error: ...``, and exits with status 2.
 """
 import argparse
+import contextlib
 import hashlib
+import io
 import json
 import os
 import sys
@@ -197,11 +199,85 @@ def _plot_losses(plt, path, curves, title, ylabel="loss"):
     plt.close(fig)
 
 
+#: Seconds between two progress lines when stderr is not a terminal (a log file, a pipe).
+PROGRESS_INTERVAL = 5.0
+
+
+class PlainProgress:
+    """Progress for a log: one plain line at most every ``interval`` seconds, and one at
+    the end, instead of a bar redrawn with carriage returns. The same methods as the
+    tqdm bar that :func:`_progress` gives a terminal."""
+
+    def __init__(self, total, desc, stream, interval=PROGRESS_INTERVAL, clock=time.monotonic):
+        self.total, self.desc, self.stream = total, desc, stream
+        self.interval, self.clock = interval, clock
+        self.n, self.postfix = 0, {}
+        self.start = self.last = clock()
+        self.printed = 0
+
+    def set_postfix(self, postfix, refresh=False):
+        self.postfix = dict(postfix)
+
+    def update(self, n=1):
+        self.n += n
+        if self.clock() - self.last >= self.interval:
+            self._line()
+
+    def close(self):
+        if self.n > self.printed:
+            self._line()
+
+    def _line(self):
+        self.last = self.clock()
+        self.printed = self.n
+        fields = "".join(f", {k}={v}" for k, v in self.postfix.items())
+        print(f"{self.desc}: epoch {self.n}/{self.total}{fields} "
+              f"({self.last - self.start:.1f} s)", file=self.stream, flush=True)
+
+
+class _Discard(io.TextIOBase):
+    """A text stream that drops what is written to it (``--quiet``'s reports)."""
+
+    def write(self, text):
+        return len(text)
+
+
+class _NoProgress:
+    def set_postfix(self, postfix, refresh=False):
+        pass
+
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
+
+
 def _progress(total, desc, quiet):
+    """A tqdm bar on a terminal, plain lines in a log, nothing with ``--quiet``."""
+    if quiet:
+        return _NoProgress()
+    if not sys.stderr.isatty():
+        return PlainProgress(total, desc, sys.stderr)
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="epoch", desc=desc, disable=quiet, file=sys.stderr,
-                dynamic_ncols=True)
+    return tqdm(total=total, unit="epoch", desc=desc, file=sys.stderr, dynamic_ncols=True)
+
+
+#: How `train` and `predict` name each loss: the squared-error loss bpfast minimises is
+#: E = 1/(2m) sum (A - Y)^2, half the mean squared error of a single output.
+LOSS_LABELS = {"mse": "half_mse", "cross_entropy": "cross_entropy"}
+
+
+def _regression_metrics(A, Y):
+    """R^2 (averaged over the output columns, as scikit-learn's r2_score), MAE and MSE."""
+    A, Y = np.asarray(A, dtype=np.float64), np.asarray(Y, dtype=np.float64)
+    residual = ((Y - A) ** 2).sum(axis=0)
+    total = ((Y - Y.mean(axis=0)) ** 2).sum(axis=0)
+    # a constant target column scores 1 when predicted exactly, else 0 (scikit-learn's rule)
+    r2 = np.where(total > 0, 1 - residual / np.where(total > 0, total, 1),
+                  np.where(residual == 0, 1.0, 0.0))
+    return float(r2.mean()), float(np.mean(np.abs(Y - A))), float(np.mean((Y - A) ** 2))
 
 
 def _accuracy(net, X, labels):
@@ -510,9 +586,10 @@ def _train(args):
     val_acc = []
 
     def callback(net, epoch, history):
-        post = {"loss": f"{history.loss[-1]:.4g}"}
+        label = LOSS_LABELS[args.loss]
+        post = {label: f"{history.loss[-1]:.4g}"}
         if history.val_loss:
-            post["val_loss"] = f"{history.val_loss[-1]:.4g}"
+            post["val_" + label] = f"{history.val_loss[-1]:.4g}"
         if codes is not None and len(val):
             val_acc.append(_accuracy(net, Xv, codes[val]))
             post["val_acc"] = f"{val_acc[-1]:.3f}"
@@ -531,9 +608,13 @@ def _train(args):
     for name, rows in (("training", train), ("validation", val)):
         if not len(rows):
             continue
-        line = f"{name + ':':<12} loss {evaluate_loss(net, X[rows], Y[rows], args.loss):.6g}"
+        value = evaluate_loss(net, X[rows], Y[rows], args.loss)
+        line = f"{name + ':':<12} {LOSS_LABELS[args.loss]} loss {value:.6g}"
         if codes is not None:
             line += f", accuracy {_accuracy(net, X[rows], codes[rows]):.4f}"
+        else:
+            r2, mae, mse = _regression_metrics(net.forward(X[rows]), Y[rows])
+            line += f", MSE {mse:.6g}, MAE {mae:.6g}, R^2 {r2:.4f}"
         print(line + f" ({len(rows):,} rows)")
     print(f"time: {sum(history.time):.3f} s for {history.epochs} epochs "
           f"({_fmt_rate(history.epochs * len(train) / max(sum(history.time), 1e-9))} samples/s)")
@@ -695,6 +776,8 @@ def _predict(args):
     A = net.forward(X.astype(net.dtype))
     precision = 9 if net.dtype == np.float32 else None
     info = sys.stderr if args.out in (None, "-") else sys.stdout
+    if args.quiet:
+        info = _Discard()
 
     if side is not None and side["classes"] is not None:
         classes = side["classes"]
@@ -715,9 +798,13 @@ def _predict(args):
         header = side["outputs"] if side is not None else \
             [f"y{k}" for k in range(A.shape[1])]
         columns = [A[:, k].astype(np.float64) for k in range(A.shape[1])]
+        if side is not None and all(t in table.columns for t in side["targets"]):
+            r2, mae, mse = _regression_metrics(A, table.numeric(side["targets"], "target"))
+            print(f"on {args.data}: R^2 {r2:.4f}, MAE {mae:.6g}, MSE {mse:.6g} "
+                  f"({len(A):,} rows)", file=info)
     write_csv(args.out, header, columns, precision=precision)
     if args.out not in (None, "-"):
-        print(f"wrote {len(A):,} predictions to {args.out}")
+        print(f"wrote {len(A):,} predictions to {args.out}", file=info)
     return 0
 
 
@@ -795,7 +882,8 @@ def build_parser():
     demo.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     demo.add_argument("--plot", metavar="PNG",
                       help=f"write the loss curves to a PNG file (needs {PLOT_HINT})")
-    demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.add_argument("--quiet", action="store_true",
+                      help="print nothing but errors (and the plot, if asked for)")
     demo.set_defaults(run=_demo)
 
     train = sub.add_parser(
@@ -821,7 +909,8 @@ def build_parser():
                        help="activation of the output layer (default: softmax for "
                             "cross_entropy, identity for mse)")
     train.add_argument("--loss", choices=["mse", "cross_entropy"], default="mse",
-                       help="mse: the seed's E (regression, default); cross_entropy: "
+                       help="mse: E = 1/(2m) sum (A - Y)^2, half the mean squared error "
+                            "(regression, default; reported as half_mse); cross_entropy: "
                             "classification with a softmax output")
     train.add_argument("--epochs", type=_positive(int), default=50, help="default 50")
     train.add_argument("--batch-size", type=_positive(int), default=32, help="default 32")
@@ -844,7 +933,8 @@ def build_parser():
                             "MODEL.json)")
     train.add_argument("--plot", metavar="PNG",
                        help=f"write the loss curves to a PNG file (needs {PLOT_HINT})")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--quiet", action="store_true",
+                       help="print nothing but errors; write the model (and plot)")
     train.set_defaults(run=_train)
 
     predict = sub.add_parser(
@@ -858,6 +948,8 @@ def build_parser():
     predict.add_argument("--data", required=True, metavar="FILE", help=".csv or .npz file")
     predict.add_argument("--out", metavar="CSV",
                          help="predictions file (default: standard output)")
+    predict.add_argument("--quiet", action="store_true",
+                         help="print nothing but errors and the predictions")
     predict.set_defaults(run=_predict)
 
     bench = sub.add_parser(
@@ -867,6 +959,15 @@ def build_parser():
     benchmarks.add_arguments(bench)
     bench.set_defaults(run=_bench)
     return parser
+
+
+def _quiet_reports(args):
+    """With ``--quiet``, demo's and train's standard output (their reports) goes nowhere:
+    what they are asked for goes to files. predict silences its own reports, since its
+    standard output may carry the predictions."""
+    if getattr(args, "quiet", False) and args.command in ("demo", "train"):
+        return contextlib.redirect_stdout(_Discard())
+    return contextlib.nullcontext()
 
 
 def _one_line(err):
@@ -884,7 +985,8 @@ def main(argv=None):
         parser.print_help()
         return EXIT_USAGE
     try:
-        return args.run(args)
+        with _quiet_reports(args):
+            return args.run(args)
     except (CLIError, DataError, bpfast.ModelFileError, bpfast.DivergenceError,
             ValueError, TypeError) as err:
         print(f"bpfast: error: {_one_line(err)}", file=sys.stderr)

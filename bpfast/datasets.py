@@ -10,6 +10,7 @@
 import csv
 import os
 import zipfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,7 +25,7 @@ class DataError(ValueError):
     """A data file that cannot be read or does not hold what was asked for."""
 
 
-def load_digits():
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
     """The 8x8 handwritten digits: ``(X, y)``.
 
     Returns
@@ -131,7 +132,7 @@ class Table:
         return col.astype(np.int64)
 
 
-def name_list(names, limit=6):
+def name_list(names: Iterable[object], limit: int = 6) -> str:
     """``'a', 'b', 'c'``, shortened to the first ``limit`` names and a count."""
     names = list(names)
     shown = ", ".join(repr(n) for n in names[:limit])
@@ -146,7 +147,7 @@ def _is_number(text):
     return True
 
 
-def read_table(path):
+def read_table(path: str | os.PathLike[str]) -> "Table":
     """Read ``path`` (``.npz``, else CSV with a header row) into a :class:`Table`."""
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -271,7 +272,8 @@ def _read_csv(path):
     return Table(path, columns, len(body), bad, kind="csv")
 
 
-def write_csv(path, header, columns, precision=None):
+def write_csv(path: str | os.PathLike[str] | None, header: Sequence[str],
+              columns: Sequence[np.ndarray], precision: int | None = None) -> None:
     """Write ``columns`` (1-D arrays, numbers or text) under ``header`` to ``path``.
 
     ``path`` ``"-"`` or None writes to standard output; otherwise the file is written to a

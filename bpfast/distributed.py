@@ -1,7 +1,7 @@
 """Data-parallel back-propagation and training on a Dask cluster.
 
-The seed's error ``E = 1/(2m) sum_c sum_i (A^L_ic - Y_ic)^2`` and its gradient are sums
-over samples (DESIGN.md section 1), so they split across rows: each chunk of a Dask array
+The error ``E = 1/(2m) sum_c sum_i (A^L_ic - Y_ic)^2`` and its gradient are sums
+over samples (see docs/math.md), so they split across rows: each chunk of a Dask array
 chunked by rows gives its partial sums, computed by bpfast's compiled kernel on the worker
 that holds the chunk; a fixed pairwise tree adds them up; the client divides by the total
 ``m`` once. Only parameters travel (once per step, to each worker); the data stay where
@@ -36,7 +36,9 @@ import math
 import numbers
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +52,7 @@ except ImportError as err:  # pragma: no cover - only without the extra
     ) from err
 
 from . import _distributed_tasks as tasks
+from ._typing import Activations, Gradient, Params
 from ._validation import check_parameters, check_positive_int
 from .activations import activation_codes, resolve_activations
 from .network import Network
@@ -84,7 +87,7 @@ class DistributedHistory(History):
         SciPy's result, for ``lbfgs``.
     """
 
-    method: str = None
+    method: str | None = None
     evaluations: int = 0
     bytes_per_worker: int = 0
     chunks: int = 0
@@ -348,8 +351,9 @@ def _gradient(backend, weights, biases, codes, l2=0.0):
 # Public API
 # ---------------------------------------------------------------------------
 
-def backprop(weights, biases, activations, X, Y, *, client=None):
-    """The seed's error and its gradient over a Dask array, data-parallel.
+def backprop(weights: Params, biases: Params, activations: Activations, X: "da.Array",
+             Y: "da.Array", *, client: Any = None) -> Gradient:
+    """The error ``E`` and its gradient over a Dask array, data-parallel.
 
     Each row chunk's partial sums (squared error and the gradient of the *sum* over its
     rows) are computed by bpfast's compiled kernel on the worker that holds the chunk,
@@ -409,10 +413,14 @@ _ONLY = {
 }
 
 
-def fit(net, X, Y, client=None, *, method="gd", epochs=None, learning_rate=None,
-        maxiter=None, tol=None, rounds=None, local_epochs=None, batch_size=None,
-        optimizer=None, loss=None, shuffle=None, seed=None, momentum=0.9, beta1=0.9,
-        beta2=0.999, epsilon=1e-8, l2=0.0, callback=None):
+def fit(net: Network, X: "da.Array", Y: "da.Array", client: Any = None, *,
+        method: str = "gd", epochs: int | None = None, learning_rate: float | None = None,
+        maxiter: int | None = None, tol: float | None = None, rounds: int | None = None,
+        local_epochs: int | None = None, batch_size: int | None = None,
+        optimizer: str | None = None, loss: str | None = None, shuffle: bool | None = None,
+        seed: int | None = None, momentum: float = 0.9,
+        beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8, l2: float = 0.0,
+        callback: Callable[..., object] | None = None) -> "DistributedHistory":
     """Train ``net`` in place on Dask arrays, data-parallel.
 
     Parameters
@@ -440,7 +448,7 @@ def fit(net, X, Y, client=None, *, method="gd", epochs=None, learning_rate=None,
           when training starts (without a distributed client, each chunk is its own
           local model).
     loss : str
-        ``"mse"`` (the seed's E) for ``gd`` and ``lbfgs``; any of ``Network.fit``'s losses
+        ``"mse"`` (the squared error E) for ``gd`` and ``lbfgs``; any of ``Network.fit``'s losses
         for ``local_sgd``.
     momentum, beta1, beta2, epsilon
         For the ``local_sgd`` optimizers, as in :meth:`bpfast.Network.fit`.
@@ -479,7 +487,7 @@ def fit(net, X, Y, client=None, *, method="gd", epochs=None, learning_rate=None,
     _choice(loss, tuple(LOSSES), "loss")
     if method != "local_sgd" and loss != "mse":
         raise ValueError(
-            f"loss: method={method!r} minimises the seed's squared error, loss='mse'; "
+            f"loss: method={method!r} minimises the squared error E, loss='mse'; "
             f"got {loss!r} (other losses train with method='local_sgd')"
         )
     l2 = _real(l2, "l2", 0.0)
@@ -534,7 +542,9 @@ def fit(net, X, Y, client=None, *, method="gd", epochs=None, learning_rate=None,
         elif method == "lbfgs":
             _fit_lbfgs(net, backend, codes, history, maxiter, tol, l2, callback)
         else:
-            _fit_local_sgd(net, backend, codes, history, rounds, config, int(seed), callback)
+            # local SGD's checks above replaced a None seed by fresh entropy
+            _fit_local_sgd(net, backend, codes, history, rounds, config,
+                           int(seed), callback)  # type: ignore[arg-type]
     finally:
         backend.close()
     net.loss_function = loss

@@ -4,6 +4,7 @@ import threading
 import numpy as np
 
 from . import _kernels
+from ._typing import Activations, ArrayLike, Gradient, Params
 from ._validation import check_inputs
 from .activations import activation_codes
 
@@ -70,11 +71,12 @@ def _block_workspace(sizes, block, dtype):
     return _cached("blocks", sizes, block, dtype, make)
 
 
-def forward(weights, biases, activations, X):
+def forward(weights: Params, biases: Params, activations: Activations,
+            X: ArrayLike) -> np.ndarray:
     """Network output ``A^L`` for the inputs ``X``, computed by the compiled kernels.
 
-    Per layer ``Z = A_prev @ W.T + b`` and ``A = g(Z)``: the seed's
-    ``Z^l = W^l A^(l-1) + b^l [1 ... 1]`` on the same memory (DESIGN.md section 2).
+    Per layer ``Z = A_prev @ W.T + b`` and ``A = g(Z)``: the column form
+    ``Z^l = W^l A^(l-1) + b^l [1 ... 1]`` on the same memory (see docs/math.md).
 
     Parameters
     ----------
@@ -143,8 +145,9 @@ def _forward_checked(weights, biases, names, X, in_blocks=False):
     return out
 
 
-def loss(weights, biases, activations, X, Y):
-    """The seed's error ``E = 1/(2m) sum_c sum_i (A^L_ic - Y_ic)^2`` as a float.
+def loss(weights: Params, biases: Params, activations: Activations, X: ArrayLike,
+         Y: ArrayLike) -> float:
+    """The error ``E = 1/(2m) sum_c sum_i (A^L_ic - Y_ic)^2`` as a float.
 
     The forward pass runs in the parameters' dtype; the sum is accumulated in float64.
     """
@@ -158,8 +161,9 @@ def _squared_error(A, Y):
     return float(np.sum(r * r) / (2 * A.shape[0]))
 
 
-def backprop(weights, biases, activations, X, Y):
-    """The seed's error and its gradient, by compiled back-propagation.
+def backprop(weights: Params, biases: Params, activations: Activations, X: ArrayLike,
+             Y: ArrayLike) -> Gradient:
+    """The error ``E`` and its gradient, by compiled back-propagation.
 
     ``E = 1/(2m) sum_c sum_i (A^L_ic - Y_ic)^2``; working backwards from
     ``dA^L = (A^L - Y)/m``: ``dZ^l = dA^l (.) g'(Z^l)``, ``dW^l = dZ^l (A^(l-1))^T``,

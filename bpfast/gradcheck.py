@@ -1,13 +1,19 @@
 """Check back-propagation against central finite differences."""
+from collections.abc import Callable
+
 import numpy as np
 
 from .engine import _forward_checked, _squared_error, backprop
 from ._validation import check_inputs
+from ._typing import Activations, ArrayLike, Params
 
 __all__ = ["check_gradient", "finite_difference_gradient"]
 
 
-def finite_difference_gradient(loss, weights, biases, eps=1e-6):
+def finite_difference_gradient(
+    loss: Callable[[list[np.ndarray], list[np.ndarray]], float],
+    weights: list[np.ndarray], biases: list[np.ndarray], eps: float = 1e-6,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Central differences ``(E(p + eps) - E(p - eps)) / (2 eps)`` for every parameter.
 
     Parameters
@@ -41,7 +47,8 @@ def finite_difference_gradient(loss, weights, biases, eps=1e-6):
     return grads[0], grads[1]
 
 
-def check_gradient(weights, biases, activations, X, Y, eps=1e-6):
+def check_gradient(weights: Params, biases: Params, activations: Activations, X: ArrayLike,
+                   Y: ArrayLike, eps: float = 1e-6) -> float:
     """Largest relative difference between :func:`bpfast.backprop` and finite differences.
 
     The analytic gradient is computed in the parameters' dtype; the central differences

@@ -1,8 +1,8 @@
-"""The pure-NumPy baseline: the seed's derivation, formula for formula.
+"""The pure-NumPy baseline: the derivation of docs/math.md, formula for formula.
 
 This module is the test oracle and the slow trainer every benchmark compares against. It
-imports nothing from the compiled side. It works in the seed's own notation, one sample per
-*column*: ``A^0 = X.T`` (a view of the same memory, see DESIGN.md section 2), and for
+imports nothing from the compiled side. It works in the derivation's notation, one sample
+per *column*: ``A^0 = X.T`` (a view of the same memory, see docs/math.md), and for
 ``l = 1..L``::
 
     Z^l = W^l A^(l-1) + b^l [1 ... 1]          A^l = g^l(Z^l)
@@ -20,6 +20,7 @@ bpfast, so that the two can be compared directly.
 import numpy as np
 
 from ._validation import check_inputs
+from ._typing import Activations, ArrayLike, Gradient, Params
 
 __all__ = ["ACTIVATIONS", "forward", "backprop", "loss"]
 
@@ -81,7 +82,8 @@ def _forward_columns(weights, biases, names, A0):
     return Zs, As
 
 
-def forward(weights, biases, activations, X):
+def forward(weights: Params, biases: Params, activations: Activations,
+            X: ArrayLike) -> np.ndarray:
     """Network output ``A^L`` for the inputs ``X``.
 
     Parameters
@@ -91,7 +93,7 @@ def forward(weights, biases, activations, X):
     activations : str or list of str
         One name for every layer or one per layer.
     X : array_like of shape ``(m, n^0)``
-        One sample per row; ``X.T`` is the seed's ``A^0``.
+        One sample per row; ``X.T`` is the column form's ``A^0``.
 
     Returns
     -------
@@ -103,15 +105,17 @@ def forward(weights, biases, activations, X):
     return np.ascontiguousarray(As[-1].T)
 
 
-def loss(weights, biases, activations, X, Y):
-    """The seed's error ``E = 1/(2m) sum_c sum_i (A^L_ic - Y_ic)^2`` as a float."""
+def loss(weights: Params, biases: Params, activations: Activations, X: ArrayLike,
+         Y: ArrayLike) -> float:
+    """The error ``E = 1/(2m) sum_c sum_i (A^L_ic - Y_ic)^2`` as a float."""
     weights, biases, names, X, Y = check_inputs(weights, biases, activations, X, Y)
     _, As = _forward_columns(weights, biases, names, X.T)
     m = X.shape[0]
     return float(np.sum((As[-1] - Y.T) ** 2) / (2 * m))
 
 
-def backprop(weights, biases, activations, X, Y):
+def backprop(weights: Params, biases: Params, activations: Activations, X: ArrayLike,
+             Y: ArrayLike) -> Gradient:
     """The error ``E`` and its gradient by back-propagation.
 
     Parameters
@@ -119,7 +123,7 @@ def backprop(weights, biases, activations, X, Y):
     weights, biases, activations, X
         As for :func:`forward`.
     Y : array_like of shape ``(m, n^L)``
-        Targets, one per row; ``Y.T`` is the seed's ``Y``.
+        Targets, one per row; ``Y.T`` is the column form's ``Y``.
 
     Returns
     -------
@@ -149,7 +153,7 @@ def _backward(weights, names, Zs, As, dZ_last):
     L = len(weights)
     dW, db = [None] * L, [None] * L
     dZ = dZ_last
-    for l in range(L, 0, -1):  # the seed's layer index, 1-based
+    for l in range(L, 0, -1):  # the derivation's layer index, 1-based
         dW[l - 1] = dZ @ As[l - 1].T
         db[l - 1] = dZ.sum(axis=1)
         if l >= 2:
@@ -169,7 +173,8 @@ LOSS_OUTPUTS = {
 }
 
 
-def loss_value(AL, Yc, loss, w, s, eps):
+def loss_value(AL: np.ndarray, Yc: np.ndarray, loss: str, w: np.ndarray, s: float,
+               eps: float) -> float:
     """The data term of a loss, samples as columns: ``AL`` and ``Yc`` are ``(n^L, m)``.
 
     ``w`` holds the sample weights (length m) and ``s`` their sum; ``eps`` bounds the
@@ -188,12 +193,14 @@ def loss_value(AL, Yc, loss, w, s, eps):
     return float(np.sum(w * per_sample) / s)
 
 
-def loss_gradient(weights, biases, names, X, Y, loss="mse", sample_weight=None, l2=0.0):
-    """Loss and gradient of one batch, in the seed's notation (samples as columns).
+def loss_gradient(weights: list[np.ndarray], biases: list[np.ndarray], names: list[str],
+                  X: np.ndarray, Y: np.ndarray, loss: str = "mse",
+                  sample_weight: np.ndarray | None = None, l2: float = 0.0) -> Gradient:
+    """Loss and gradient of one batch, in column notation (samples as columns).
 
     With weights ``w_c`` (all 1 when ``sample_weight`` is None) and ``s = sum_c w_c``:
 
-    - ``mse``: ``E = 1/(2s) sum_c w_c sum_i (A^L_ic - Y_ic)^2`` (the seed's E when
+    - ``mse``: ``E = 1/(2s) sum_c w_c sum_i (A^L_ic - Y_ic)^2`` (the squared error E when
       unweighted), ``dA^L = w (A^L - Y) / s``, then ``dZ^L = dA^L (.) g'(Z^L)``;
     - ``cross_entropy`` (softmax output): ``E = -1/s sum_c w_c sum_i Y_ic log A^L_ic``;
     - ``binary_cross_entropy`` (sigmoid output):
@@ -226,9 +233,12 @@ def loss_gradient(weights, biases, names, X, Y, loss="mse", sample_weight=None, 
     return E, dW, db
 
 
-def fit(weights, biases, activations, X, Y, *, epochs, batch_size, learning_rate,
-        optimizer="sgd", loss="mse", momentum=0.9, beta1=0.9, beta2=0.999, epsilon=1e-8,
-        l2=0.0, sample_weight=None):
+def fit(weights: Params, biases: Params, activations: Activations, X: ArrayLike,
+        Y: ArrayLike, *, epochs: int, batch_size: int, learning_rate: float,
+        optimizer: str = "sgd", loss: str = "mse", momentum: float = 0.9, beta1: float = 0.9,
+        beta2: float = 0.999, epsilon: float = 1e-8, l2: float = 0.0,
+        sample_weight: ArrayLike | None = None,
+        ) -> tuple[list[np.ndarray], list[np.ndarray], list[float]]:
     """Mini-batch training in data order, one readable NumPy step at a time.
 
     Batches are ``batch_size`` consecutive rows (the last one smaller). Each step takes
