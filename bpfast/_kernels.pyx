@@ -13,7 +13,7 @@ pointer is taken, then run the whole pass without the GIL and without allocating
 """
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset, memcpy
-from libc.math cimport sqrt, pow, isfinite, log, logf, frexp, HUGE_VAL, M_LN2
+from libc.math cimport sqrt, pow, isfinite, log, logf, frexp, HUGE_VAL, M_LN2, NAN
 from libc.float cimport FLT_EPSILON, DBL_EPSILON, FLT_MAX, DBL_MAX
 from cython cimport floating
 
@@ -127,6 +127,14 @@ cdef inline double max_abs(const floating* x, Py_ssize_t n) noexcept nogil:
         return bpfast_max_abs_d(x, n)
     else:
         return bpfast_max_abs_f(x, n)
+
+
+cdef inline bint outputs_finite(int L, int m, const int* sizes,
+                               floating** A) noexcept nogil:
+    """Whether every output A^L of the batch is finite. A product that overflowed
+    reaches the outputs as inf or NaN (a softmax row of inf gives NaN), which the
+    cross-entropies' clipped logarithms would hide from the loss."""
+    return max_abs(A[L - 1], <Py_ssize_t>m * sizes[L]) < HUGE_VAL
 
 
 cdef inline double sumsq(const floating* x, Py_ssize_t n) noexcept nogil:
@@ -1170,7 +1178,8 @@ cdef double optimizer_step(
     """One batch's step with a momentum or Adam optimizer (or plain SGD with state);
     returns the batch's loss, its data term plus ``penalty`` (the L2 term).
 
-    Forward and output delta; if the loss is not finite, nothing is updated. Then per
+    Forward and output delta; if an output or the loss is not finite, nothing is
+    updated (NaN is returned for outputs that are not finite). Then per
     layer, top down: dA[l-1] = dZ[l] W[l] from the old W[l], the step of W[l] (through
     :func:`grad_update` for small layers, else dW[l] and :func:`update`), the step of
     b[l], and dZ[l-1]. The same updates as taking every gradient first. For a small
@@ -1199,6 +1208,8 @@ cdef double optimizer_step(
         if <Py_ssize_t>sizes[l + 1] * sizes[l] > <Py_ssize_t>sizes[1] * sizes[0]:
             gbuf = dW[l]
     forward_pass(L, m, sizes, codes, X, W, b, Z, A, first_t, X_rows)
+    if not outputs_finite(L, m, sizes, A):
+        return NAN
     value = output_delta(loss, codes[L - 1], m, sizes[L], A[L - 1], Y, w, denom,
                          Z[L - 1], db[L - 1])
     value = value * loss_scale / (2.0 * denom if loss == LOSS_MSE else denom) + penalty
@@ -1306,7 +1317,8 @@ cdef double sgd_step(
     Per layer, top down: dA[l-1] = dZ[l] W[l] is taken from the old W[l], then
     W[l] = (1 - lr alpha/denom) W[l] - lr dZ[l]^T A[l-1] in one GEMM (beta = the L2
     shrink), and b[l] -= lr db[l]. Equal to W -= lr (dW + alpha/denom W) to rounding,
-    without writing or re-reading dW. Nothing is updated when the loss is not finite.
+    without writing or re-reading dW. Nothing is updated when an output or the loss is
+    not finite (NaN is returned for the outputs).
     ``first_t``: W[0] is stored transposed.
 
     With ``bound`` (per layer, a bound on the magnitude of every weight and bias) and
@@ -1322,6 +1334,8 @@ cdef double sgd_step(
     cdef bint safe
     cdef floating shrink = 1 - lr * (alpha / denom)
     forward_pass(L, m, sizes, codes, X, W, b, Z, A, first_t)
+    if not outputs_finite(L, m, sizes, A):
+        return NAN
     value = output_delta(loss, codes[L - 1], m, sizes[L], A[L - 1], Y, w, denom,
                          Z[L - 1], db[L - 1])
     value = value * loss_scale / (2.0 * denom if loss == LOSS_MSE else denom)
@@ -1389,7 +1403,10 @@ cdef bint update_is_safe(int L, int m, const int* sizes, const int* codes, int l
     max sample weight (1 without weights). When that cannot prove the step safe, the
     output delta's measured maximum replaces its bound before the verdict. So networks
     of sigmoid, tanh or softmax layers need no pass at all, and others one pass over the
-    activations per batch (against the products' n' passes).
+    activations per batch (against the products' n' passes). A NaN activation (a
+    product that overflowed) is not bounded by 1: it makes every layer above NaN, up to
+    the outputs (which the steps check) or a measured layer, except through a relu,
+    which maps it to 0; so a sigmoid or tanh layer below a relu is measured too.
 
     With G_l = m d_l max(a_l, 1) (every gradient entry's bound) and g = G_l + l2 B_l,
     the other rules, V_l and S_l the state's bounds (bound[3 L + l], bound[4 L + l]):
@@ -1423,7 +1440,10 @@ cdef bint update_is_safe(int L, int m, const int* sizes, const int* codes, int l
         act[0] = data_bound[0]
         for l in range(1, L + 1):
             code = codes[l - 1]
-            if code == SIGMOID or code == TANH or code == SOFTMAX:
+            # a bounded layer's NaN (from a product that overflowed) reaches the
+            # outputs, or a measured layer, unless a relu above maps it to 0
+            if ((code == SIGMOID or code == TANH or code == SOFTMAX)
+                    and not (l < L and codes[l] == RELU)):
                 a = 1
             elif measured and l < L:
                 a = act[l]  # taken in the first round

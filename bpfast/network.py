@@ -155,9 +155,10 @@ class Network:
         Raises
         ------
         DivergenceError
-            When a batch's loss is NaN or infinite, or its update would overflow a
-            parameter (or an entry of momentum's or Adam's state). The network keeps its
-            parameters from just before that batch: the last finite weights.
+            When a batch's outputs or loss are NaN or infinite, or its update would
+            overflow a parameter (or an entry of momentum's or Adam's state), for every
+            loss and optimizer. The network keeps its parameters from just before that
+            batch: the last finite weights.
         """
         from .training import fit
 

@@ -236,7 +236,7 @@ def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="
             )
             if bad >= 0:
                 what = ("its update would overflow the parameters" if trainer.overflowed
-                        else "its loss became NaN or infinite")
+                        else "its outputs or its loss became NaN or infinite")
                 raise DivergenceError(
                     f"training diverged at epoch {epoch + 1}, batch {bad + 1}: {what}; "
                     f"the network keeps its weights from before that batch. "
