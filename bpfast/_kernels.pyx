@@ -1576,8 +1576,12 @@ cdef EpochResult train_epoch(
         floating beta1, floating beta2, floating epsilon, floating alpha,
         long long t, bint first_t, double* bound=NULL, const double* data_bound=NULL,
         floating** Wbak=NULL, floating** bbak=NULL,
-        const floating** rows=NULL, void** backup=NULL) noexcept nogil:
+        const floating** rows=NULL, void** backup=NULL,
+        bint skip_weightless=False) noexcept nogil:
     """One epoch: for each batch, forward, the loss's output delta, backward, L2, update.
+
+    ``skip_weightless``: a batch whose sample weights sum to zero is passed over (no
+    step: its loss, 0/0, is undefined, and it carries no weight).
 
     ``first_t``: W[0], dW[0] and their optimizer state are stored transposed. ``bound``
     and the rest: the overflow guard (see :func:`sgd_step` and :func:`optimizer_step`;
@@ -1629,6 +1633,9 @@ cdef EpochResult train_epoch(
             for i in range(mb):
                 wsum += wp[i]
             denom = <floating>wsum
+            if skip_weightless and wsum == 0:
+                start += mb
+                continue
         else:
             denom = <floating>mb
         if optimizer == OPT_SGD and sW1 == NULL:
@@ -1978,7 +1985,7 @@ cdef class Trainer(Layers):
     def epoch(self, X, Y, sample_weight, order, double lr, double momentum=0,
               bint nesterov=False, double beta1=0.9, double beta2=0.999,
               double epsilon=1e-8, double alpha=0, double loss_scale=1, long long t=0,
-              bint guard=False, data_bound=None):
+              bint guard=False, data_bound=None, bint skip_weightless=False):
         """Run one epoch over (X, Y) in batches; returns (loss_sum, t, bad_batch).
 
         ``order`` (an intp array holding a permutation of the rows, or None for data
@@ -1994,6 +2001,9 @@ cdef class Trainer(Layers):
         ``data_bound``: the guard's (max |X|, max |Y|, largest sample weight or 1) when
         the caller knows them (a fit takes them once for all its epochs, with
         :func:`data_bounds`); None to have them computed here.
+
+        ``skip_weightless``: pass over a batch whose sample weights are all zero (no
+        step, ``t`` unchanged) instead of stopping there with its loss 0/0.
         """
         self.check_ready()
         self.overflowed = False
@@ -2036,7 +2046,7 @@ cdef class Trainer(Layers):
                     momentum, nesterov, beta1, beta2, epsilon, alpha, t,
                     self.first_transposed, bound,
                     bounds, <double**>self.tdW, <double**>self.bbak,
-                    <const double**>self.rows, &self.backup)
+                    <const double**>self.rows, &self.backup, skip_weightless)
                 bpfast_set_panel_scope(0)
                 self.transpose_first(False)
         else:
@@ -2058,7 +2068,7 @@ cdef class Trainer(Layers):
                     <float>lr, <float>momentum, nesterov, <float>beta1, <float>beta2,
                     <float>epsilon, <float>alpha, t, self.first_transposed, bound, bounds,
                     <float**>self.tdW, <float**>self.bbak, <const float**>self.rows,
-                    &self.backup)
+                    &self.backup, skip_weightless)
                 bpfast_set_panel_scope(0)
                 self.transpose_first(False)
         self.overflowed = res.overflow != 0

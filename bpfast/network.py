@@ -135,7 +135,9 @@ class Network:
         l2 : float, default 0
             Adds ``l2/(2m) sum ||W^l||^2`` to each batch's loss (biases excluded).
         sample_weight : array_like of shape (m,), optional
-            Per-row weights; each batch's loss becomes a weighted mean.
+            Per-row weights; each batch's loss becomes a weighted mean. A batch whose
+            weights are all zero is skipped (no step; Adam's step count unchanged) and
+            adds 0 to the epoch's loss; weights that are all zero are refused.
         validation_data : (X_val, Y_val), optional
             Evaluated after every epoch into ``history.val_loss``.
         early_stopping : bool, default False

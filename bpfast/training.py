@@ -205,6 +205,9 @@ def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="
             )
         if not np.isfinite(sample_weight).all() or (sample_weight < 0).any():
             raise ValueError("sample_weight: expected finite, non-negative weights")
+        if not sample_weight.any():
+            raise ValueError("sample_weight: expected at least one positive weight, got "
+                             "all zeros (nothing to train on)")
     if validation_data is not None:
         try:
             Xv, Yv = validation_data
@@ -233,6 +236,7 @@ def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="
             loss_sum, t, bad = trainer.epoch(
                 X, Y, sample_weight, order, learning_rate, momentum, nesterov,
                 beta1, beta2, epsilon, float(l2), 1.0, t, True, data_bound,
+                skip_weightless=True,
             )
             if bad >= 0:
                 what = ("its update would overflow the parameters" if trainer.overflowed

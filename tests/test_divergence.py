@@ -1,4 +1,4 @@
-"""Issue 16, item 1: no silent NaN from a fit.
+"""Issue 16, items 1 and 7: no silent NaN from a fit, and batches of zero weight.
 
 A forward product that overflows reaches the outputs as inf or NaN (a softmax row of
 inf gives NaN), which the cross-entropies' clipped logarithms used to hide from the
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import bpfast
+from bpfast import reference
 from bpfast.training import DivergenceError
 
 DTYPES = [np.float32, np.float64]
@@ -137,3 +138,69 @@ def test_message_names_the_outputs():
     net = _network(np.float64, ["softmax"])
     with pytest.raises(DivergenceError, match="outputs or its loss became NaN"):
         net.fit(X, Y, epochs=1, batch_size=2, shuffle=False, loss="cross_entropy")
+
+
+# ---------------------------------------------------------------------------
+# item 7: batches whose sample weights are all zero
+# ---------------------------------------------------------------------------
+
+def _regression(dtype, n=40):
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(n, 5)).astype(dtype)
+    Y = rng.uniform(size=(n, 2)).astype(dtype)
+    w = rng.uniform(0.5, 2.0, size=n).astype(dtype)
+    return X, Y, w
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("loss,output", [("mse", "sigmoid"), ("poisson", "exp")])
+def test_zero_weight_batch_is_skipped(dtype, optimizer, loss, output):
+    """A batch of zero total weight is no step at all: the fit equals one over the data
+    without those rows (the reference's and the kernel's), Adam's t included."""
+    X, Y, w = _regression(dtype)
+    w[8:16] = 0  # the second batch of 8
+    keep = np.r_[0:8, 16:40]
+    args = dict(epochs=3, batch_size=8, learning_rate=0.05, optimizer=optimizer,
+                loss=loss, l2=0.01)
+    net = bpfast.Network([5, 4, 2], activations=["tanh", output], dtype=dtype, seed=1)
+    start = _params(net)
+    history = net.fit(X, Y, shuffle=False, sample_weight=w, **args)
+
+    without = bpfast.Network([5, 4, 2], activations=["tanh", output], dtype=dtype, seed=1)
+    history_without = without.fit(X[keep], Y[keep], shuffle=False, sample_weight=w[keep],
+                                  **args)
+    for got, want in zip(_params(net), _params(without)):
+        np.testing.assert_array_equal(got, want)
+    # the skipped batch adds 0 to the epoch's loss sum, its rows still counted
+    np.testing.assert_allclose(np.array(history.loss) * 40,
+                               np.array(history_without.loss) * 32, rtol=1e-12)
+
+    Wr, br, _ = reference.fit(start[:2], start[2:], net.activations, X[keep], Y[keep],
+                              sample_weight=w[keep], **args)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for got, want in zip(_params(net), Wr + br):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_zero_weight_batch_shuffled(dtype):
+    """With shuffling, a batch can fall on rows of zero weight only: no error, finite."""
+    X, Y, w = _regression(dtype, n=64)
+    w[::2] = 0
+    net = bpfast.Network([5, 4, 2], activations=["tanh", "sigmoid"], dtype=dtype, seed=1)
+    history = net.fit(X, Y, epochs=30, batch_size=1, learning_rate=0.05, seed=0,
+                      sample_weight=w, optimizer="adam")
+    assert np.isfinite(history.loss).all()
+    assert all(np.isfinite(p).all() for p in _params(net))
+
+
+@pytest.mark.parametrize("weights", [np.zeros(40), [0.0] * 40, np.zeros(40, np.float32)])
+def test_all_zero_weights_refused(weights):
+    X, Y, _ = _regression(np.float64)
+    net = bpfast.Network([5, 4, 2], seed=1)
+    start = _params(net)
+    with pytest.raises(ValueError, match="sample_weight: expected at least one positive"):
+        net.fit(X, Y, epochs=1, sample_weight=weights)
+    for got, want in zip(_params(net), start):
+        np.testing.assert_array_equal(got, want)
