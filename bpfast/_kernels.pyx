@@ -1555,6 +1555,40 @@ cdef void copy_parameters(int L, const int* sizes, floating** W, floating** b,
         memcpy(b_to[l], b[l], <size_t>sizes[l + 1] * sizeof(floating))
 
 
+# The epoch loop checks for pending signals (Ctrl-C) after about this much work, in
+# multiply-adds of the forward pass (batch rows x parameters): a millisecond or two of
+# training at most, while taking the GIL that rarely costs nothing a batch would show.
+cdef long long bpfast_signal_work = 1LL << 22
+
+
+def set_signal_work(long long work):
+    """Check for pending signals after ``work`` multiply-adds of training (1: after
+    every batch); returns the old value. For tests."""
+    global bpfast_signal_work
+    if work < 1:
+        raise ValueError(f"work: expected a positive number, got {work}")
+    old = bpfast_signal_work
+    bpfast_signal_work = work
+    return old
+
+
+cdef extern from "Python.h":
+    # declared without an exception value: the pending exception stays set for
+    # Trainer.epoch to raise once the epoch has stopped
+    int check_signals "PyErr_CheckSignals" () noexcept
+
+
+cdef bint signal_raised() noexcept with gil:
+    """Run Python's handlers of the signals received (SIGINT's raises
+    KeyboardInterrupt); whether one raised, its exception then left set."""
+    return check_signals() < 0
+
+
+cdef int raise_pending() except -1:
+    """Raise the exception that :func:`signal_raised` left set."""
+    return -1
+
+
 cdef struct EpochResult:
     double loss_sum      # sum over batches of batch loss x batch rows
     long long steps      # optimizer steps taken (t, for adam)
@@ -1562,6 +1596,7 @@ cdef struct EpochResult:
                          # not finite, or -1
     int overflow         # 1 when bad_batch's loss was finite but its update overflowed
     long long careful    # batches the guard could not prove safe (copy, step, check)
+    int interrupted      # 1 when a signal handler raised: stopped at a batch boundary
 
 
 cdef EpochResult train_epoch(
@@ -1580,8 +1615,11 @@ cdef EpochResult train_epoch(
         bint skip_weightless=False) noexcept nogil:
     """One epoch: for each batch, forward, the loss's output delta, backward, L2, update.
 
-    ``skip_weightless``: a batch whose sample weights sum to zero is passed over (no
-    step: its loss, 0/0, is undefined, and it carries no weight).
+    Pending signals are checked between batches, about every ``bpfast_signal_work``
+    multiply-adds: when a handler raises, the epoch stops there with ``interrupted``
+    (the parameters those of the last batch done). ``skip_weightless``: a batch whose
+    sample weights sum to zero is passed over (no step: its loss, 0/0, is undefined,
+    and it carries no weight).
 
     ``first_t``: W[0], dW[0] and their optimizer state are stored transposed. ``bound``
     and the rest: the overflow guard (see :func:`sgd_step` and :func:`optimizer_step`;
@@ -1599,6 +1637,7 @@ cdef EpochResult train_epoch(
     cdef const floating* wp
     cdef floating denom, lr_t = 0
     cdef double wsum, batch_loss, penalty, sq = -1  # sq: sum ||W||^2 once known
+    cdef long long work = 0, batch_work = parameter_count(L, sizes) * batch_size
     cdef bint direct = (rows != NULL and bpfast_direct_rows and first_t and sW1 != NULL
                         and <long long>batch_size * n0 * sizes[1]
                         <= bpfast_fused_update_limit)
@@ -1606,8 +1645,15 @@ cdef EpochResult train_epoch(
     res.bad_batch = -1
     res.overflow = 0
     res.careful = 0
+    res.interrupted = 0
     start = 0
     while start < n:
+        if work >= bpfast_signal_work:
+            work = 0
+            if signal_raised():
+                res.interrupted = 1
+                break
+        work += batch_work
         mb = <int>(n - start if n - start < batch_size else batch_size)
         if order != NULL:
             for i in range(mb):
@@ -2004,6 +2050,11 @@ cdef class Trainer(Layers):
 
         ``skip_weightless``: pass over a batch whose sample weights are all zero (no
         step, ``t`` unchanged) instead of stopping there with its loss 0/0.
+
+        Signals are handled between batches, every millisecond or two of work: when a
+        handler raises (Ctrl-C: KeyboardInterrupt), the epoch stops at that batch
+        boundary, the parameters and optimizer state those of the last batch done, and
+        the exception is raised from here.
         """
         self.check_ready()
         self.overflowed = False
@@ -2071,6 +2122,8 @@ cdef class Trainer(Layers):
                     &self.backup, skip_weightless)
                 bpfast_set_panel_scope(0)
                 self.transpose_first(False)
+        if res.interrupted:
+            raise_pending()
         self.overflowed = res.overflow != 0
         self.careful_steps += res.careful
         return res.loss_sum, res.steps, res.bad_batch

@@ -161,6 +161,10 @@ class Network:
             overflow a parameter (or an entry of momentum's or Adam's state), for every
             loss and optimizer. The network keeps its parameters from just before that
             batch: the last finite weights.
+        KeyboardInterrupt
+            On Ctrl-C (SIGINT), within a few milliseconds of training at a batch
+            boundary: the network keeps the parameters of the last batch done, and the
+            exception's ``history`` attribute holds the finished epochs.
         """
         from .training import fit
 

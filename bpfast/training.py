@@ -266,6 +266,11 @@ def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="
                     if waited >= patience:
                         history.stopped_early = True
                         break
+    except KeyboardInterrupt as err:
+        # Ctrl-C: the epoch stopped at a batch boundary (see Trainer.epoch), the
+        # parameters those of the last batch done; the finished epochs go with the error
+        err.history = history
+        raise
     finally:
         if bar is not None:
             bar.close()
