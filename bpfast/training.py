@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _kernels, engine
-from ._validation import as_kernel_array, check_data, check_finite, check_positive_int
+from ._validation import (as_kernel_array, check_data, check_finite, check_positive_int,
+                          refuse_masked)
 from .activations import activation_codes
 from .reference import loss_value
 
@@ -198,7 +199,8 @@ def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="
     if Y.shape[0] != X.shape[0]:
         raise ValueError(f"Y: expected {X.shape[0]} rows, one per row of X, got {Y.shape[0]}")
     if sample_weight is not None:
-        sample_weight = as_kernel_array(sample_weight, net.dtype)
+        sample_weight = as_kernel_array(refuse_masked(sample_weight, "sample_weight"),
+                                        net.dtype)
         if sample_weight.shape != (X.shape[0],):
             raise ValueError(
                 f"sample_weight: expected shape ({X.shape[0]},), got {sample_weight.shape}"
