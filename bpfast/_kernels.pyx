@@ -15,9 +15,12 @@ from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset, memcpy
 from libc.math cimport sqrt, pow, isfinite, log, logf, frexp, HUGE_VAL, M_LN2, NAN
 from libc.float cimport FLT_EPSILON, DBL_EPSILON, FLT_MAX, DBL_MAX
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from cython cimport floating
 
 cimport numpy as cnp
+import threading
+
 import numpy as np
 
 from ._blas cimport (gemm, bpfast_small_gemm_limit, bpfast_dgemm_ptr, bpfast_sgemm_ptr,
@@ -1555,21 +1558,33 @@ cdef void copy_parameters(int L, const int* sizes, floating** W, floating** b,
         memcpy(b_to[l], b[l], <size_t>sizes[l + 1] * sizeof(floating))
 
 
-# The epoch loop checks for pending signals (Ctrl-C) after about this much work, in
-# multiply-adds of the forward pass (batch rows x parameters): a millisecond or two of
-# training at most, while taking the GIL that rarely costs nothing a batch would show.
+# In the main thread, the epoch loop reads the clock after about bpfast_signal_work
+# multiply-adds (batch rows x parameters: a millisecond or two of training), and every
+# bpfast_signal_interval seconds takes the GIL to run Python's signal handlers (Ctrl-C).
+# Not more often: taking the GIL waits while another thread runs Python code (up to the
+# switch interval, 5 ms). Other threads never: Python runs handlers in the main thread.
 cdef long long bpfast_signal_work = 1LL << 22
+cdef double bpfast_signal_interval = 0.05
 
 
-def set_signal_work(long long work):
-    """Check for pending signals after ``work`` multiply-adds of training (1: after
-    every batch); returns the old value. For tests."""
-    global bpfast_signal_work
+def set_signal_check(long long work, double interval):
+    """Read the clock after ``work`` multiply-adds of training and check for signals
+    every ``interval`` seconds (1 and 0: after every batch); returns the old pair. For
+    tests."""
+    global bpfast_signal_work, bpfast_signal_interval
     if work < 1:
         raise ValueError(f"work: expected a positive number, got {work}")
-    old = bpfast_signal_work
-    bpfast_signal_work = work
+    if not interval >= 0:
+        raise ValueError(f"interval: expected a non-negative number, got {interval}")
+    old = (bpfast_signal_work, bpfast_signal_interval)
+    bpfast_signal_work, bpfast_signal_interval = work, interval
     return old
+
+
+cdef inline double monotonic_seconds() noexcept nogil:
+    cdef timespec now
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return now.tv_sec + now.tv_nsec * 1e-9
 
 
 cdef extern from "Python.h":
@@ -1612,12 +1627,13 @@ cdef EpochResult train_epoch(
         long long t, bint first_t, double* bound=NULL, const double* data_bound=NULL,
         floating** Wbak=NULL, floating** bbak=NULL,
         const floating** rows=NULL, void** backup=NULL,
-        bint skip_weightless=False) noexcept nogil:
+        bint skip_weightless=False, bint interruptible=False) noexcept nogil:
     """One epoch: for each batch, forward, the loss's output delta, backward, L2, update.
 
-    Pending signals are checked between batches, about every ``bpfast_signal_work``
-    multiply-adds: when a handler raises, the epoch stops there with ``interrupted``
-    (the parameters those of the last batch done). ``skip_weightless``: a batch whose
+    ``interruptible`` (the main thread): pending signals are checked between batches
+    (see bpfast_signal_interval); when a handler raises, the epoch stops there with
+    ``interrupted``, the parameters those of the last batch done. ``skip_weightless``: a
+    batch whose
     sample weights sum to zero is passed over (no step: its loss, 0/0, is undefined,
     and it carries no weight).
 
@@ -1638,6 +1654,7 @@ cdef EpochResult train_epoch(
     cdef floating denom, lr_t = 0
     cdef double wsum, batch_loss, penalty, sq = -1  # sq: sum ||W||^2 once known
     cdef long long work = 0, batch_work = parameter_count(L, sizes) * batch_size
+    cdef double checked = monotonic_seconds() if interruptible else 0, now
     cdef bint direct = (rows != NULL and bpfast_direct_rows and first_t and sW1 != NULL
                         and <long long>batch_size * n0 * sizes[1]
                         <= bpfast_fused_update_limit)
@@ -1648,11 +1665,14 @@ cdef EpochResult train_epoch(
     res.interrupted = 0
     start = 0
     while start < n:
-        if work >= bpfast_signal_work:
+        if interruptible and work >= bpfast_signal_work:
             work = 0
-            if signal_raised():
-                res.interrupted = 1
-                break
+            now = monotonic_seconds()
+            if now - checked >= bpfast_signal_interval:
+                checked = now
+                if signal_raised():
+                    res.interrupted = 1
+                    break
         work += batch_work
         mb = <int>(n - start if n - start < batch_size else batch_size)
         if order != NULL:
@@ -2051,10 +2071,10 @@ cdef class Trainer(Layers):
         ``skip_weightless``: pass over a batch whose sample weights are all zero (no
         step, ``t`` unchanged) instead of stopping there with its loss 0/0.
 
-        Signals are handled between batches, every millisecond or two of work: when a
-        handler raises (Ctrl-C: KeyboardInterrupt), the epoch stops at that batch
-        boundary, the parameters and optimizer state those of the last batch done, and
-        the exception is raised from here.
+        In the main thread, signals are handled between batches, about every 50 ms:
+        when a handler raises (Ctrl-C: KeyboardInterrupt), the epoch stops at that
+        batch boundary, the parameters and optimizer state those of the last batch
+        done, and the exception is raised from here.
         """
         self.check_ready()
         self.overflowed = False
@@ -2075,6 +2095,7 @@ cdef class Trainer(Layers):
         cdef int opt = self.optimizer
         cdef double* bound = self.bound if guard else NULL
         cdef double bounds[3]
+        cdef bint interruptible = threading.current_thread() is threading.main_thread()
         if guard:
             bounds[0], bounds[1], bounds[2] = (data_bounds(X, Y, sample_weight)
                                                if data_bound is None else data_bound)
@@ -2097,7 +2118,8 @@ cdef class Trainer(Layers):
                     momentum, nesterov, beta1, beta2, epsilon, alpha, t,
                     self.first_transposed, bound,
                     bounds, <double**>self.tdW, <double**>self.bbak,
-                    <const double**>self.rows, &self.backup, skip_weightless)
+                    <const double**>self.rows, &self.backup, skip_weightless,
+                    interruptible)
                 bpfast_set_panel_scope(0)
                 self.transpose_first(False)
         else:
@@ -2119,7 +2141,7 @@ cdef class Trainer(Layers):
                     <float>lr, <float>momentum, nesterov, <float>beta1, <float>beta2,
                     <float>epsilon, <float>alpha, t, self.first_transposed, bound, bounds,
                     <float**>self.tdW, <float**>self.bbak, <const float**>self.rows,
-                    &self.backup, skip_weightless)
+                    &self.backup, skip_weightless, interruptible)
                 bpfast_set_panel_scope(0)
                 self.transpose_first(False)
         if res.interrupted:

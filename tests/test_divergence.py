@@ -140,6 +140,24 @@ def test_message_names_the_outputs():
         net.fit(X, Y, epochs=1, batch_size=2, shuffle=False, loss="cross_entropy")
 
 
+def test_distributed_local_sgd_keeps_the_rounds_parameters():
+    """bpfast.distributed's local SGD runs the same compiled epoch: the softmax NaN
+    stops it, and the network keeps the parameters from before the round."""
+    da = pytest.importorskip("dask.array")
+    from bpfast import distributed
+
+    X, Y = _data(np.float64)
+    net = _network(np.float64, ["softmax"])
+    start = _params(net)
+    with pytest.raises(DivergenceError, match="NaN or infinite"):
+        distributed.fit(net, da.from_array(X, chunks=(4, -1)),
+                        da.from_array(Y, chunks=(4, -1)), None, method="local_sgd",
+                        rounds=1, local_epochs=1, batch_size=2, learning_rate=0.1,
+                        shuffle=False, loss="cross_entropy")
+    for got, want in zip(_params(net), start):
+        np.testing.assert_array_equal(got, want)
+
+
 # ---------------------------------------------------------------------------
 # item 7: batches whose sample weights are all zero
 # ---------------------------------------------------------------------------

@@ -83,9 +83,9 @@ def test_cli_exits_130_on_sigint(tmp_path):
 
 @pytest.fixture
 def check_every_batch():
-    old = _kernels.set_signal_work(1)
+    old = _kernels.set_signal_check(1, 0.0)
     yield
-    _kernels.set_signal_work(old)
+    _kernels.set_signal_check(*old)
 
 
 def _params(net):
@@ -128,6 +128,32 @@ def test_interrupted_fit_keeps_last_batch_and_history(dtype, check_every_batch):
         pytest.fail("the parameters are not those after any batch of the epoch")
 
 
-def test_signal_work_setter_checks_its_argument():
+def test_signal_check_setter_checks_its_arguments():
     with pytest.raises(ValueError, match="work: expected a positive number"):
-        _kernels.set_signal_work(0)
+        _kernels.set_signal_check(0, 0.05)
+    with pytest.raises(ValueError, match="interval: expected a non-negative number"):
+        _kernels.set_signal_check(1, -1.0)
+    old = _kernels.set_signal_check(1, 0.0)
+    assert _kernels.set_signal_check(*old) == (1, 0.0)
+
+
+def test_fit_in_another_thread_is_left_running():
+    """Python handles signals in the main thread only: a fit in another thread never
+    takes the GIL to look, and finishes; the main thread gets the KeyboardInterrupt."""
+    rng = np.random.default_rng(2)
+    X, Y = rng.normal(size=(2000, 64)), rng.uniform(size=(2000, 10))
+    net = bpfast.Network([64, 32, 10], seed=0)
+    done = []
+    worker = threading.Thread(
+        target=lambda: done.append(net.fit(X, Y, epochs=300, batch_size=32)))
+    old = _kernels.set_signal_check(1, 0.0)
+    try:
+        worker.start()
+        time.sleep(0.1)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        worker.join()
+    finally:
+        _kernels.set_signal_check(*old)
+    assert done and done[0].epochs == 300
