@@ -132,14 +132,6 @@ cdef inline double max_abs(const floating* x, Py_ssize_t n) noexcept nogil:
         return bpfast_max_abs_f(x, n)
 
 
-cdef inline bint outputs_finite(int L, int m, const int* sizes,
-                               floating** A) noexcept nogil:
-    """Whether every output A^L of the batch is finite. A product that overflowed
-    reaches the outputs as inf or NaN (a softmax row of inf gives NaN), which the
-    cross-entropies' clipped logarithms would hide from the loss."""
-    return max_abs(A[L - 1], <Py_ssize_t>m * sizes[L]) < HUGE_VAL
-
-
 cdef inline double sumsq(const floating* x, Py_ssize_t n) noexcept nogil:
     """sum_k x_k^2, accumulated in double (a vectorised reduction)."""
     if floating is double:
@@ -166,6 +158,17 @@ cdef inline floating _log(floating x) noexcept nogil:
         return log(x)
 
 cnp.import_array()
+
+
+cdef inline bint outputs_finite(int loss, int L, int m, const int* sizes,
+                               floating** A) noexcept nogil:
+    """Whether every output A^L of the batch is finite, as far as its loss needs telling.
+    A product that overflowed reaches the outputs as inf or NaN (a softmax row of inf
+    gives NaN), which the cross-entropies' clipped logarithms hide from the loss; the
+    squared error and the Poisson loss of such an output are not finite themselves."""
+    if loss != LOSS_CE and loss != LOSS_BCE:
+        return True
+    return max_abs(A[L - 1], <Py_ssize_t>m * sizes[L]) < HUGE_VAL
 
 
 # ---------------------------------------------------------------------------
@@ -1211,7 +1214,7 @@ cdef double optimizer_step(
         if <Py_ssize_t>sizes[l + 1] * sizes[l] > <Py_ssize_t>sizes[1] * sizes[0]:
             gbuf = dW[l]
     forward_pass(L, m, sizes, codes, X, W, b, Z, A, first_t, X_rows)
-    if not outputs_finite(L, m, sizes, A):
+    if not outputs_finite(loss, L, m, sizes, A):
         return NAN
     value = output_delta(loss, codes[L - 1], m, sizes[L], A[L - 1], Y, w, denom,
                          Z[L - 1], db[L - 1])
@@ -1337,7 +1340,7 @@ cdef double sgd_step(
     cdef bint safe
     cdef floating shrink = 1 - lr * (alpha / denom)
     forward_pass(L, m, sizes, codes, X, W, b, Z, A, first_t)
-    if not outputs_finite(L, m, sizes, A):
+    if not outputs_finite(loss, L, m, sizes, A):
         return NAN
     value = output_delta(loss, codes[L - 1], m, sizes[L], A[L - 1], Y, w, denom,
                          Z[L - 1], db[L - 1])
