@@ -1636,9 +1636,8 @@ cdef EpochResult train_epoch(
     ``interruptible`` (the main thread): pending signals are checked between batches
     (see bpfast_signal_interval); when a handler raises, the epoch stops there with
     ``interrupted``, the parameters those of the last batch done. ``skip_weightless``: a
-    batch whose
-    sample weights sum to zero is passed over (no step: its loss, 0/0, is undefined,
-    and it carries no weight).
+    batch whose sample weights sum to zero is passed over (no step: its loss, 0/0, is
+    undefined, and it carries no weight).
 
     ``first_t``: W[0], dW[0] and their optimizer state are stored transposed. ``bound``
     and the rest: the overflow guard (see :func:`sgd_step` and :func:`optimizer_step`;

@@ -162,9 +162,10 @@ class Network:
             loss and optimizer. The network keeps its parameters from just before that
             batch: the last finite weights.
         KeyboardInterrupt
-            On Ctrl-C (SIGINT), within a few milliseconds of training at a batch
-            boundary: the network keeps the parameters of the last batch done, and the
-            exception's ``history`` attribute holds the finished epochs.
+            On Ctrl-C (SIGINT) in the main thread, at a batch boundary within about
+            50 ms (plus the batch running): the network keeps the parameters of the
+            last batch done, and the exception's ``history`` attribute holds the
+            finished epochs.
         """
         from .training import fit
 
