@@ -13,11 +13,14 @@ pointer is taken, then run the whole pass without the GIL and without allocating
 """
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset, memcpy
-from libc.math cimport sqrt, pow, isfinite, log, logf, frexp, HUGE_VAL, M_LN2
+from libc.math cimport sqrt, pow, isfinite, log, logf, frexp, HUGE_VAL, M_LN2, NAN
 from libc.float cimport FLT_EPSILON, DBL_EPSILON, FLT_MAX, DBL_MAX
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from cython cimport floating
 
 cimport numpy as cnp
+import threading
+
 import numpy as np
 
 from ._blas cimport (gemm, bpfast_small_gemm_limit, bpfast_dgemm_ptr, bpfast_sgemm_ptr,
@@ -155,6 +158,17 @@ cdef inline floating _log(floating x) noexcept nogil:
         return log(x)
 
 cnp.import_array()
+
+
+cdef inline bint outputs_finite(int loss, int L, int m, const int* sizes,
+                               floating** A) noexcept nogil:
+    """Whether every output A^L of the batch is finite, as far as its loss needs telling.
+    A product that overflowed reaches the outputs as inf or NaN (a softmax row of inf
+    gives NaN), which the cross-entropies' clipped logarithms hide from the loss; the
+    squared error and the Poisson loss of such an output are not finite themselves."""
+    if loss != LOSS_CE and loss != LOSS_BCE:
+        return True
+    return max_abs(A[L - 1], <Py_ssize_t>m * sizes[L]) < HUGE_VAL
 
 
 # ---------------------------------------------------------------------------
@@ -1170,7 +1184,8 @@ cdef double optimizer_step(
     """One batch's step with a momentum or Adam optimizer (or plain SGD with state);
     returns the batch's loss, its data term plus ``penalty`` (the L2 term).
 
-    Forward and output delta; if the loss is not finite, nothing is updated. Then per
+    Forward and output delta; if an output or the loss is not finite, nothing is
+    updated (NaN is returned for outputs that are not finite). Then per
     layer, top down: dA[l-1] = dZ[l] W[l] from the old W[l], the step of W[l] (through
     :func:`grad_update` for small layers, else dW[l] and :func:`update`), the step of
     b[l], and dZ[l-1]. The same updates as taking every gradient first. For a small
@@ -1199,6 +1214,8 @@ cdef double optimizer_step(
         if <Py_ssize_t>sizes[l + 1] * sizes[l] > <Py_ssize_t>sizes[1] * sizes[0]:
             gbuf = dW[l]
     forward_pass(L, m, sizes, codes, X, W, b, Z, A, first_t, X_rows)
+    if not outputs_finite(loss, L, m, sizes, A):
+        return NAN
     value = output_delta(loss, codes[L - 1], m, sizes[L], A[L - 1], Y, w, denom,
                          Z[L - 1], db[L - 1])
     value = value * loss_scale / (2.0 * denom if loss == LOSS_MSE else denom) + penalty
@@ -1306,7 +1323,8 @@ cdef double sgd_step(
     Per layer, top down: dA[l-1] = dZ[l] W[l] is taken from the old W[l], then
     W[l] = (1 - lr alpha/denom) W[l] - lr dZ[l]^T A[l-1] in one GEMM (beta = the L2
     shrink), and b[l] -= lr db[l]. Equal to W -= lr (dW + alpha/denom W) to rounding,
-    without writing or re-reading dW. Nothing is updated when the loss is not finite.
+    without writing or re-reading dW. Nothing is updated when an output or the loss is
+    not finite (NaN is returned for the outputs).
     ``first_t``: W[0] is stored transposed.
 
     With ``bound`` (per layer, a bound on the magnitude of every weight and bias) and
@@ -1322,6 +1340,8 @@ cdef double sgd_step(
     cdef bint safe
     cdef floating shrink = 1 - lr * (alpha / denom)
     forward_pass(L, m, sizes, codes, X, W, b, Z, A, first_t)
+    if not outputs_finite(loss, L, m, sizes, A):
+        return NAN
     value = output_delta(loss, codes[L - 1], m, sizes[L], A[L - 1], Y, w, denom,
                          Z[L - 1], db[L - 1])
     value = value * loss_scale / (2.0 * denom if loss == LOSS_MSE else denom)
@@ -1389,7 +1409,10 @@ cdef bint update_is_safe(int L, int m, const int* sizes, const int* codes, int l
     max sample weight (1 without weights). When that cannot prove the step safe, the
     output delta's measured maximum replaces its bound before the verdict. So networks
     of sigmoid, tanh or softmax layers need no pass at all, and others one pass over the
-    activations per batch (against the products' n' passes).
+    activations per batch (against the products' n' passes). A NaN activation (a
+    product that overflowed) is not bounded by 1: it makes every layer above NaN, up to
+    the outputs (which the steps check) or a measured layer, except through a relu,
+    which maps it to 0; so a sigmoid or tanh layer below a relu is measured too.
 
     With G_l = m d_l max(a_l, 1) (every gradient entry's bound) and g = G_l + l2 B_l,
     the other rules, V_l and S_l the state's bounds (bound[3 L + l], bound[4 L + l]):
@@ -1423,7 +1446,10 @@ cdef bint update_is_safe(int L, int m, const int* sizes, const int* codes, int l
         act[0] = data_bound[0]
         for l in range(1, L + 1):
             code = codes[l - 1]
-            if code == SIGMOID or code == TANH or code == SOFTMAX:
+            # a bounded layer's NaN (from a product that overflowed) reaches the
+            # outputs, or a measured layer, unless a relu above maps it to 0
+            if ((code == SIGMOID or code == TANH or code == SOFTMAX)
+                    and not (l < L and codes[l] == RELU)):
                 a = 1
             elif measured and l < L:
                 a = act[l]  # taken in the first round
@@ -1535,6 +1561,52 @@ cdef void copy_parameters(int L, const int* sizes, floating** W, floating** b,
         memcpy(b_to[l], b[l], <size_t>sizes[l + 1] * sizeof(floating))
 
 
+# In the main thread, the epoch loop reads the clock after about bpfast_signal_work
+# multiply-adds (batch rows x parameters: a millisecond or two of training), and every
+# bpfast_signal_interval seconds takes the GIL to run Python's signal handlers (Ctrl-C).
+# Not more often: taking the GIL waits while another thread runs Python code (up to the
+# switch interval, 5 ms). Other threads never: Python runs handlers in the main thread.
+cdef long long bpfast_signal_work = 1LL << 22
+cdef double bpfast_signal_interval = 0.05
+
+
+def set_signal_check(long long work, double interval):
+    """Read the clock after ``work`` multiply-adds of training and check for signals
+    every ``interval`` seconds (1 and 0: after every batch); returns the old pair. For
+    tests."""
+    global bpfast_signal_work, bpfast_signal_interval
+    if work < 1:
+        raise ValueError(f"work: expected a positive number, got {work}")
+    if not interval >= 0:
+        raise ValueError(f"interval: expected a non-negative number, got {interval}")
+    old = (bpfast_signal_work, bpfast_signal_interval)
+    bpfast_signal_work, bpfast_signal_interval = work, interval
+    return old
+
+
+cdef inline double monotonic_seconds() noexcept nogil:
+    cdef timespec now
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return now.tv_sec + now.tv_nsec * 1e-9
+
+
+cdef extern from "Python.h":
+    # declared without an exception value: the pending exception stays set for
+    # Trainer.epoch to raise once the epoch has stopped
+    int check_signals "PyErr_CheckSignals" () noexcept
+
+
+cdef bint signal_raised() noexcept with gil:
+    """Run Python's handlers of the signals received (SIGINT's raises
+    KeyboardInterrupt); whether one raised, its exception then left set."""
+    return check_signals() < 0
+
+
+cdef int raise_pending() except -1:
+    """Raise the exception that :func:`signal_raised` left set."""
+    return -1
+
+
 cdef struct EpochResult:
     double loss_sum      # sum over batches of batch loss x batch rows
     long long steps      # optimizer steps taken (t, for adam)
@@ -1542,6 +1614,7 @@ cdef struct EpochResult:
                          # not finite, or -1
     int overflow         # 1 when bad_batch's loss was finite but its update overflowed
     long long careful    # batches the guard could not prove safe (copy, step, check)
+    int interrupted      # 1 when a signal handler raised: stopped at a batch boundary
 
 
 cdef EpochResult train_epoch(
@@ -1556,8 +1629,15 @@ cdef EpochResult train_epoch(
         floating beta1, floating beta2, floating epsilon, floating alpha,
         long long t, bint first_t, double* bound=NULL, const double* data_bound=NULL,
         floating** Wbak=NULL, floating** bbak=NULL,
-        const floating** rows=NULL, void** backup=NULL) noexcept nogil:
+        const floating** rows=NULL, void** backup=NULL,
+        bint skip_weightless=False, bint interruptible=False) noexcept nogil:
     """One epoch: for each batch, forward, the loss's output delta, backward, L2, update.
+
+    ``interruptible`` (the main thread): pending signals are checked between batches
+    (see bpfast_signal_interval); when a handler raises, the epoch stops there with
+    ``interrupted``, the parameters those of the last batch done. ``skip_weightless``: a
+    batch whose sample weights sum to zero is passed over (no step: its loss, 0/0, is
+    undefined, and it carries no weight).
 
     ``first_t``: W[0], dW[0] and their optimizer state are stored transposed. ``bound``
     and the rest: the overflow guard (see :func:`sgd_step` and :func:`optimizer_step`;
@@ -1575,6 +1655,8 @@ cdef EpochResult train_epoch(
     cdef const floating* wp
     cdef floating denom, lr_t = 0
     cdef double wsum, batch_loss, penalty, sq = -1  # sq: sum ||W||^2 once known
+    cdef long long work = 0, batch_work = parameter_count(L, sizes) * batch_size
+    cdef double checked = monotonic_seconds() if interruptible else 0, now
     cdef bint direct = (rows != NULL and bpfast_direct_rows and first_t and sW1 != NULL
                         and <long long>batch_size * n0 * sizes[1]
                         <= bpfast_fused_update_limit)
@@ -1582,8 +1664,18 @@ cdef EpochResult train_epoch(
     res.bad_batch = -1
     res.overflow = 0
     res.careful = 0
+    res.interrupted = 0
     start = 0
     while start < n:
+        if interruptible and work >= bpfast_signal_work:
+            work = 0
+            now = monotonic_seconds()
+            if now - checked >= bpfast_signal_interval:
+                checked = now
+                if signal_raised():
+                    res.interrupted = 1
+                    break
+        work += batch_work
         mb = <int>(n - start if n - start < batch_size else batch_size)
         if order != NULL:
             for i in range(mb):
@@ -1609,6 +1701,9 @@ cdef EpochResult train_epoch(
             for i in range(mb):
                 wsum += wp[i]
             denom = <floating>wsum
+            if skip_weightless and wsum == 0:
+                start += mb
+                continue
         else:
             denom = <floating>mb
         if optimizer == OPT_SGD and sW1 == NULL:
@@ -1958,7 +2053,7 @@ cdef class Trainer(Layers):
     def epoch(self, X, Y, sample_weight, order, double lr, double momentum=0,
               bint nesterov=False, double beta1=0.9, double beta2=0.999,
               double epsilon=1e-8, double alpha=0, double loss_scale=1, long long t=0,
-              bint guard=False, data_bound=None):
+              bint guard=False, data_bound=None, bint skip_weightless=False):
         """Run one epoch over (X, Y) in batches; returns (loss_sum, t, bad_batch).
 
         ``order`` (an intp array holding a permutation of the rows, or None for data
@@ -1974,6 +2069,14 @@ cdef class Trainer(Layers):
         ``data_bound``: the guard's (max |X|, max |Y|, largest sample weight or 1) when
         the caller knows them (a fit takes them once for all its epochs, with
         :func:`data_bounds`); None to have them computed here.
+
+        ``skip_weightless``: pass over a batch whose sample weights are all zero (no
+        step, ``t`` unchanged) instead of stopping there with its loss 0/0.
+
+        In the main thread, signals are handled between batches, about every 50 ms:
+        when a handler raises (Ctrl-C: KeyboardInterrupt), the epoch stops at that
+        batch boundary, the parameters and optimizer state those of the last batch
+        done, and the exception is raised from here.
         """
         self.check_ready()
         self.overflowed = False
@@ -1994,6 +2097,7 @@ cdef class Trainer(Layers):
         cdef int opt = self.optimizer
         cdef double* bound = self.bound if guard else NULL
         cdef double bounds[3]
+        cdef bint interruptible = threading.current_thread() is threading.main_thread()
         if guard:
             bounds[0], bounds[1], bounds[2] = (data_bounds(X, Y, sample_weight)
                                                if data_bound is None else data_bound)
@@ -2016,7 +2120,8 @@ cdef class Trainer(Layers):
                     momentum, nesterov, beta1, beta2, epsilon, alpha, t,
                     self.first_transposed, bound,
                     bounds, <double**>self.tdW, <double**>self.bbak,
-                    <const double**>self.rows, &self.backup)
+                    <const double**>self.rows, &self.backup, skip_weightless,
+                    interruptible)
                 bpfast_set_panel_scope(0)
                 self.transpose_first(False)
         else:
@@ -2038,9 +2143,11 @@ cdef class Trainer(Layers):
                     <float>lr, <float>momentum, nesterov, <float>beta1, <float>beta2,
                     <float>epsilon, <float>alpha, t, self.first_transposed, bound, bounds,
                     <float**>self.tdW, <float**>self.bbak, <const float**>self.rows,
-                    &self.backup)
+                    &self.backup, skip_weightless, interruptible)
                 bpfast_set_panel_scope(0)
                 self.transpose_first(False)
+        if res.interrupted:
+            raise_pending()
         self.overflowed = res.overflow != 0
         self.careful_steps += res.careful
         return res.loss_sum, res.steps, res.bad_batch

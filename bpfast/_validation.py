@@ -40,7 +40,23 @@ def check_dtype(dtype, name="dtype"):
     return dt
 
 
+def refuse_masked(x, name):
+    """``x``, unless it is a masked array: TypeError naming ``name``.
+
+    The kernels read an array's data, never a mask, so whatever sits under the mask
+    (often NaN, or a placeholder) would be used as a value.
+    """
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name}: expected a plain array, got a masked array (its mask would be "
+            f"ignored and the values under it used); fill it with .filled(value) or "
+            f"drop the masked rows"
+        )
+    return x
+
+
 def _as_array(x, name):
+    refuse_masked(x, name)
     if isinstance(x, np.ndarray):
         return x
     try:

@@ -170,7 +170,9 @@ class Network:
         l2 : float, default 0
             Adds ``l2/(2m) sum ||W^l||^2`` to each batch's loss (biases excluded).
         sample_weight : array_like of shape (m,), optional
-            Per-row weights; each batch's loss becomes a weighted mean.
+            Per-row weights; each batch's loss becomes a weighted mean. A batch whose
+            weights are all zero is skipped (no step; Adam's step count unchanged) and
+            adds 0 to the epoch's loss; weights that are all zero are refused.
         validation_data : (X_val, Y_val), optional
             Evaluated after every epoch into ``history.val_loss`` (and the ``val_``
             metrics). ``Y_val`` may hold class labels, as ``Y``.
@@ -218,9 +220,15 @@ class Network:
         Raises
         ------
         DivergenceError
-            When a batch's loss is NaN or infinite, or its update would overflow a
-            parameter (or an entry of momentum's or Adam's state). The network keeps its
-            parameters from just before that batch: the last finite weights.
+            When a batch's outputs or loss are NaN or infinite, or its update would
+            overflow a parameter (or an entry of momentum's or Adam's state), for every
+            loss and optimizer. The network keeps its parameters from just before that
+            batch: the last finite weights.
+        KeyboardInterrupt
+            On Ctrl-C (SIGINT) in the main thread, at a batch boundary within about
+            50 ms (plus the batch running): the network keeps the parameters of the
+            last batch done, and the exception's ``history`` attribute holds the
+            finished epochs.
         """
         from .training import fit
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _kernels, _targets, engine
-from ._validation import as_kernel_array, check_data, check_finite, check_positive_int
+from ._validation import (as_kernel_array, check_data, check_finite, check_positive_int,
+                          refuse_masked)
 from .activations import activation_codes
 from .callbacks import Callback, FitState
 from .metrics import check_metrics, evaluate
@@ -232,7 +233,8 @@ def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="
     if Y.shape[0] != X.shape[0]:
         raise ValueError(f"Y: expected {X.shape[0]} rows, one per row of X, got {Y.shape[0]}")
     if sample_weight is not None:
-        sample_weight = as_kernel_array(sample_weight, net.dtype)
+        sample_weight = as_kernel_array(refuse_masked(sample_weight, "sample_weight"),
+                                        net.dtype)
         if sample_weight.shape != (X.shape[0],):
             raise ValueError(
                 f"sample_weight: expected shape ({X.shape[0]},), got {sample_weight.shape}"
@@ -247,6 +249,10 @@ def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="
         if sample_weight is not None:
             factors = factors * sample_weight
         sample_weight = as_kernel_array(factors, net.dtype)
+    if sample_weight is not None and not sample_weight.any():
+        what = "sample_weight" if class_weight is None else "sample_weight x class_weight"
+        raise ValueError(f"{what}: expected at least one positive weight, got all zeros "
+                         "(nothing to train on)")
     if validation_data is not None:
         try:
             Xv, Yv = validation_data
@@ -282,10 +288,11 @@ def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="
             loss_sum, t, bad = trainer.epoch(
                 X, Y, sample_weight, order, learning_rate, momentum, nesterov,
                 beta1, beta2, epsilon, float(l2), 1.0, t, True, data_bound,
+                skip_weightless=True,
             )
             if bad >= 0:
                 what = ("its update would overflow the parameters" if trainer.overflowed
-                        else "its loss became NaN or infinite")
+                        else "its outputs or its loss became NaN or infinite")
                 raise DivergenceError(
                     f"training diverged at epoch {epoch + 1}, batch {bad + 1}: {what}; "
                     f"the network keeps its weights from before that batch. "
@@ -320,6 +327,11 @@ def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="
                 callback_.on_epoch_end(state, epoch)
             if state.stop_training:
                 break
+    except KeyboardInterrupt as err:
+        # Ctrl-C: the epoch stopped at a batch boundary (see Trainer.epoch), the
+        # parameters those of the last batch done; the finished epochs go with the error
+        err.history = history
+        raise
     finally:
         if bar is not None:
             bar.close()
