@@ -77,8 +77,7 @@ cdef extern from *:
                           float beta, float* c, int ldc) nogil
 
 # Products with m * n * k up to this many multiply-adds take the plain-loop path: OpenBLAS's
-# small-matrix kernels win above it (measured: loops 0.8x the time of BLAS for 16-16-4 at
-# m = 1, 1.2x for 64-32-10 at m = 1, 1.6x at m = 32).
+# small-matrix kernels win above it (docs/performance.md has the figures).
 # Set from Python with bpfast._kernels.set_small_gemm_limit (tests force each path).
 cdef extern from *:
     """

@@ -4,15 +4,13 @@
  * products of a mini-batch step on a layer whose weights fit in the level-2 caches (a
  * 784 x 128 layer at a batch of 64: the forward product X W and the update W += a X^T D,
  * W stored n^0 x n^1), OpenBLAS spends a third of its time packing operands that change
- * every batch and synchronising its threads; measured on this project's 2-core AVX-512
- * machine, its two threads reach 78-81% of its own 2048-square GEMM rate there. This
+ * every batch and synchronising its threads (docs/performance.md has the figures). This
  * kernel reads the operands where they lie: a register tile of 6 rows by 4 vectors of
  * columns (24 accumulators) takes, for every p, 4 loads of row p of B and one broadcast
  * of op(A) per row, and the same tile serves op(A) = A and A^T through the element
- * strides. One core ran both M products at 53-58 GFLOP/s (float64) in a C harness,
- * against OpenBLAS's 45 on one thread. op(B) = B^T (a hidden layer's forward product,
- * W stored n^l x n^(l-1)) is left to BLAS: a tile of dot products along k, with the
- * sums reduced across lanes at the end, reached only 39-42 GFLOP/s there.
+ * strides. op(B) = B^T (a hidden layer's forward product, W stored n^l x n^(l-1)) is
+ * left to BLAS: a tile of dot products along k needs its sums reduced across lanes at
+ * the end, which made it slower than the BLAS.
  *
  * Threads split the columns of C into contiguous ranges, so a layer's weights (C of the
  * update, B of the forward product) keep the same half in the same core's cache from batch
@@ -63,12 +61,9 @@ static int bpfast_panel_available(void)
  * core's level-2 cache. BPFAST_PANEL_MIN is where OpenBLAS starts threading a product
  * itself (its GEMM_MULTITHREAD_THRESHOLD of 4 times 65536 multiply-adds; see
  * bpfast_panel_scope); below it the products stay with its small-matrix kernels, on one
- * thread. Tried and dropped: the panel from 2^15 multiply-adds in float64 made a
- * 64-32-10 fit at batch 32 (products of 2^16, about 2.5 us each) 505 -> 476 us on a quiet
- * machine, but 507 -> 960 us while the host was busy: a part of a microsecond-long
- * product waits out any preemption of the thread running it. Larger products stay with
- * OpenBLAS's packed, cache-blocked GEMM: with 2 MiB operands (1,024-256 first layers in
- * float64) the panel still gained 18%, with 3.2 MB ones it lost 5-11%. */
+ * thread: splitting a microsecond-long product makes it wait out any preemption of the
+ * thread running its other part. Larger products stay with OpenBLAS's packed,
+ * cache-blocked GEMM, which wins once the operands no longer fit the level-2 caches. */
 #define BPFAST_PANEL_MIN (1LL << 18)
 #define BPFAST_PANEL_MAX_BYTES (1LL << 21)
 
@@ -97,8 +92,7 @@ static int bpfast_panel_threads(void)
  * BPFAST_PANEL_MIN fits the panel kernel (set by the trainer for its epoch). Elsewhere
  * the kernel is not used: OpenBLAS threads products above that size itself, and its
  * workers keep spinning for a while after each one; with the pool's helper spinning
- * too, the two took turns on 2 cores (measured 3.4x slower for a 256-256-256-10
- * network whose hidden products went one to each). */
+ * too, the two would take turns on the cores. */
 static __thread int bpfast_panel_scope = 0;
 
 static void bpfast_set_panel_scope(int on)
@@ -460,9 +454,7 @@ static void NAME(int trans_a, int m, int n, int k, T alpha, const T *A, int lda,
     g.acs = trans_a ? lda : 1;                                                              \
     g.B = B; g.ldb = ldb; g.alpha = alpha; g.beta = beta; g.C = C; g.ldc = ldc;             \
     /* columns keep each thread's share of the weights in its own cache from product to \
-       product, and measured faster than rows even at one vector a thread (32 x 32 x 64   \
-       in float32 on 2 threads: 0.94 against 1.41 us); rows only when there are fewer     \
-       vectors of columns than threads */                                                   \
+       product; rows only when there are fewer vectors of columns than threads */          \
     g.by_rows = vectors < (ptrdiff_t)threads;                                               \
     if (g.by_rows && threads > (m + BPFAST_PANEL_MR - 1) / BPFAST_PANEL_MR)                  \
         threads = (m + BPFAST_PANEL_MR - 1) / BPFAST_PANEL_MR;                              \

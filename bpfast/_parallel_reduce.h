@@ -1,9 +1,8 @@
 /* The largest magnitude of a large array (_reduce.h's max_abs: the training data's bound
  * and finiteness check) split over the panel kernel's thread pool.
  *
- * Before every fit the trainer takes max |X| over the whole data: for 10,000 x 784
- * doubles (62.7 MB) that is a pass from memory of about 2 ms, 4% of a two-thread
- * 784-128-10 epoch, which one core cannot pull at the machine's bandwidth. Each thread
+ * Before every fit the trainer takes max |X| over the whole data: a pass from memory that
+ * one core cannot pull at the machine's bandwidth. Each thread
  * takes a contiguous range of whole 64-byte lines; the maximum does not depend on how
  * the array is split, so the result is the one-thread result exactly.
  */
@@ -14,8 +13,8 @@
 #include "_reduce.h"
 #include "_panel_gemm.h"
 
-/* Arrays of fewer bytes stay on one thread: about 100 us of work at the in-cache rate,
- * far above what handing a part to a helper costs, even one that has to be woken. */
+/* Arrays of fewer bytes stay on one thread; from this size on, the pass costs far more
+ * than handing a part to a helper, even one that has to be woken. */
 #define BPFAST_PARALLEL_MAX_ABS_BYTES (8LL << 20)
 
 typedef struct {

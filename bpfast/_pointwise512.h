@@ -20,9 +20,6 @@
  * into db at the end. For the deltas, rows of whole vectors, wider layers and single rows
  * go row by row, up to 8 vectors of columns at a time, the sums again in registers (no
  * fold); the bias pass walks rows of whole vectors flat too, b itself being the period.
- * Measured on the 2-core AVX-512 machine, float64, one call (C harness, against
- * _pointwise.h): output delta 32 x 10 252 -> 70 ns, hidden delta 32 x 32 176 -> 128 ns,
- * bias with sigmoid 32 x 32 966 -> 905 ns and 32 x 10 337 -> 305 ns.
  *
  * The sums' order differs from _pointwise.h's (partial sums per lane and period, then
  * folded), so db differs at rounding level from the portable route; it is the same on

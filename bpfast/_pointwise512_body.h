@@ -22,7 +22,8 @@ BPFAST_PW_ATTR PW_M PW_NAME(bp_pw_lanes)(ptrdiff_t count)
 }
 
 /* Loads and stores of lanes `mask`, plain ones when `full` (a constant after inlining:
- * masked forms of whole vectors measured slower on Zen 4). Masked-out lanes load as 0. */
+ * masked forms of whole vectors are slower on some processors). Masked-out lanes load
+ * as 0. */
 #define PW_LOAD_LANES(full, mask, p) ((full) ? PW_LOAD(p) : PW_MLOAD(mask, p))
 #define PW_STORE_LANES(full, mask, p, v)                                                 \
     do {                                                                                 \

@@ -49,8 +49,7 @@ BPFAST_DEFINE_SUMSQ(float, bpfast_sumsq_f)
  * (non-negative) integer orders exactly as its magnitude, and the patterns of inf and NaN
  * lie above every finite one (exponent all ones). So one AND and one integer max per
  * element give both the bound and the finiteness, where the floating-point form needed an
- * abs, a max and an add of x * 0 to catch NaN (measured on the 2-core AVX-512 machine,
- * 1797 x 64 doubles: 10.0 against 14.7 us; floats 4.2 against 6.9). 16 independent lanes
+ * abs, a max and an add of x * 0 to catch NaN. 16 independent lanes
  * (two AVX-512 vectors of 64-bit patterns); the result does not depend on the order. */
 #define BPFAST_DEFINE_MAX_ABS(T, I, NAME, ABS_BITS, INF_BITS)                           \
 BPFAST_RTARGETS static double NAME(const T *x, ptrdiff_t n)                             \
