@@ -856,8 +856,7 @@ cdef class Layers:
         entry's terms in order, OpenBLAS in its own blocks). Where the one-pass forward's
         products went to OpenBLAS's threads, whose workers keep spinning for a while after
         each product, the training epoch that followed (fitting with validation data)
-        found its second core taken: 784-128-10 epochs with a 2,000-row validation set
-        took 85-94 ms in float64 instead of 42-45."""
+        found its second core taken."""
         self.check_ready()
         cdef Py_ssize_t n = X.shape[0] if cnp.PyArray_Check(X) else -1
         if n < 1:
@@ -1010,10 +1009,8 @@ cdef extern from "_grad_update.h" nogil:
 
 # Layers whose weight gradient takes at most this many multiply-adds (batch x n^l x
 # n^(l-1)) are stepped by _grad_update.h's fused kernel, the gradient never stored;
-# larger ones take a BLAS product into dW and the update pass. In a C harness on this
-# project's 2-core AVX-512 machine, float64 Nesterov steps: 32 x 64 x 64 took 5.28 us
-# fused against 5.95 us; 32 x 128 x 128 22.1 against 22.8; 64 x 128 x 128 (2^20) 39.1
-# against 36.1, and 64 x 784 x 128 243 against 174. 0 where the processor lacks AVX-512.
+# larger ones take a BLAS product into dW and the update pass, which wins once the
+# product is large (docs/performance.md). 0 where the processor lacks AVX-512.
 cdef long long bpfast_fused_update_limit = (1LL << 19) if bpfast_tiles_available() else 0
 
 
@@ -1779,9 +1776,7 @@ cdef void transpose_layer0(bint into, int n1, int n0, floating** W, floating** W
 
 # The trainer's buffers start on a cache line. The panel kernel's threads split products
 # by columns, and NumPy aligns to 16 bytes only: a line holding the end of one thread's
-# columns and the start of the other's then bounced between their caches on every row
-# (784-128-10 at batch 64 on two threads, float32: 25.8 ms per epoch with every buffer
-# 16 bytes past a line, 23.8 aligned; float64 48.3 against 47.3).
+# columns and the start of the other's then bounced between their caches on every row.
 cdef Py_ssize_t CACHE_LINE = 64
 
 
@@ -1860,7 +1855,7 @@ cdef class Trainer(Layers):
     :meth:`epoch` its weights (and their gradient and optimizer state) live in private
     transposed copies, n^0 x n^1, copied in at the start and back at the end: the forward
     product X W^T then runs as a non-transposed GEMM, which OpenBLAS's small-matrix
-    kernels take (measured 5.7 against 8.2 us for 32 x 64 x 64). Mid-sized first layers
+    kernels take faster than the transposed form. Mid-sized first layers
     whose forward product _panel_gemm.h takes (it reads B by rows) are transposed too.
     The first layer's dA is never needed, so its transposed layout costs nothing but the
     copies.
@@ -2217,9 +2212,8 @@ def backprop_block_rows(sizes, Py_ssize_t rows, int itemsize):
     in blocks (:meth:`Layers.backprop_blocks`, :meth:`Layers.forward_blocks`), or 0 to
     take them all at once.
 
-    A full-batch backprop of 784-128-10 on 10,000 rows gave OpenBLAS products of
-    10,000-row operands: 66-72% of the GEMM rate, the operands packed again for every
-    product. In blocks, every product is one the panel kernel takes (as in a training
+    A full-batch backprop of many rows gives OpenBLAS products of tall operands, packed
+    again for every product, well below its GEMM rate. In blocks, every product is one the panel kernel takes (as in a training
     epoch at that batch size) and each block's activations stay in cache. The largest
     multiple of 8 from 32 to 256 for which every product of a block either fits the panel
     kernel or stays on one thread in OpenBLAS (:func:`panel_network`, first layer

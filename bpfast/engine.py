@@ -104,7 +104,7 @@ def _forward_workspace(sizes, m, dtype):
     activation can overwrite its own product (Z and A share memory): two buffers instead
     of two per layer. For 784-1024-1024-10 at m = 8192 in float64 that is 134 MB instead
     of 337 MB, which also fits the cache limit below and so saves the page faults of fresh
-    buffers on every call (the pass went from 334 to 310 ms). Kept per thread like
+    buffers on every call. Kept per thread like
     :func:`_workspace`.
     """
     widest = max(sizes[1:])
@@ -119,12 +119,9 @@ def _forward_checked(weights, biases, names, X, in_blocks=False):
     ``in_blocks``: where a backprop would take its rows in blocks through the panel
     kernel (``_kernels.backprop_block_rows``), so does this pass. ``Network.fit`` asks for
     it for its validation loss between epochs: OpenBLAS's threads keep spinning for a
-    while after each product, and the epoch that followed found its second core taken
-    (784-128-10 with 2,000 validation rows: float64 epochs of 85-94 ms instead of 42-45;
-    48 ms with the blocks, the validation pass included). A lone call is left to OpenBLAS:
-    after an idle pause the blocks were not reliably faster there (2,000 rows in float64,
-    6.1-9.4 ms against 6.1-6.6; 10,000: 24.6-27.3 against 30.2-30.9; float32 10,000:
-    16.4-16.5 against 14.0-15.0)."""
+    while after each product, and the epoch that followed found its second core taken.
+    A lone call is left to OpenBLAS: after an idle pause the blocks were not reliably
+    faster there (docs/performance.md)."""
     sizes = [X.shape[1]] + [w.shape[0] for w in weights]
     m = X.shape[0]
     block = _kernels.backprop_block_rows(sizes, m, X.dtype.itemsize) if in_blocks else 0

@@ -110,11 +110,9 @@ def _choice(value, options, name):
 
 #: A fit keeps its trainer (buffers and optimizer state, see ``_kernels.Trainer``) for
 #: the network's next fit when the trainer's own buffers take at most this many bytes:
-#: building one costs 8-12 us, a few per cent of a small network's epoch (64-32-10 at
-#: batch 32: 0.45 ms), and a mid-sized one's buffers (784-128-10 at batch 64: 2.2 MB in
-#: float64) cost about 0.1 ms to build and as much again in page faults when first
-#: written: kept, its float64 epoch took 43.9 against 44.9 ms, float32 23.1 against 23.5.
-#: A large network's buffers are not worth keeping beside its epoch.
+#: building one costs a few per cent of a small network's epoch, and a mid-sized one's
+#: buffers cost as much again in page faults when first written. A large network's
+#: buffers are not worth keeping beside its epoch.
 TRAINER_CACHE_BYTES = 4 << 20
 
 # network -> the trainer its last fit used (weak keys: nothing outlives the network);
