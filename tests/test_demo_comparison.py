@@ -31,7 +31,8 @@ def _demo(tmp_path, *args):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     env["PYTHONPATH"] = os.pathsep.join([PACKAGE_PARENT] + (
         [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    r = subprocess.run([sys.executable, "-m", "bpfast", "demo", "--quiet", *args],
+    # not --quiet, which silences the report these tests read; progress goes to stderr
+    r = subprocess.run([sys.executable, "-m", "bpfast", "demo", *args],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     return r.stdout.splitlines()
