@@ -39,11 +39,39 @@ Differences worth knowing:
 
 Importing ``bpfast`` never imports scikit-learn; importing ``bpfast.sklearn`` does.
 """
+import re
 import warnings
+from itertools import pairwise
 
 import numpy as np
 import scipy.optimize
 import scipy.sparse
+
+#: the oldest scikit-learn whose MLP training loops this module replaces (sample_weight
+#: in ``_fit_stochastic`` / ``_fit_lbfgs`` and the lbfgs options helper came in 1.7)
+_SKLEARN_FLOOR = (1, 7)
+
+try:
+    import sklearn
+except ImportError as err:
+    raise ImportError(
+        "bpfast.sklearn needs scikit-learn, which is not installed: "
+        "install it with `pip install 'bpfast[sklearn]'`."
+    ) from err
+
+
+def _major_minor(version: str) -> tuple[int, int]:
+    """(major, minor) of a version string such as "1.7.0rc1"; (0, 0) if unreadable."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return (int(match[1]), int(match[2])) if match else (0, 0)
+
+
+if _major_minor(sklearn.__version__) < _SKLEARN_FLOOR:
+    raise ImportError(
+        f"bpfast.sklearn needs scikit-learn >= {'.'.join(map(str, _SKLEARN_FLOOR))}, "
+        f"found {sklearn.__version__}: upgrade with `pip install -U 'bpfast[sklearn]'`."
+    )
+
 from sklearn.base import is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
@@ -112,6 +140,16 @@ class _CompiledTraining:
         scale = 1.0 / n_outputs if code == 0 else 1.0
         return codes, code, scale
 
+    def _network_fits(self, layer_units):
+        """Whether the stored parameters have the shapes ``layer_units`` asks for.
+
+        They do not after ``set_params(hidden_layer_sizes=...)`` followed by a warm start
+        or ``partial_fit``: scikit-learn's own loop then runs, so the outcome (its error,
+        or training of the stored network) is scikit-learn's.
+        """
+        return ([np.shape(c) for c in self.coefs_] == list(pairwise(layer_units))
+                and [np.shape(v) for v in self.intercepts_] == [(n,) for n in layer_units[1:]])
+
     def _training_dtype(self, X_dtype):
         """X's dtype, or float64 when any parameter is float64 (NumPy's promotion, as
         scikit-learn's own products of X with the parameters)."""
@@ -124,7 +162,7 @@ class _CompiledTraining:
     def _fit_stochastic(self, X, y, sample_weight, activations, deltas, coef_grads,
                         intercept_grads, layer_units, incremental):
         spec = self._kernel_spec(y)
-        if spec is None:
+        if spec is None or not self._network_fits(layer_units):
             return super()._fit_stochastic(
                 X, y, sample_weight, activations, deltas, coef_grads, intercept_grads,
                 layer_units, incremental,
@@ -388,8 +426,9 @@ class _CompiledTraining:
     def _fit_lbfgs(self, X, y, sample_weight, activations, deltas, coef_grads,
                    intercept_grads, layer_units):
         spec = self._kernel_spec(y)
-        if spec is None or (sample_weight is not None
-                            and not np.sum(sample_weight, dtype=np.float64) > 0):
+        if spec is None or not self._network_fits(layer_units) or (
+                sample_weight is not None
+                and not np.sum(sample_weight, dtype=np.float64) > 0):
             return super()._fit_lbfgs(
                 X, y, sample_weight, activations, deltas, coef_grads, intercept_grads,
                 layer_units,

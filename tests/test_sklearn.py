@@ -570,3 +570,76 @@ def test_compiled_shuffle_declines_other_generators():
     for rs in (Subclass(0), np.random.default_rng(0), None):
         assert shuffle_like_random_state(rs, idx) is False
         np.testing.assert_array_equal(idx, np.arange(10))
+
+
+# ---------------------------------------------------------------------------------------
+# A new shape with warm_start or partial_fit: scikit-learn's outcome
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("solver", ["sgd", "adam", "lbfgs"])
+@pytest.mark.parametrize("new_shape", [(5, 3), (), (7,)], ids=["deeper", "no-hidden", "wider"])
+@pytest.mark.parametrize("kind", ["binary", "regression"])
+def test_warm_start_after_new_hidden_layer_sizes(kind, new_shape, solver):
+    """scikit-learn raises when the depth changes (and, for lbfgs, the width); the
+    drop-in raises the same exception with the same message, or trains the same way."""
+    X, y = _data(kind)
+
+    def refit(est):
+        est.fit(X, y)
+        est.set_params(warm_start=True, hidden_layer_sizes=new_shape).fit(X, y)
+
+    params = {**BASE, "hidden_layer_sizes": (5,), "solver": solver, "max_iter": 3}
+    ref, got = _pair(_estimator_name(kind), refit, **params)  # same exception and message
+    ref_error = _run(skn, _estimator_name(kind), refit, params)[3]
+    if len(new_shape) != 1 or solver == "lbfgs":
+        assert ref_error is not None
+    else:  # the same depth: scikit-learn trains the stored network on; so does bpfast
+        assert ref_error is None
+        assert_same_fit(got, ref, rtol=LBFGS_RTOL)
+
+
+def test_partial_fit_after_new_hidden_layer_sizes():
+    X, y = _data("regression")
+
+    def calls(est):
+        est.partial_fit(X, y)
+        est.set_params(hidden_layer_sizes=(4, 2)).partial_fit(X, y)
+
+    _pair("MLPRegressor", calls, **{**BASE, "hidden_layer_sizes": (5,)})
+    assert _run(skn, "MLPRegressor", calls, {**BASE, "hidden_layer_sizes": (5,)})[3]
+
+
+# ---------------------------------------------------------------------------------------
+# Import without scikit-learn
+# ---------------------------------------------------------------------------------------
+
+def test_import_without_sklearn_names_the_extra(tmp_path):
+    code = (
+        "import sys\n"
+        "sys.modules['sklearn'] = None  # as if scikit-learn were not installed\n"
+        "try:\n"
+        "    import bpfast.sklearn\n"
+        "except ImportError as err:\n"
+        "    print(type(err).__name__, '|', err, '|', type(err.__cause__).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=tmp_path, env=_absolute_pythonpath_env())
+    name, message, cause = [part.strip() for part in out.stdout.split("|")]
+    assert name == "ImportError"
+    assert "pip install 'bpfast[sklearn]'" in message
+    assert cause == "ModuleNotFoundError"
+
+
+def test_import_with_too_old_sklearn_names_the_floor(tmp_path):
+    code = (
+        "import sklearn\n"
+        "sklearn.__version__ = '1.6.1'\n"
+        "try:\n"
+        "    import bpfast.sklearn\n"
+        "except ImportError as err:\n"
+        "    print(err)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=tmp_path, env=_absolute_pythonpath_env())
+    assert "scikit-learn >= 1.7, found 1.6.1" in out.stdout
+    assert "bpfast[sklearn]" in out.stdout
