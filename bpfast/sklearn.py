@@ -78,8 +78,16 @@ from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier as _SkMLPClassifier
 from sklearn.neural_network import MLPRegressor as _SkMLPRegressor
 from sklearn.neural_network._stochastic_optimizers import AdamOptimizer, SGDOptimizer
-from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
+from sklearn.utils._param_validation import StrOptions
+from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.optimize import _check_optimize_result
+from sklearn.utils.validation import _check_sample_weight
+
+try:
+    from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
+except ImportError:  # scikit-learn 1.7 passes L-BFGS-B's iprint whatever SciPy's version
+    def _get_additional_lbfgs_options_dict(key, value):
+        return {key: value}
 
 from . import _kernels
 from ._shuffle import shuffle_like_random_state
@@ -505,12 +513,31 @@ def _write_back(original, trained):
 
 class MLPClassifier(_CompiledTraining, _SkMLPClassifier):
     """Multi-layer perceptron classifier: scikit-learn's ``MLPClassifier`` trained by
-    bpfast's compiled kernels.
+    bpfast's compiled kernels, with class weights.
 
     The same parameters, defaults, methods, attributes, warnings and errors as
     ``sklearn.neural_network.MLPClassifier`` (see its documentation); this class
     subclasses it and replaces only the training loops (see :mod:`bpfast.sklearn`).
-    Sparse ``X`` is densified for training.
+    Sparse ``X`` is densified one chunk of batches at a time for sgd and adam, whole
+    for lbfgs.
+
+    Parameters
+    ----------
+    hidden_layer_sizes, activation, solver, alpha, batch_size, learning_rate, \
+learning_rate_init, power_t, max_iter, shuffle, random_state, tol, verbose, warm_start, \
+momentum, nesterovs_momentum, early_stopping, validation_fraction, beta_1, beta_2, \
+epsilon, n_iter_no_change, max_fun
+        As in ``sklearn.neural_network.MLPClassifier``.
+    class_weight : dict, "balanced" or None, default=None
+        Weights of the classes, with scikit-learn's meaning (as in
+        ``LogisticRegression``): a dict ``{label: weight}`` (classes not in it weigh 1),
+        or ``"balanced"`` for ``n_samples / (n_classes * np.bincount(y))`` computed on
+        the ``y`` given to ``fit``. Training with it equals training with
+        ``sample_weight=sklearn.utils.class_weight.compute_sample_weight(class_weight,
+        y)``, multiplied with the ``sample_weight`` passed to ``fit`` if any. ``None``
+        weighs every class 1 (scikit-learn's behaviour). ``partial_fit`` accepts a dict,
+        applied to each call's ``y``, and refuses ``"balanced"`` (as
+        ``SGDClassifier`` does): a batch's class frequencies are not the data's.
 
     Examples
     --------
@@ -520,7 +547,89 @@ class MLPClassifier(_CompiledTraining, _SkMLPClassifier):
     >>> clf = MLPClassifier((64,), solver="sgd", random_state=0).fit(X / 16, y)
     >>> clf.score(X / 16, y) > 0.9
     True
+    >>> weighted = MLPClassifier((64,), class_weight="balanced", random_state=0)
     """
+
+    _parameter_constraints: dict = {
+        **_SkMLPClassifier._parameter_constraints,
+        "class_weight": [dict, StrOptions({"balanced"}), None],
+    }
+
+    def __init__(
+        self,
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        solver="adam",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate="constant",
+        learning_rate_init=0.001,
+        power_t=0.5,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+        max_fun=15000,
+        class_weight=None,
+    ):
+        super().__init__(
+            hidden_layer_sizes=hidden_layer_sizes,
+            activation=activation,
+            solver=solver,
+            alpha=alpha,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            learning_rate_init=learning_rate_init,
+            power_t=power_t,
+            max_iter=max_iter,
+            shuffle=shuffle,
+            random_state=random_state,
+            tol=tol,
+            verbose=verbose,
+            warm_start=warm_start,
+            momentum=momentum,
+            nesterovs_momentum=nesterovs_momentum,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            n_iter_no_change=n_iter_no_change,
+            max_fun=max_fun,
+        )
+        self.class_weight = class_weight
+
+    def _fit(self, X, y, sample_weight=None, incremental=False):
+        if self.class_weight is not None:
+            sample_weight = self._weights_with_classes(X, y, sample_weight, incremental)
+        return super()._fit(X, y, sample_weight=sample_weight, incremental=incremental)
+
+    def _weights_with_classes(self, X, y, sample_weight, incremental):
+        """``sample_weight`` (or ones) times the weights of the classes of ``y``."""
+        if incremental and self.class_weight == "balanced":
+            raise ValueError(
+                "class_weight 'balanced' is not supported for partial_fit. In order to "
+                "use 'balanced' weights, use compute_class_weight('balanced', "
+                "classes=classes, y=y). In place of y you can use a large enough sample "
+                "of the full training set target to properly estimate the class "
+                "frequency distributions. Pass the resulting weights as the "
+                "class_weight parameter."
+            )
+        weights = compute_sample_weight(self.class_weight, y)
+        if sample_weight is not None:
+            weights = weights * _check_sample_weight(sample_weight, X, dtype=np.float64)
+        return weights
 
 
 class MLPRegressor(_CompiledTraining, _SkMLPRegressor):

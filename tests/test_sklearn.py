@@ -145,7 +145,10 @@ def test_same_api_as_sklearn():
     for name in ("MLPClassifier", "MLPRegressor"):
         ours, theirs = getattr(bps, name), getattr(skn, name)
         assert issubclass(ours, theirs) and issubclass(ours, BaseEstimator)
-        assert ours().get_params() == theirs().get_params()
+        params = ours().get_params()
+        if name == "MLPClassifier":  # bpfast's one extra parameter, scikit-learn's default
+            assert params.pop("class_weight") is None
+        assert params == theirs().get_params()
         est = ours(hidden_layer_sizes=(7, 3), solver="sgd", alpha=0.5)
         assert repr(est) == repr(theirs(hidden_layer_sizes=(7, 3), solver="sgd", alpha=0.5))
         twin = clone(est)
@@ -643,3 +646,106 @@ def test_import_with_too_old_sklearn_names_the_floor(tmp_path):
                          check=True, cwd=tmp_path, env=_absolute_pythonpath_env())
     assert "scikit-learn >= 1.7, found 1.6.1" in out.stdout
     assert "bpfast[sklearn]" in out.stdout
+
+
+# ---------------------------------------------------------------------------------------
+# class_weight: the corresponding sample_weight
+# ---------------------------------------------------------------------------------------
+
+def _balanced_weights(y):
+    """n_samples / (n_classes * count of the sample's class), written out."""
+    labels, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    return len(y) / (len(labels) * counts[inverse])
+
+
+CLASS_WEIGHT_SOLVERS = {
+    "sgd": dict(solver="sgd", momentum=0.9),
+    "adam": dict(solver="adam", learning_rate_init=0.01),
+    "lbfgs": dict(solver="lbfgs", max_iter=30),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("user_weights", [False, True], ids=["alone", "times-sample_weight"])
+@pytest.mark.parametrize("class_weight", ["balanced", "dict"])
+@pytest.mark.parametrize("solver", list(CLASS_WEIGHT_SOLVERS))
+@pytest.mark.parametrize("kind", ["binary", "multiclass"])
+def test_class_weight_equals_sample_weight(kind, solver, class_weight, user_weights, dtype):
+    """bpfast's class_weight against scikit-learn's MLPClassifier given the sample weights
+    that class_weight stands for."""
+    X, y = _data(kind, dtype=dtype)
+    y = y[: N - 20] if kind == "binary" else y  # unequal class counts
+    X = X[: len(y)]
+    if class_weight == "dict":
+        class_weight = {0: 3.0, 1: 0.5} if kind == "binary" else {"low": 4.0, "high": 0.25}
+        want = np.array([class_weight.get(label, 1.0) for label in y])
+    else:
+        want = _balanced_weights(y)
+    fit_params = {}
+    if user_weights:
+        fit_params["sample_weight"] = np.random.default_rng(8).uniform(0.1, 3.0, len(y))
+        want = want * fit_params["sample_weight"]
+    params = {**BASE, **CLASS_WEIGHT_SOLVERS[solver]}
+    got, _, _, got_error = _run(bps, "MLPClassifier", _fit(X, y, **fit_params),
+                                {**params, "class_weight": class_weight})
+    twin, _, _, twin_error = _run(bps, "MLPClassifier", _fit(X, y, sample_weight=want),
+                                  params)
+    assert got_error is None and twin_error is None
+    assert_same_fit(got, twin, rtol=1e-12 if dtype == np.float64 else 1e-6)
+    if not (solver == "lbfgs" and dtype == np.float32):  # see test_lbfgs_float32_and_options
+        ref = _run(skn, "MLPClassifier", _fit(X, y, sample_weight=want), params)[0]
+        rtol = F32_RTOL if dtype == np.float32 else LBFGS_RTOL if solver == "lbfgs" else RTOL
+        assert_same_fit(got, ref, rtol=rtol)
+    unweighted = bps.MLPClassifier(**params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        unweighted.fit(X, y, **fit_params)
+    assert not np.allclose(unweighted.coefs_[0], got.coefs_[0])
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_class_weight_with_partial_fit(solver):
+    X, y = _data("multiclass")
+    class_weight = {"low": 4.0, "mid": 1.5}
+    params = {**BASE, **CLASS_WEIGHT_SOLVERS[solver]}
+    classes = ["high", "low", "mid"]
+
+    def calls(weighted):
+        def run(est):
+            for part in np.array_split(np.arange(N), 3):
+                if weighted:
+                    est.partial_fit(X[part], y[part], classes=classes)
+                else:
+                    w = np.array([class_weight.get(label, 1.0) for label in y[part]])
+                    est.partial_fit(X[part], y[part], sample_weight=w, classes=classes)
+        return run
+
+    ref = _run(skn, "MLPClassifier", calls(False), params)[0]
+    got = _run(bps, "MLPClassifier", calls(True), {**params, "class_weight": class_weight})[0]
+    assert_same_fit(got, ref)
+    # "balanced" from one batch would weigh by that batch's counts: refused, as SGDClassifier
+    with pytest.raises(ValueError, match="class_weight 'balanced' is not supported for "
+                                         "partial_fit"):
+        bps.MLPClassifier(class_weight="balanced").partial_fit(X, y, classes=classes)
+
+
+def test_class_weight_none_is_sklearns_and_in_params():
+    est = bps.MLPClassifier(class_weight={0: 2.0})
+    assert est.get_params()["class_weight"] == {0: 2.0}
+    assert clone(est).class_weight == {0: 2.0}
+    assert est.set_params(class_weight="balanced") is est and est.class_weight == "balanced"
+    assert repr(bps.MLPClassifier(class_weight="balanced")) == (
+        "MLPClassifier(class_weight='balanced')")
+    assert "class_weight" not in bps.MLPRegressor().get_params()
+    X, y = _data("binary")
+    ref = _run(skn, "MLPClassifier", _fit(X, y), BASE)[0]
+    got = _run(bps, "MLPClassifier", _fit(X, y), {**BASE, "class_weight": None})[0]
+    assert_same_fit(got, ref)
+
+
+@pytest.mark.parametrize("bad", ["balance", 3, [1.0, 2.0]])
+def test_class_weight_invalid(bad):
+    X, y = _data("binary")
+    with pytest.raises(InvalidParameterError, match="'class_weight' parameter of "
+                                                    "MLPClassifier must be"):
+        bps.MLPClassifier(class_weight=bad).fit(X, y)
