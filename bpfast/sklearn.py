@@ -26,8 +26,12 @@ training trajectory to rounding.
 
 Differences worth knowing:
 
-* Sparse ``X`` is converted to a dense array for training (the kernels are dense);
-  prediction accepts sparse input as in scikit-learn.
+* Sparse ``X`` (the kernels are dense): sgd and adam densify one chunk of whole batches
+  at a time (at most 32 MiB, or one batch if that is larger), so memory is the sparse
+  matrix's plus one chunk; lbfgs, a full-batch method, densifies the whole ``X`` once
+  per fit. The products are dense, so very sparse, wide data trains slower than in
+  scikit-learn, whose products are sparse. Prediction accepts sparse input as in
+  scikit-learn.
 * Training runs in one dtype: ``X``'s (float32 stays float32), or float64 when the
   parameters are float64 while ``X`` is float32 (scikit-learn computes in float64 there
   too; e.g. a warm start after an lbfgs fit, which leaves float64 coefficients).
@@ -119,6 +123,41 @@ def _dense(X, dtype):
     if scipy.sparse.issparse(X):
         X = X.toarray()
     return np.ascontiguousarray(X, dtype=dtype)
+
+
+#: the most bytes a sparse X's densified chunk of batches takes (always one batch at least)
+_CHUNK_BYTES = 32 * 2**20
+
+
+class _SparseRows:
+    """A sparse ``X`` for the stochastic solvers, densified a chunk at a time.
+
+    The kernels take dense rows, so each epoch walks the rows in the epoch's order in
+    chunks of whole batches, and densifies each chunk into one buffer kept for the fit:
+    memory is the CSR matrix's plus one chunk, and the batches are the dense path's.
+    """
+
+    def __init__(self, X, dtype, batch_size: int):
+        self.X = X.tocsr().astype(dtype, copy=False)
+        self.shape = self.X.shape
+        row_bytes = self.shape[1] * np.dtype(dtype).itemsize
+        batches = max(1, _CHUNK_BYTES // max(1, batch_size * row_bytes))
+        self.rows = min(self.shape[0], batches * batch_size)
+        self.buffer = np.zeros((self.rows, self.shape[1]), dtype)
+
+    def chunks(self, order):
+        """(rows, dense X[rows]) for consecutive chunks of the epoch's ``order`` (None:
+        data order); the dense array is the buffer, valid until the next step."""
+        for start in range(0, self.shape[0], self.rows):
+            stop = start + self.rows
+            rows = order[start:stop] if order is not None else slice(start, stop)
+            part = self.X[rows]
+            dense = self.buffer[:part.shape[0]]
+            part.toarray(out=dense)  # adds into the buffer, which is all zeros here
+            yield rows, dense
+            # back to zeros at the stored entries only: the rest never changed
+            dense[np.repeat(np.arange(part.shape[0]), np.diff(part.indptr)),
+                  part.indices] = 0
 
 
 class _CompiledTraining:
@@ -230,7 +269,10 @@ class _CompiledTraining:
         # the type of loss_: scikit-learn multiplies each batch's loss by the batch's row
         # count, an np.int64 when batch_size was given (np.clip), which promotes float32
         loss_type = dtype.type if self.batch_size == "auto" else np.float64
-        Xk = _dense(X_train, dtype)
+        if scipy.sparse.issparse(X_train):
+            Xk = _SparseRows(X_train, dtype, batch_size)
+        else:
+            Xk = _dense(X_train, dtype)
         Yk = np.ascontiguousarray(y_train, dtype=dtype)
         wk = None if sw_train is None else np.ascontiguousarray(sw_train, dtype=dtype)
 
@@ -314,7 +356,22 @@ class _CompiledTraining:
             self.intercepts_ = self._best_intercepts
 
     def _epoch(self, trainer, optimizer, W, b, X, Y, w, order, batch_size, loss_scale):
-        """One epoch in the kernel; returns the sum of batch losses times batch rows.
+        """One epoch; returns the sum of batch losses times batch rows. A sparse ``X``
+        (:class:`_SparseRows`) runs chunk by chunk, each chunk's rows in epoch order."""
+        if not isinstance(X, _SparseRows):
+            return self._dense_epoch(trainer, optimizer, W, b, X, Y, w, order, batch_size,
+                                     loss_scale)
+        loss_sum = 0.0
+        for rows, dense in X.chunks(order):
+            loss_sum += self._dense_epoch(trainer, optimizer, W, b, dense, Y[rows],
+                                          None if w is None else w[rows], None,
+                                          batch_size, loss_scale)
+        return loss_sum
+
+    def _dense_epoch(self, trainer, optimizer, W, b, X, Y, w, order, batch_size,
+                     loss_scale):
+        """One epoch over dense rows in the kernel; returns the sum of batch losses times
+        batch rows.
 
         The kernel stops before the update of a batch whose loss is not finite (overflow,
         a batch of zero total weight, non-finite parameters); scikit-learn carries on with
@@ -639,5 +696,6 @@ class MLPRegressor(_CompiledTraining, _SkMLPRegressor):
     The same parameters (``loss`` ``"squared_error"`` or ``"poisson"``), defaults, methods,
     attributes, warnings and errors as ``sklearn.neural_network.MLPRegressor`` (see its
     documentation); this class subclasses it and replaces only the training loops (see
-    :mod:`bpfast.sklearn`). Sparse ``X`` is densified for training.
+    :mod:`bpfast.sklearn`). Sparse ``X`` is densified one chunk of batches at a time for
+    sgd and adam, whole for lbfgs.
     """
