@@ -43,8 +43,10 @@ Differences worth knowing:
 
 Importing ``bpfast`` never imports scikit-learn; importing ``bpfast.sklearn`` does.
 """
+import os
 import re
 import warnings
+from contextlib import nullcontext
 from itertools import pairwise
 
 import numpy as np
@@ -77,6 +79,7 @@ if _major_minor(sklearn.__version__) < _SKLEARN_FLOOR:
     )
 
 from sklearn.base import is_classifier
+from threadpoolctl import threadpool_limits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier as _SkMLPClassifier
@@ -160,12 +163,52 @@ class _SparseRows:
                   part.indices] = 0
 
 
+def _joblib_worker_threads():
+    """Threads one fit may use when it runs in a joblib worker process; None elsewhere.
+
+    joblib starts its worker processes (loky) with ``OMP_NUM_THREADS``,
+    ``OPENBLAS_NUM_THREADS`` and the like set to the worker's share of the cores
+    (``cpu_count() // n_jobs``, or ``inner_max_num_threads``): that share. Worker threads
+    (the threading backend) are left alone: the pools belong to the whole process, and
+    changing their size from one thread while others run BLAS calls does not hold.
+    """
+    try:
+        from joblib.externals.loky import process_executor
+        from joblib.parallel import get_active_backend
+    except ImportError:
+        return None
+    backend, _ = get_active_backend()
+    if getattr(backend, "nesting_level", 0) < 1 or process_executor._CURRENT_DEPTH < 1:
+        return None
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return None
+
+
+def _thread_limit_for_fit():
+    """A context limiting the BLAS to a joblib worker's share of the cores for one fit
+    (bpfast's own kernel pool sizes itself from the BLAS's count, so it follows); no
+    limit outside joblib's worker processes."""
+    threads = _joblib_worker_threads()
+    if threads is None:
+        return nullcontext()
+    return threadpool_limits(limits=threads, user_api="blas")
+
+
 class _CompiledTraining:
     """The training loops of scikit-learn's ``BaseMultilayerPerceptron``, on bpfast kernels.
 
     Mixed in before scikit-learn's estimator classes; overrides ``_fit_stochastic`` and
     ``_fit_lbfgs`` with the same signatures and semantics.
     """
+
+    def _fit(self, X, y, sample_weight=None, incremental=False):
+        # inside a joblib worker (e.g. GridSearchCV(n_jobs=k)), the pools keep to this
+        # worker's share of the cores, or k fits oversubscribe them
+        with _thread_limit_for_fit():
+            return super()._fit(X, y, sample_weight=sample_weight, incremental=incremental)
 
     # -- what the kernels are told ------------------------------------------------------
 

@@ -749,3 +749,83 @@ def test_class_weight_invalid(bad):
     with pytest.raises(InvalidParameterError, match="'class_weight' parameter of "
                                                     "MLPClassifier must be"):
         bps.MLPClassifier(class_weight=bad).fit(X, y)
+
+
+# ---------------------------------------------------------------------------------------
+# Parallel search: each fit keeps to its worker's share of the cores
+# ---------------------------------------------------------------------------------------
+
+def _blas_threads():
+    from threadpoolctl import threadpool_info
+
+    return sorted({pool["num_threads"] for pool in threadpool_info()
+                   if pool["user_api"] == "blas"})
+
+
+def _threads_search(n_jobs, backend):
+    """GridSearchCV over a subclass recording the pools' thread counts during fit; its
+    cv_results_ hold the accuracy and the counts (the recording runs in the workers)."""
+    from joblib import parallel_config
+    from sklearn.model_selection import GridSearchCV
+
+    from bpfast import _kernels
+
+    class Recording(bps.MLPClassifier):  # a local class: pickled by value to workers
+        def _fit_stochastic(self, *args):
+            self.threads_seen_ = (max(_blas_threads()), _kernels.panel_gemm_threads())
+            return super()._fit_stochastic(*args)
+
+    scoring = {"accuracy": "accuracy",
+               "blas": lambda est, X, y: float(est.threads_seen_[0]),
+               "kernel": lambda est, X, y: float(est.threads_seen_[1])}
+    X, y = _data("multiclass")
+    search = GridSearchCV(Recording(**{**BASE, "solver": "adam"}),
+                          {"alpha": [1e-4, 1e-2], "hidden_layer_sizes": [(5,), (8, 3)]},
+                          cv=3, n_jobs=n_jobs, scoring=scoring, refit=False)
+    with warnings.catch_warnings(), parallel_config(backend=backend):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        search.fit(X, y)
+    return search.cv_results_
+
+
+def test_grid_search_workers_limit_their_threads():
+    """In joblib's worker processes each fit keeps the BLAS and bpfast's kernel pool to
+    the worker's share of the cores; the results are the serial search's."""
+    before = _blas_threads()
+    serial = _threads_search(1, "loky")
+    # one job: the fits run in the caller's process with its own thread counts
+    assert set(serial["mean_test_blas"]) == {float(max(before))}
+    parallel = _threads_search(2, "loky")
+    share = max(1, joblib.cpu_count() // 2)
+    assert set(parallel["mean_test_blas"]) == {float(share)}
+    assert set(parallel["mean_test_kernel"]) <= {float(share)}
+    for key in ("mean_test_accuracy", "split0_test_accuracy", "split2_test_accuracy"):
+        np.testing.assert_array_equal(parallel[key], serial[key])
+    assert _blas_threads() == before
+
+
+def test_fit_limits_threads_only_in_joblib_worker_processes(monkeypatch):
+    """The limit is the one joblib gave the worker, and lasts only for the fit."""
+    from joblib.externals.loky import process_executor
+    from joblib.parallel import ThreadingBackend, parallel_config
+
+    X, y = _data("multiclass")
+    seen = []
+
+    class Recording(bps.MLPClassifier):
+        def _fit_stochastic(self, *args):
+            seen.append(max(_blas_threads()))
+            return super()._fit_stochastic(*args)
+
+    before = max(_blas_threads())
+    est = Recording(**BASE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)  # the caller's own process: untouched
+        # as in a loky worker of Parallel(n_jobs=k): nested backend, environment set
+        monkeypatch.setattr(process_executor, "_CURRENT_DEPTH", 1)
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+        with parallel_config(backend=ThreadingBackend(nesting_level=1)):
+            est.fit(X, y)
+    assert seen == [before, 1]
+    assert max(_blas_threads()) == before
