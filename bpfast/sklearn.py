@@ -79,7 +79,6 @@ if _major_minor(sklearn.__version__) < _SKLEARN_FLOOR:
     )
 
 from sklearn.base import is_classifier
-from threadpoolctl import threadpool_limits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier as _SkMLPClassifier
@@ -89,6 +88,7 @@ from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import _check_sample_weight
+from threadpoolctl import threadpool_limits
 
 try:
     from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
@@ -237,8 +237,10 @@ class _CompiledTraining:
         or ``partial_fit``: scikit-learn's own loop then runs, so the outcome (its error,
         or training of the stored network) is scikit-learn's.
         """
-        return ([np.shape(c) for c in self.coefs_] == list(pairwise(layer_units))
-                and [np.shape(v) for v in self.intercepts_] == [(n,) for n in layer_units[1:]])
+        coefs = [np.shape(c) for c in self.coefs_]
+        intercepts = [np.shape(v) for v in self.intercepts_]
+        return (coefs == list(pairwise(layer_units))
+                and intercepts == [(n,) for n in layer_units[1:]])
 
     def _training_dtype(self, X_dtype):
         """X's dtype, or float64 when any parameter is float64 (NumPy's promotion, as
@@ -681,7 +683,7 @@ epsilon, n_iter_no_change, max_fun
         epsilon=1e-8,
         n_iter_no_change=10,
         max_fun=15000,
-        class_weight=None,
+        class_weight: dict | str | None = None,
     ):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes,
