@@ -26,8 +26,12 @@ training trajectory to rounding.
 
 Differences worth knowing:
 
-* Sparse ``X`` is converted to a dense array for training (the kernels are dense);
-  prediction accepts sparse input as in scikit-learn.
+* Sparse ``X`` (the kernels are dense): sgd and adam densify one chunk of whole batches
+  at a time (at most 32 MiB, or one batch if that is larger), so memory is the sparse
+  matrix's plus one chunk; lbfgs, a full-batch method, densifies the whole ``X`` once
+  per fit. The products are dense, so very sparse, wide data trains slower than in
+  scikit-learn, whose products are sparse. Prediction accepts sparse input as in
+  scikit-learn.
 * Training runs in one dtype: ``X``'s (float32 stays float32), or float64 when the
   parameters are float64 while ``X`` is float32 (scikit-learn computes in float64 there
   too; e.g. a warm start after an lbfgs fit, which leaves float64 coefficients).
@@ -39,19 +43,58 @@ Differences worth knowing:
 
 Importing ``bpfast`` never imports scikit-learn; importing ``bpfast.sklearn`` does.
 """
+import os
+import re
 import warnings
+from contextlib import nullcontext
+from itertools import pairwise
 
 import numpy as np
 import scipy.optimize
 import scipy.sparse
+
+#: the oldest scikit-learn whose MLP training loops this module replaces (sample_weight
+#: in ``_fit_stochastic`` / ``_fit_lbfgs`` and the lbfgs options helper came in 1.7)
+_SKLEARN_FLOOR = (1, 7)
+
+try:
+    import sklearn
+except ImportError as err:
+    raise ImportError(
+        "bpfast.sklearn needs scikit-learn, which is not installed: "
+        "install it with `pip install 'bpfast[sklearn]'`."
+    ) from err
+
+
+def _major_minor(version: str) -> tuple[int, int]:
+    """(major, minor) of a version string such as "1.7.0rc1"; (0, 0) if unreadable."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return (int(match[1]), int(match[2])) if match else (0, 0)
+
+
+if _major_minor(sklearn.__version__) < _SKLEARN_FLOOR:
+    raise ImportError(
+        f"bpfast.sklearn needs scikit-learn >= {'.'.join(map(str, _SKLEARN_FLOOR))}, "
+        f"found {sklearn.__version__}: upgrade with `pip install -U 'bpfast[sklearn]'`."
+    )
+
 from sklearn.base import is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier as _SkMLPClassifier
 from sklearn.neural_network import MLPRegressor as _SkMLPRegressor
 from sklearn.neural_network._stochastic_optimizers import AdamOptimizer, SGDOptimizer
-from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
+from sklearn.utils._param_validation import StrOptions
+from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.optimize import _check_optimize_result
+from sklearn.utils.validation import _check_sample_weight
+from threadpoolctl import threadpool_limits
+
+try:
+    from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
+except ImportError:  # scikit-learn 1.7 passes L-BFGS-B's iprint whatever SciPy's version
+    def _get_additional_lbfgs_options_dict(key, value):
+        return {key: value}
 
 from . import _kernels
 from ._shuffle import shuffle_like_random_state
@@ -85,12 +128,87 @@ def _dense(X, dtype):
     return np.ascontiguousarray(X, dtype=dtype)
 
 
+#: the most bytes a sparse X's densified chunk of batches takes (always one batch at least)
+_CHUNK_BYTES = 32 * 2**20
+
+
+class _SparseRows:
+    """A sparse ``X`` for the stochastic solvers, densified a chunk at a time.
+
+    The kernels take dense rows, so each epoch walks the rows in the epoch's order in
+    chunks of whole batches, and densifies each chunk into one buffer kept for the fit:
+    memory is the CSR matrix's plus one chunk, and the batches are the dense path's.
+    """
+
+    def __init__(self, X, dtype, batch_size: int):
+        self.X = X.tocsr().astype(dtype, copy=False)
+        self.shape = self.X.shape
+        row_bytes = self.shape[1] * np.dtype(dtype).itemsize
+        batches = max(1, _CHUNK_BYTES // max(1, batch_size * row_bytes))
+        self.rows = min(self.shape[0], batches * batch_size)
+        self.buffer = np.zeros((self.rows, self.shape[1]), dtype)
+
+    def chunks(self, order):
+        """(rows, dense X[rows]) for consecutive chunks of the epoch's ``order`` (None:
+        data order); the dense array is the buffer, valid until the next step."""
+        for start in range(0, self.shape[0], self.rows):
+            stop = start + self.rows
+            rows = order[start:stop] if order is not None else slice(start, stop)
+            part = self.X[rows]
+            dense = self.buffer[:part.shape[0]]
+            part.toarray(out=dense)  # adds into the buffer, which is all zeros here
+            yield rows, dense
+            # back to zeros at the stored entries only: the rest never changed
+            dense[np.repeat(np.arange(part.shape[0]), np.diff(part.indptr)),
+                  part.indices] = 0
+
+
+def _joblib_worker_threads():
+    """Threads one fit may use when it runs in a joblib worker process; None elsewhere.
+
+    joblib starts its worker processes (loky) with ``OMP_NUM_THREADS``,
+    ``OPENBLAS_NUM_THREADS`` and the like set to the worker's share of the cores
+    (``cpu_count() // n_jobs``, or ``inner_max_num_threads``): that share. Worker threads
+    (the threading backend) are left alone: the pools belong to the whole process, and
+    changing their size from one thread while others run BLAS calls does not hold.
+    """
+    try:
+        from joblib.externals.loky import process_executor
+        from joblib.parallel import get_active_backend
+    except ImportError:
+        return None
+    backend, _ = get_active_backend()
+    if getattr(backend, "nesting_level", 0) < 1 or process_executor._CURRENT_DEPTH < 1:
+        return None
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return None
+
+
+def _thread_limit_for_fit():
+    """A context limiting the BLAS to a joblib worker's share of the cores for one fit
+    (bpfast's own kernel pool sizes itself from the BLAS's count, so it follows); no
+    limit outside joblib's worker processes."""
+    threads = _joblib_worker_threads()
+    if threads is None:
+        return nullcontext()
+    return threadpool_limits(limits=threads, user_api="blas")
+
+
 class _CompiledTraining:
     """The training loops of scikit-learn's ``BaseMultilayerPerceptron``, on bpfast kernels.
 
     Mixed in before scikit-learn's estimator classes; overrides ``_fit_stochastic`` and
     ``_fit_lbfgs`` with the same signatures and semantics.
     """
+
+    def _fit(self, X, y, sample_weight=None, incremental=False):
+        # inside a joblib worker (e.g. GridSearchCV(n_jobs=k)), the pools keep to this
+        # worker's share of the cores, or k fits oversubscribe them
+        with _thread_limit_for_fit():
+            return super()._fit(X, y, sample_weight=sample_weight, incremental=incremental)
 
     # -- what the kernels are told ------------------------------------------------------
 
@@ -112,6 +230,18 @@ class _CompiledTraining:
         scale = 1.0 / n_outputs if code == 0 else 1.0
         return codes, code, scale
 
+    def _network_fits(self, layer_units):
+        """Whether the stored parameters have the shapes ``layer_units`` asks for.
+
+        They do not after ``set_params(hidden_layer_sizes=...)`` followed by a warm start
+        or ``partial_fit``: scikit-learn's own loop then runs, so the outcome (its error,
+        or training of the stored network) is scikit-learn's.
+        """
+        coefs = [np.shape(c) for c in self.coefs_]
+        intercepts = [np.shape(v) for v in self.intercepts_]
+        return (coefs == list(pairwise(layer_units))
+                and intercepts == [(n,) for n in layer_units[1:]])
+
     def _training_dtype(self, X_dtype):
         """X's dtype, or float64 when any parameter is float64 (NumPy's promotion, as
         scikit-learn's own products of X with the parameters)."""
@@ -124,7 +254,7 @@ class _CompiledTraining:
     def _fit_stochastic(self, X, y, sample_weight, activations, deltas, coef_grads,
                         intercept_grads, layer_units, incremental):
         spec = self._kernel_spec(y)
-        if spec is None:
+        if spec is None or not self._network_fits(layer_units):
             return super()._fit_stochastic(
                 X, y, sample_weight, activations, deltas, coef_grads, intercept_grads,
                 layer_units, incremental,
@@ -184,7 +314,10 @@ class _CompiledTraining:
         # the type of loss_: scikit-learn multiplies each batch's loss by the batch's row
         # count, an np.int64 when batch_size was given (np.clip), which promotes float32
         loss_type = dtype.type if self.batch_size == "auto" else np.float64
-        Xk = _dense(X_train, dtype)
+        if scipy.sparse.issparse(X_train):
+            Xk = _SparseRows(X_train, dtype, batch_size)
+        else:
+            Xk = _dense(X_train, dtype)
         Yk = np.ascontiguousarray(y_train, dtype=dtype)
         wk = None if sw_train is None else np.ascontiguousarray(sw_train, dtype=dtype)
 
@@ -268,7 +401,22 @@ class _CompiledTraining:
             self.intercepts_ = self._best_intercepts
 
     def _epoch(self, trainer, optimizer, W, b, X, Y, w, order, batch_size, loss_scale):
-        """One epoch in the kernel; returns the sum of batch losses times batch rows.
+        """One epoch; returns the sum of batch losses times batch rows. A sparse ``X``
+        (:class:`_SparseRows`) runs chunk by chunk, each chunk's rows in epoch order."""
+        if not isinstance(X, _SparseRows):
+            return self._dense_epoch(trainer, optimizer, W, b, X, Y, w, order, batch_size,
+                                     loss_scale)
+        loss_sum = 0.0
+        for rows, dense in X.chunks(order):
+            loss_sum += self._dense_epoch(trainer, optimizer, W, b, dense, Y[rows],
+                                          None if w is None else w[rows], None,
+                                          batch_size, loss_scale)
+        return loss_sum
+
+    def _dense_epoch(self, trainer, optimizer, W, b, X, Y, w, order, batch_size,
+                     loss_scale):
+        """One epoch over dense rows in the kernel; returns the sum of batch losses times
+        batch rows.
 
         The kernel stops before the update of a batch whose loss is not finite (overflow,
         a batch of zero total weight, non-finite parameters); scikit-learn carries on with
@@ -388,8 +536,9 @@ class _CompiledTraining:
     def _fit_lbfgs(self, X, y, sample_weight, activations, deltas, coef_grads,
                    intercept_grads, layer_units):
         spec = self._kernel_spec(y)
-        if spec is None or (sample_weight is not None
-                            and not np.sum(sample_weight, dtype=np.float64) > 0):
+        if spec is None or not self._network_fits(layer_units) or (
+                sample_weight is not None
+                and not np.sum(sample_weight, dtype=np.float64) > 0):
             return super()._fit_lbfgs(
                 X, y, sample_weight, activations, deltas, coef_grads, intercept_grads,
                 layer_units,
@@ -466,12 +615,31 @@ def _write_back(original, trained):
 
 class MLPClassifier(_CompiledTraining, _SkMLPClassifier):
     """Multi-layer perceptron classifier: scikit-learn's ``MLPClassifier`` trained by
-    bpfast's compiled kernels.
+    bpfast's compiled kernels, with class weights.
 
     The same parameters, defaults, methods, attributes, warnings and errors as
     ``sklearn.neural_network.MLPClassifier`` (see its documentation); this class
     subclasses it and replaces only the training loops (see :mod:`bpfast.sklearn`).
-    Sparse ``X`` is densified for training.
+    Sparse ``X`` is densified one chunk of batches at a time for sgd and adam, whole
+    for lbfgs.
+
+    Parameters
+    ----------
+    hidden_layer_sizes, activation, solver, alpha, batch_size, learning_rate, \
+learning_rate_init, power_t, max_iter, shuffle, random_state, tol, verbose, warm_start, \
+momentum, nesterovs_momentum, early_stopping, validation_fraction, beta_1, beta_2, \
+epsilon, n_iter_no_change, max_fun
+        As in ``sklearn.neural_network.MLPClassifier``.
+    class_weight : dict, "balanced" or None, default=None
+        Weights of the classes, with scikit-learn's meaning (as in
+        ``LogisticRegression``): a dict ``{label: weight}`` (classes not in it weigh 1),
+        or ``"balanced"`` for ``n_samples / (n_classes * np.bincount(y))`` computed on
+        the ``y`` given to ``fit``. Training with it equals training with
+        ``sample_weight=sklearn.utils.class_weight.compute_sample_weight(class_weight,
+        y)``, multiplied with the ``sample_weight`` passed to ``fit`` if any. ``None``
+        weighs every class 1 (scikit-learn's behaviour). ``partial_fit`` accepts a dict,
+        applied to each call's ``y``, and refuses ``"balanced"`` (as
+        ``SGDClassifier`` does): a batch's class frequencies are not the data's.
 
     Examples
     --------
@@ -481,7 +649,89 @@ class MLPClassifier(_CompiledTraining, _SkMLPClassifier):
     >>> clf = MLPClassifier((64,), solver="sgd", random_state=0).fit(X / 16, y)
     >>> clf.score(X / 16, y) > 0.9
     True
+    >>> weighted = MLPClassifier((64,), class_weight="balanced", random_state=0)
     """
+
+    _parameter_constraints: dict = {
+        **_SkMLPClassifier._parameter_constraints,
+        "class_weight": [dict, StrOptions({"balanced"}), None],
+    }
+
+    def __init__(
+        self,
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        solver="adam",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate="constant",
+        learning_rate_init=0.001,
+        power_t=0.5,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+        max_fun=15000,
+        class_weight: dict | str | None = None,
+    ):
+        super().__init__(
+            hidden_layer_sizes=hidden_layer_sizes,
+            activation=activation,
+            solver=solver,
+            alpha=alpha,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            learning_rate_init=learning_rate_init,
+            power_t=power_t,
+            max_iter=max_iter,
+            shuffle=shuffle,
+            random_state=random_state,
+            tol=tol,
+            verbose=verbose,
+            warm_start=warm_start,
+            momentum=momentum,
+            nesterovs_momentum=nesterovs_momentum,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            n_iter_no_change=n_iter_no_change,
+            max_fun=max_fun,
+        )
+        self.class_weight = class_weight
+
+    def _fit(self, X, y, sample_weight=None, incremental=False):
+        if self.class_weight is not None:
+            sample_weight = self._weights_with_classes(X, y, sample_weight, incremental)
+        return super()._fit(X, y, sample_weight=sample_weight, incremental=incremental)
+
+    def _weights_with_classes(self, X, y, sample_weight, incremental):
+        """``sample_weight`` (or ones) times the weights of the classes of ``y``."""
+        if incremental and self.class_weight == "balanced":
+            raise ValueError(
+                "class_weight 'balanced' is not supported for partial_fit. In order to "
+                "use 'balanced' weights, use compute_class_weight('balanced', "
+                "classes=classes, y=y). In place of y you can use a large enough sample "
+                "of the full training set target to properly estimate the class "
+                "frequency distributions. Pass the resulting weights as the "
+                "class_weight parameter."
+            )
+        weights = compute_sample_weight(self.class_weight, y)
+        if sample_weight is not None:
+            weights = weights * _check_sample_weight(sample_weight, X, dtype=np.float64)
+        return weights
 
 
 class MLPRegressor(_CompiledTraining, _SkMLPRegressor):
@@ -491,5 +741,6 @@ class MLPRegressor(_CompiledTraining, _SkMLPRegressor):
     The same parameters (``loss`` ``"squared_error"`` or ``"poisson"``), defaults, methods,
     attributes, warnings and errors as ``sklearn.neural_network.MLPRegressor`` (see its
     documentation); this class subclasses it and replaces only the training loops (see
-    :mod:`bpfast.sklearn`). Sparse ``X`` is densified for training.
+    :mod:`bpfast.sklearn`). Sparse ``X`` is densified one chunk of batches at a time for
+    sgd and adam, whole for lbfgs.
     """

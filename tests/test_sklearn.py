@@ -145,7 +145,10 @@ def test_same_api_as_sklearn():
     for name in ("MLPClassifier", "MLPRegressor"):
         ours, theirs = getattr(bps, name), getattr(skn, name)
         assert issubclass(ours, theirs) and issubclass(ours, BaseEstimator)
-        assert ours().get_params() == theirs().get_params()
+        params = ours().get_params()
+        if name == "MLPClassifier":  # bpfast's one extra parameter, scikit-learn's default
+            assert params.pop("class_weight") is None
+        assert params == theirs().get_params()
         est = ours(hidden_layer_sizes=(7, 3), solver="sgd", alpha=0.5)
         assert repr(est) == repr(theirs(hidden_layer_sizes=(7, 3), solver="sgd", alpha=0.5))
         twin = clone(est)
@@ -570,3 +573,259 @@ def test_compiled_shuffle_declines_other_generators():
     for rs in (Subclass(0), np.random.default_rng(0), None):
         assert shuffle_like_random_state(rs, idx) is False
         np.testing.assert_array_equal(idx, np.arange(10))
+
+
+# ---------------------------------------------------------------------------------------
+# A new shape with warm_start or partial_fit: scikit-learn's outcome
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("solver", ["sgd", "adam", "lbfgs"])
+@pytest.mark.parametrize("new_shape", [(5, 3), (), (7,)], ids=["deeper", "no-hidden", "wider"])
+@pytest.mark.parametrize("kind", ["binary", "regression"])
+def test_warm_start_after_new_hidden_layer_sizes(kind, new_shape, solver):
+    """scikit-learn raises when the depth changes (and, for lbfgs, the width); the
+    drop-in raises the same exception with the same message, or trains the same way."""
+    X, y = _data(kind)
+
+    def refit(est):
+        est.fit(X, y)
+        est.set_params(warm_start=True, hidden_layer_sizes=new_shape).fit(X, y)
+
+    params = {**BASE, "hidden_layer_sizes": (5,), "solver": solver, "max_iter": 3}
+    ref, got = _pair(_estimator_name(kind), refit, **params)  # same exception and message
+    ref_error = _run(skn, _estimator_name(kind), refit, params)[3]
+    if len(new_shape) != 1 or solver == "lbfgs":
+        assert ref_error is not None
+    else:  # the same depth: scikit-learn trains the stored network on; so does bpfast
+        assert ref_error is None
+        assert_same_fit(got, ref, rtol=LBFGS_RTOL)
+
+
+def test_partial_fit_after_new_hidden_layer_sizes():
+    X, y = _data("regression")
+
+    def calls(est):
+        est.partial_fit(X, y)
+        est.set_params(hidden_layer_sizes=(4, 2)).partial_fit(X, y)
+
+    _pair("MLPRegressor", calls, **{**BASE, "hidden_layer_sizes": (5,)})
+    assert _run(skn, "MLPRegressor", calls, {**BASE, "hidden_layer_sizes": (5,)})[3]
+
+
+# ---------------------------------------------------------------------------------------
+# Import without scikit-learn
+# ---------------------------------------------------------------------------------------
+
+def test_import_without_sklearn_names_the_extra(tmp_path):
+    code = (
+        "import sys\n"
+        "sys.modules['sklearn'] = None  # as if scikit-learn were not installed\n"
+        "try:\n"
+        "    import bpfast.sklearn\n"
+        "except ImportError as err:\n"
+        "    print(type(err).__name__, '|', err, '|', type(err.__cause__).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=tmp_path, env=_absolute_pythonpath_env())
+    name, message, cause = [part.strip() for part in out.stdout.split("|")]
+    assert name == "ImportError"
+    assert "pip install 'bpfast[sklearn]'" in message
+    assert cause == "ModuleNotFoundError"
+
+
+def test_import_with_too_old_sklearn_names_the_floor(tmp_path):
+    code = (
+        "import sklearn\n"
+        "sklearn.__version__ = '1.6.1'\n"
+        "try:\n"
+        "    import bpfast.sklearn\n"
+        "except ImportError as err:\n"
+        "    print(err)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=tmp_path, env=_absolute_pythonpath_env())
+    assert "scikit-learn >= 1.7, found 1.6.1" in out.stdout
+    assert "bpfast[sklearn]" in out.stdout
+
+
+# ---------------------------------------------------------------------------------------
+# class_weight: the corresponding sample_weight
+# ---------------------------------------------------------------------------------------
+
+def _balanced_weights(y):
+    """n_samples / (n_classes * count of the sample's class), written out."""
+    labels, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    return len(y) / (len(labels) * counts[inverse])
+
+
+CLASS_WEIGHT_SOLVERS = {
+    "sgd": dict(solver="sgd", momentum=0.9),
+    "adam": dict(solver="adam", learning_rate_init=0.01),
+    "lbfgs": dict(solver="lbfgs", max_iter=30),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("user_weights", [False, True], ids=["alone", "times-sample_weight"])
+@pytest.mark.parametrize("class_weight", ["balanced", "dict"])
+@pytest.mark.parametrize("solver", list(CLASS_WEIGHT_SOLVERS))
+@pytest.mark.parametrize("kind", ["binary", "multiclass"])
+def test_class_weight_equals_sample_weight(kind, solver, class_weight, user_weights, dtype):
+    """bpfast's class_weight against scikit-learn's MLPClassifier given the sample weights
+    that class_weight stands for."""
+    X, y = _data(kind, dtype=dtype)
+    y = y[: N - 20] if kind == "binary" else y  # unequal class counts
+    X = X[: len(y)]
+    if class_weight == "dict":
+        class_weight = {0: 3.0, 1: 0.5} if kind == "binary" else {"low": 4.0, "high": 0.25}
+        want = np.array([class_weight.get(label, 1.0) for label in y])
+    else:
+        want = _balanced_weights(y)
+    fit_params = {}
+    if user_weights:
+        fit_params["sample_weight"] = np.random.default_rng(8).uniform(0.1, 3.0, len(y))
+        want = want * fit_params["sample_weight"]
+    params = {**BASE, **CLASS_WEIGHT_SOLVERS[solver]}
+    got, _, _, got_error = _run(bps, "MLPClassifier", _fit(X, y, **fit_params),
+                                {**params, "class_weight": class_weight})
+    twin, _, _, twin_error = _run(bps, "MLPClassifier", _fit(X, y, sample_weight=want),
+                                  params)
+    assert got_error is None and twin_error is None
+    assert_same_fit(got, twin, rtol=1e-12 if dtype == np.float64 else 1e-6)
+    if not (solver == "lbfgs" and dtype == np.float32):  # see test_lbfgs_float32_and_options
+        ref = _run(skn, "MLPClassifier", _fit(X, y, sample_weight=want), params)[0]
+        rtol = F32_RTOL if dtype == np.float32 else LBFGS_RTOL if solver == "lbfgs" else RTOL
+        assert_same_fit(got, ref, rtol=rtol)
+    unweighted = bps.MLPClassifier(**params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        unweighted.fit(X, y, **fit_params)
+    assert not np.allclose(unweighted.coefs_[0], got.coefs_[0])
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_class_weight_with_partial_fit(solver):
+    X, y = _data("multiclass")
+    class_weight = {"low": 4.0, "mid": 1.5}
+    params = {**BASE, **CLASS_WEIGHT_SOLVERS[solver]}
+    classes = ["high", "low", "mid"]
+
+    def calls(weighted):
+        def run(est):
+            for part in np.array_split(np.arange(N), 3):
+                if weighted:
+                    est.partial_fit(X[part], y[part], classes=classes)
+                else:
+                    w = np.array([class_weight.get(label, 1.0) for label in y[part]])
+                    est.partial_fit(X[part], y[part], sample_weight=w, classes=classes)
+        return run
+
+    ref = _run(skn, "MLPClassifier", calls(False), params)[0]
+    got = _run(bps, "MLPClassifier", calls(True), {**params, "class_weight": class_weight})[0]
+    assert_same_fit(got, ref)
+    # "balanced" from one batch would weigh by that batch's counts: refused, as SGDClassifier
+    with pytest.raises(ValueError, match="class_weight 'balanced' is not supported for "
+                                         "partial_fit"):
+        bps.MLPClassifier(class_weight="balanced").partial_fit(X, y, classes=classes)
+
+
+def test_class_weight_none_is_sklearns_and_in_params():
+    est = bps.MLPClassifier(class_weight={0: 2.0})
+    assert est.get_params()["class_weight"] == {0: 2.0}
+    assert clone(est).class_weight == {0: 2.0}
+    assert est.set_params(class_weight="balanced") is est and est.class_weight == "balanced"
+    assert repr(bps.MLPClassifier(class_weight="balanced")) == (
+        "MLPClassifier(class_weight='balanced')")
+    assert "class_weight" not in bps.MLPRegressor().get_params()
+    X, y = _data("binary")
+    ref = _run(skn, "MLPClassifier", _fit(X, y), BASE)[0]
+    got = _run(bps, "MLPClassifier", _fit(X, y), {**BASE, "class_weight": None})[0]
+    assert_same_fit(got, ref)
+
+
+@pytest.mark.parametrize("bad", ["balance", 3, [1.0, 2.0]])
+def test_class_weight_invalid(bad):
+    X, y = _data("binary")
+    with pytest.raises(InvalidParameterError, match="'class_weight' parameter of "
+                                                    "MLPClassifier must be"):
+        bps.MLPClassifier(class_weight=bad).fit(X, y)
+
+
+# ---------------------------------------------------------------------------------------
+# Parallel search: each fit keeps to its worker's share of the cores
+# ---------------------------------------------------------------------------------------
+
+def _blas_threads():
+    from threadpoolctl import threadpool_info
+
+    return sorted({pool["num_threads"] for pool in threadpool_info()
+                   if pool["user_api"] == "blas"})
+
+
+def _threads_search(n_jobs, backend):
+    """GridSearchCV over a subclass recording the pools' thread counts during fit; its
+    cv_results_ hold the accuracy and the counts (the recording runs in the workers)."""
+    from joblib import parallel_config
+    from sklearn.model_selection import GridSearchCV
+
+    from bpfast import _kernels
+
+    class Recording(bps.MLPClassifier):  # a local class: pickled by value to workers
+        def _fit_stochastic(self, *args):
+            self.threads_seen_ = (max(_blas_threads()), _kernels.panel_gemm_threads())
+            return super()._fit_stochastic(*args)
+
+    scoring = {"accuracy": "accuracy",
+               "blas": lambda est, X, y: float(est.threads_seen_[0]),
+               "kernel": lambda est, X, y: float(est.threads_seen_[1])}
+    X, y = _data("multiclass")
+    search = GridSearchCV(Recording(**{**BASE, "solver": "adam"}),
+                          {"alpha": [1e-4, 1e-2], "hidden_layer_sizes": [(5,), (8, 3)]},
+                          cv=3, n_jobs=n_jobs, scoring=scoring, refit=False)
+    with warnings.catch_warnings(), parallel_config(backend=backend):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        search.fit(X, y)
+    return search.cv_results_
+
+
+def test_grid_search_workers_limit_their_threads():
+    """In joblib's worker processes each fit keeps the BLAS and bpfast's kernel pool to
+    the worker's share of the cores; the results are the serial search's."""
+    before = _blas_threads()
+    serial = _threads_search(1, "loky")
+    # one job: the fits run in the caller's process with its own thread counts
+    assert set(serial["mean_test_blas"]) == {float(max(before))}
+    parallel = _threads_search(2, "loky")
+    share = max(1, joblib.cpu_count() // 2)
+    assert set(parallel["mean_test_blas"]) == {float(share)}
+    assert set(parallel["mean_test_kernel"]) <= {float(share)}
+    for key in ("mean_test_accuracy", "split0_test_accuracy", "split2_test_accuracy"):
+        np.testing.assert_array_equal(parallel[key], serial[key])
+    assert _blas_threads() == before
+
+
+def test_fit_limits_threads_only_in_joblib_worker_processes(monkeypatch):
+    """The limit is the one joblib gave the worker, and lasts only for the fit."""
+    from joblib.externals.loky import process_executor
+    from joblib.parallel import ThreadingBackend, parallel_config
+
+    X, y = _data("multiclass")
+    seen = []
+
+    class Recording(bps.MLPClassifier):
+        def _fit_stochastic(self, *args):
+            seen.append(max(_blas_threads()))
+            return super()._fit_stochastic(*args)
+
+    before = max(_blas_threads())
+    est = Recording(**BASE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)  # the caller's own process: untouched
+        # as in a loky worker of Parallel(n_jobs=k): nested backend, environment set
+        monkeypatch.setattr(process_executor, "_CURRENT_DEPTH", 1)
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+        with parallel_config(backend=ThreadingBackend(nesting_level=1)):
+            est.fit(X, y)
+    assert seen == [before, 1]
+    assert max(_blas_threads()) == before
