@@ -134,19 +134,13 @@ def _fmt_bytes(n):
         n /= 1024
 
 
-def _memory_size():
-    """This machine's physical memory in bytes (or 64 GiB where it cannot be asked)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return 64 << 30
-
-
 def _require_memory(nbytes, what, option):
     """Refuse, before allocating, a size whose arrays could not fit in physical memory."""
-    if nbytes > _memory_size():
+    from bpfast.datasets import memory_size
+
+    if nbytes > memory_size():
         raise CLIError(f"{option}: {what} would need about {_fmt_bytes(nbytes)} of memory; "
-                       f"this machine has {_fmt_bytes(_memory_size())}")
+                       f"this machine has {_fmt_bytes(memory_size())}")
 
 
 def _fit_scaling(X):

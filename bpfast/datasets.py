@@ -159,6 +159,29 @@ def read_table(path: str | os.PathLike[str]) -> "Table":
     return _read_csv(path)
 
 
+def memory_size() -> int:
+    """This machine's physical memory in bytes (or 64 GiB where it cannot be asked)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 64 << 30
+
+
+def _check_inflated_size(path):
+    """Refuse, before inflating anything, an archive whose members declare more bytes
+    than this machine's memory (a zip bomb): zipfile inflates a member no further than
+    its declared size."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            declared = sum(info.file_size for info in zf.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+        raise DataError(f"{path}: not a readable .npz archive ({err})") from None
+    if declared > memory_size():
+        raise DataError(
+            f"{path}: the archive's arrays would take {declared:,} bytes, more than this "
+            f"machine's memory ({memory_size():,} bytes)")
+
+
 def _read_npz(path):
     try:
         with open(path, "rb") as f:
@@ -171,6 +194,7 @@ def _read_npz(path):
         raise DataError(f"{path}: empty file")
     if magic != b"PK\x03\x04":
         raise DataError(f"{path}: not an .npz archive (no zip header)")
+    _check_inflated_size(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             if not isinstance(data, np.lib.npyio.NpzFile):

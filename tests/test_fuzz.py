@@ -268,3 +268,19 @@ def test_csv_and_npz_readers_random_bytes(body, prefix):
             read_all(path)
         finally:
             os.unlink(path)
+
+
+
+def test_npz_data_archive_beyond_memory_refused_before_inflating(tmp_path, monkeypatch):
+    """A data archive whose arrays declare more bytes than the machine's memory is
+    refused from the zip directory, before any member is inflated (here the machine's
+    memory is made 1 MiB; the 8 MB array compresses to a few KB)."""
+    import bpfast.datasets as datasets
+
+    path = tmp_path / "bomb.npz"
+    np.savez_compressed(path, X=np.zeros((1000, 1000)))
+    assert path.stat().st_size < 100_000
+    monkeypatch.setattr(datasets, "memory_size", lambda: 1 << 20)
+    monkeypatch.setattr(np, "load", None)  # nothing may get as far as inflating
+    with pytest.raises(datasets.DataError, match="more than this machine's memory"):
+        datasets.read_table(str(path))
