@@ -181,7 +181,9 @@ def test_valid_looking_archives_do_load_sometimes():
 
     with _no_warnings():
         sample()
-    assert 10 <= sum(loaded) <= 90, f"{sum(loaded)} of {len(loaded)} archives loaded"
+    # how many load depends on hypothesis's version (its generation changes between
+    # releases, even derandomized): only "some, not all" is the strategy's promise
+    assert 0 < sum(loaded) < len(loaded), f"{sum(loaded)} of {len(loaded)} archives loaded"
 
 
 @pytest.fixture(scope="module")

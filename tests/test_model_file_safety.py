@@ -21,7 +21,10 @@ import bpfast
 import bpfast.io as bio
 from bpfast.io import ModelFileError
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+# the directory holding the bpfast under test (a source tree built in place, or
+# site-packages): subprocesses import that one, from a working directory of their own
+# so that a source tree without the compiled modules never comes first
+ROOT = pathlib.Path(bpfast.__file__).resolve().parents[1]
 
 
 def good_net(dtype=np.float64):
@@ -214,7 +217,8 @@ def load_with_memory_limit(path, limit_mb=300, max_bytes="default"):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", LOAD_IN_LIMITED_MEMORY, str(path),
                           str(limit_mb), str(max_bytes)],
-                         capture_output=True, text=True, env=env, timeout=120)
+                         capture_output=True, text=True, env=env, timeout=120,
+                         cwd=pathlib.Path(path).parent)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 
@@ -356,7 +360,8 @@ def test_kill_9_during_save_leaves_a_temp_file_the_next_save_removes(tmp_path):
     good_net().save(target)
     before = target.read_bytes()
     out = subprocess.run([sys.executable, "-c", code, str(target)],
-                         env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120,
+                         cwd=tmp_path)
     assert out.returncode == -signal.SIGKILL
     assert target.read_bytes() == before
     assert len(temp_files(tmp_path)) == 1

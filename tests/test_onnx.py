@@ -18,7 +18,10 @@ DTYPES = (np.float32, np.float64)
 #: onnxruntime against bpfast: the issue's 1e-5 in float32, near rounding in float64.
 RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 HIDDEN = [a for a in ACTIVATIONS if a != "softmax"]  # softmax is output-only
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the directory holding the bpfast under test (a source tree built in place, or
+# site-packages); subprocesses start in a directory of their own, so that a source
+# tree without the compiled modules never comes first on their path
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(bpfast.__file__)))
 
 
 def assert_close(got, want, dtype):
@@ -173,19 +176,19 @@ print("converted")
 @pytest.mark.parametrize("imports", ["import bpfast\nimport skl2onnx",
                                      "import skl2onnx\nimport bpfast",
                                      "import skl2onnx"])
-def test_importing_bpfast_registers_in_either_order(skl2onnx, imports):
+def test_importing_bpfast_registers_in_either_order(skl2onnx, imports, tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     done = subprocess.run([sys.executable, "-c", SCRIPT.format(imports=imports)],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "converted"
 
 
-def test_importing_bpfast_imports_none_of_onnx_skl2onnx_sklearn():
+def test_importing_bpfast_imports_none_of_onnx_skl2onnx_sklearn(tmp_path):
     code = ("import sys, bpfast; print(sorted({m.split('.')[0] for m in sys.modules} & "
             "{'onnx', 'onnxruntime', 'skl2onnx', 'sklearn'}))")
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=300)
+                          env=env, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
