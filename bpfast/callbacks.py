@@ -122,6 +122,9 @@ class EarlyStopping(_Monitor):
     """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience``
     epochs in a row (as Keras: for at least one epoch, so patience 0 and 1 agree).
 
+    On stopping, ``history.stopped_early`` is True and ``history.best_epoch`` the
+    0-based best epoch.
+
     Parameters
     ----------
     monitor : str, default "val_loss"
@@ -131,9 +134,6 @@ class EarlyStopping(_Monitor):
     min_delta : float, default 0
     restore_best_weights : bool, default False
         When stopping, put back the parameters of the best epoch.
-
-    On stopping, ``history.stopped_early`` is True and ``history.best_epoch`` the
-    0-based best epoch.
     """
 
     def __init__(self, monitor: str = "val_loss", mode: str = "auto", patience: int = 0,

@@ -5,6 +5,8 @@ compiled epoch takes one rate) and changes between epochs. Epochs count from 0, 
 ``learning_rate`` below is the rate given to ``fit``. ``history.learning_rate`` records
 the rate each epoch used.
 
+Examples
+--------
 >>> import bpfast
 >>> from bpfast.schedules import StepDecay
 >>> [StepDecay(step_size=2, gamma=0.5).rate(e, 0.1, 6) for e in range(6)]
