@@ -3,7 +3,7 @@
 # with the build-system's minimum versions, install that wheel in a fresh venv with every
 # runtime and test minimum pinned (.ci/floors.py reads them from pyproject.toml), and run
 # the unpacked sdist's own tests against it. PYTHON chooses the interpreter (default
-# python3; it must be one the floors have wheels for, e.g. 3.11 for numpy 1.25).
+# python3; it must be one the floors have wheels for, e.g. 3.11 for scipy 1.13).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"
@@ -28,7 +28,7 @@ echo "build floors: $(tr '\n' ' ' < "$work/build-floors.txt")"
 echo "runtime floors: $(tr '\n' ' ' < "$work/runtime-floors.txt")"
 
 # The build requirements at their floors, installed where the wheel is built: the
-# compiled module is built against NumPy 2.0 and must import under the runtime's NumPy 1.x.
+# compiled module is built against NumPy 2.0, the runtime floor too.
 "$work/tools/bin/python" -m pip install --quiet -r "$work/build-floors.txt" wheel
 "$work/tools/bin/python" -m pip list --format=freeze | grep -iE '^(setuptools|cython|numpy)=='
 "$work/tools/bin/python" -m pip wheel --no-build-isolation --no-deps \
