@@ -89,6 +89,13 @@ def _leaky_relu(g, x):
     return g.op("Max", x, g.op("Mul", x, g.constant("slope", LEAKY_SLOPE)))
 
 
+def _silu(g, x):
+    """``x / (1 + exp(-x))``, the same function as ``x * sigmoid(x)``, written so that
+    ONNX Runtime's optimizer does not fuse it into its QuickGelu kernel, which older
+    releases implement for float32 only (a float64 graph then fails to load)."""
+    return g.op("Div", x, g.op("Add", g.constant("one", 1.0), g.op("Exp", g.op("Neg", x))))
+
+
 #: Activation name -> function (graph, input name) -> output name.
 _ACTIVATIONS = {
     "identity": lambda g, x: x,
@@ -97,7 +104,7 @@ _ACTIVATIONS = {
     "relu": lambda g, x: g.op("Relu", x),
     "leaky_relu": _leaky_relu,
     "softplus": _softplus,
-    "silu": lambda g, x: g.op("Mul", x, g.op("Sigmoid", x)),
+    "silu": _silu,
     "softmax": lambda g, x: g.op("Softmax", x, axis=-1),
     "exp": lambda g, x: g.op("Exp", x),
 }

@@ -116,7 +116,10 @@ def test_tampered_sidecar_is_refused(tmp_path, trained, changes, words):
     assert not (tmp_path / "p.csv").exists()
 
 
-@pytest.mark.parametrize("text", ["[" * 100000 + "]" * 100000, "[]", "null", "7"])
+# explicit ids: pytest puts a test's id in the environment of its subprocesses
+# (PYTEST_CURRENT_TEST), and a 200,000-character one is too long for exec
+@pytest.mark.parametrize("text", ["[" * 100000 + "]" * 100000, "[]", "null", "7"],
+                         ids=["deeply-nested", "list", "null", "number"])
 def test_sidecar_that_is_not_an_object(tmp_path, trained, text):
     model, data = trained
     (tmp_path / "m.npz.json").write_text(text)
