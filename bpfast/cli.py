@@ -442,27 +442,15 @@ def _save_with_sidecar(net, path, side):
     model (whose checksum a new sidecar does not match, so predict refuses the pair) or
     the new model with its new sidecar, never a new model beside a missing or stale one.
     """
-    from .io import aimed_at_target, atomic_write, fsync_directory, temp_prefix
+    from .io import atomic_write, temporary_beside
 
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(), suffix=".npz.tmp", dir=directory)
-        os.close(fd)
+    with temporary_beside(path, ".npz.tmp") as tmp:
         net.save(tmp)
         side["model_sha256"] = _sha256(tmp)
         text = json.dumps(side, indent=1, allow_nan=False)  # strict JSON: no NaN, Infinity
         atomic_write(sidecar_path(path), lambda f: f.write(text), binary=False,
                      encoding="utf-8")
         os.replace(tmp, path)
-    except BaseException as err:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-        new = aimed_at_target(err, path)
-        if new is err:
-            raise
-        raise new from None
-    fsync_directory(directory)
 
 
 def _sha256(path):

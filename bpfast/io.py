@@ -16,6 +16,7 @@ files left by a killed process are removed by the next save into the same direct
 the metadata and a size budget before it inflates any array or builds the network; it
 never unpickles anything.
 """
+import contextlib
 import json
 import math
 import operator
@@ -24,7 +25,7 @@ import re
 import socket
 import tempfile
 import zipfile
-from typing import IO, TYPE_CHECKING, Any, Callable
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 from numpy.lib import format as npy_format
@@ -147,17 +148,33 @@ def atomic_write(path: "str | os.PathLike[str]", write: Callable[[IO], object],
     not the temporary file.
     """
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    remove_stale_temp_files(directory)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(), suffix=suffix, dir=directory)
-        with os.fdopen(fd, "wb" if binary else "w", **open_kwargs) as f:
+    with temporary_beside(path, suffix) as tmp:
+        with open(tmp, "wb" if binary else "w", **open_kwargs) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    return path
+
+
+@contextlib.contextmanager
+def temporary_beside(path: "str | os.PathLike[str]", suffix: str = ".tmp") -> Iterator[str]:
+    """The name of a new, empty temporary file beside ``path``, for the body to fill and
+    rename onto ``path``.
+
+    Leftovers of killed processes in that directory are removed first. When the body
+    raises, the temporary file is removed and an ``OSError`` naming it is re-aimed at
+    ``path``; when it returns, the directory is synced so that its rename is on disk.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    remove_stale_temp_files(directory)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(), suffix=suffix, dir=directory)
+        os.close(fd)
+        yield tmp
     except BaseException as err:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
@@ -166,7 +183,6 @@ def atomic_write(path: "str | os.PathLike[str]", write: Callable[[IO], object],
             raise
         raise new from None
     fsync_directory(directory)
-    return path
 
 
 # --------------------------------------------------------------------------------------
