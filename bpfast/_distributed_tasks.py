@@ -9,7 +9,8 @@ divides by the total number of rows once.
 import numpy as np
 
 from . import _kernels, engine
-from .training import LOSSES, OPTIMIZERS, DivergenceError
+from .registry import LOSSES, OPTIMIZERS
+from .training import DivergenceError
 
 __all__ = ["Payload", "make_block", "chunk_gradient", "local_round", "identity", "add"]
 

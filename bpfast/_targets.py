@@ -9,8 +9,7 @@ import numbers
 
 import numpy as np
 
-#: Losses whose targets may be given as class labels.
-CLASSIFICATION_LOSSES = ("cross_entropy", "binary_cross_entropy")
+from .registry import CLASSIFICATION_LOSSES
 
 
 def is_label_vector(Y, loss):

@@ -1,6 +1,7 @@
 """Names of the activation functions and their resolution to per-layer codes.
 
-The compiled kernels identify an activation by its index in :data:`ACTIVATIONS`; the
+The names and the compiled kernels' codes are :mod:`bpfast.registry`'s (this module's
+``ACTIVATIONS``, ``ALIASES`` and ``OUTPUT_ONLY`` are the registry's own); the
 formulas themselves live twice, on purpose: in NumPy in :mod:`bpfast.reference` (the
 oracle) and in C in ``_activation_math.pxd`` (the kernels). Tests hold the two together.
 """
@@ -8,16 +9,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-#: Canonical names, in the order of the compiled kernels' integer codes.
-ACTIVATIONS = (
-    "identity", "sigmoid", "tanh", "relu", "leaky_relu", "softplus", "silu", "softmax", "exp",
-)
+from .registry import ACTIVATION_CODES, ACTIVATIONS, ALIASES, OUTPUT_ONLY
 
-#: Activations that act on a whole output row, allowed only on the last layer.
-OUTPUT_ONLY = ("softmax",)
-
-#: Other accepted spellings, mapped to their canonical name.
-ALIASES = {"logistic": "sigmoid", "linear": "identity", "swish": "silu"}
 
 #: Slope of ``leaky_relu`` for negative inputs.
 LEAKY_SLOPE = 0.01
@@ -86,5 +79,5 @@ def activation_codes(names: Sequence[str]) -> np.ndarray:
     ``net.activations``: an alias is accepted, an unknown name raises ``ValueError``
     naming ``activations[i]`` and the valid names.
     """
-    return np.array([ACTIVATIONS.index(_canonical(n, f"activations[{i}]"))
+    return np.array([ACTIVATION_CODES[_canonical(n, f"activations[{i}]")]
                      for i, n in enumerate(names)], dtype=np.intc)

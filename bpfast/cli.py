@@ -844,7 +844,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser():
     import bpfast
     from bpfast import benchmarks
-    from bpfast.activations import ACTIVATIONS
+    from bpfast.registry import ACTIVATIONS, OPTIMIZERS
 
     parser = _Parser(
         prog="bpfast",
@@ -877,7 +877,7 @@ def build_parser():
     demo.add_argument("--batch-size", type=_positive(int), default=8, help="default 8")
     demo.add_argument("--learning-rate", type=_positive(float), default=0.1,
                       help="default 0.1 (try 0.005 with adam)")
-    demo.add_argument("--optimizer", choices=["sgd", "momentum", "nesterov", "adam"],
+    demo.add_argument("--optimizer", choices=list(OPTIMIZERS),
                       default="sgd", help="default sgd")
     demo.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     demo.add_argument("--plot", metavar="PNG",
@@ -916,7 +916,7 @@ def build_parser():
     train.add_argument("--batch-size", type=_positive(int), default=32, help="default 32")
     train.add_argument("--learning-rate", type=_positive(float), default=0.005,
                        help="default 0.005")
-    train.add_argument("--optimizer", choices=["sgd", "momentum", "nesterov", "adam"],
+    train.add_argument("--optimizer", choices=list(OPTIMIZERS),
                        default="adam", help="default adam")
     train.add_argument("--l2", type=float, default=0.0,
                        help="L2 penalty on the weights (default 0)")

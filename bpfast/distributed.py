@@ -56,7 +56,8 @@ from ._typing import Activations, Gradient, Params
 from ._validation import check_parameters, check_positive_int
 from .activations import activation_codes, resolve_activations
 from .network import Network
-from .training import (LOSSES, OPTIMIZERS, DivergenceError, History, _choice,
+from .registry import LOSSES, OPTIMIZERS
+from .training import (DivergenceError, History, _choice,
                        _positive_float, _unit_interval)
 
 __all__ = ["DistributedHistory", "backprop", "fit"]
@@ -504,7 +505,7 @@ def fit(net: Network, X: "da.Array", Y: "da.Array", client: Any = None, *,
         if tol is not None:
             tol = _real(tol, "tol", 0.0)
     else:
-        needs = LOSSES[loss][1]
+        needs = LOSSES[loss].output
         if needs is not None and net.activations[-1] != needs:
             raise ValueError(
                 f"loss: {loss!r} needs a {needs} output layer, but the network's last "

@@ -30,6 +30,8 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 import numpy as np
 from numpy.lib import format as npy_format
 
+from . import registry
+
 if TYPE_CHECKING:
     from .network import Network
 
@@ -37,7 +39,7 @@ FORMAT = "bpfast"
 FORMAT_VERSION = 1
 
 #: Losses a model file may name.
-LOSSES = ("mse", "cross_entropy", "binary_cross_entropy", "poisson")
+LOSSES = tuple(registry.LOSSES)
 
 #: Default budget of :func:`load`: the most bytes of weights and biases it will allocate.
 MAX_MODEL_BYTES = 1 << 30

@@ -15,7 +15,7 @@ from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
-from ._targets import CLASSIFICATION_LOSSES
+from .registry import CLASSIFICATION_LOSSES
 
 __all__ = ["METRICS", "accuracy", "mae", "mse", "r2"]
 

@@ -166,13 +166,6 @@ def _backward(weights, names, Zs, As, dZ_last):
 # Training: the plain-NumPy trainer that Network.fit is held against
 # ---------------------------------------------------------------------------
 
-#: Loss name -> the output activation it must be paired with (None: any).
-LOSS_OUTPUTS = {
-    "mse": None, "cross_entropy": "softmax", "binary_cross_entropy": "sigmoid",
-    "poisson": "exp",
-}
-
-
 def loss_value(AL: np.ndarray, Yc: np.ndarray, loss: str, w: np.ndarray, s: float,
                eps: float) -> float:
     """The data term of a loss, samples as columns: ``AL`` and ``Yc`` are ``(n^L, m)``.

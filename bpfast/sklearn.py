@@ -98,27 +98,11 @@ except ImportError:  # scikit-learn 1.7 passes L-BFGS-B's iprint whatever SciPy'
 
 from . import _kernels
 from ._shuffle import shuffle_like_random_state
-from .activations import ACTIVATIONS
+from .registry import ACTIVATION_CODES, LOSSES, OPTIMIZERS, SKLEARN_ACTIVATIONS, SKLEARN_LOSSES
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
-#: scikit-learn activation name -> bpfast kernel activation code
-_ACTIVATION_CODES = {
-    name: ACTIVATIONS.index(bp)
-    for name, bp in [("identity", "identity"), ("logistic", "sigmoid"), ("tanh", "tanh"),
-                     ("relu", "relu"), ("softmax", "softmax"), ("exp", "exp")]
-}
-
-#: (scikit-learn loss, output activation) -> kernel loss code. These are the pairs for
-#: which scikit-learn's output delta ``A - Y`` is the true gradient, as in the kernels.
-_LOSS_CODES = {
-    ("squared_error", "identity"): 0,
-    ("log_loss", "softmax"): 1,
-    ("log_loss", "logistic"): 2,
-    ("poisson", "exp"): 3,
-}
-
-_SGD, _ADAM = 0, 1
+_SGD, _ADAM = OPTIMIZERS["sgd"].code, OPTIMIZERS["adam"].code
 
 
 def _dense(X, dtype):
@@ -220,15 +204,15 @@ class _CompiledTraining:
             return None
         n_outputs = y.shape[1]
         loss = "log_loss" if is_classifier(self) else self.loss
-        code = _LOSS_CODES.get((loss, self.out_activation_))
-        if code is None:
+        ours = SKLEARN_LOSSES.get((loss, self.out_activation_))
+        if ours is None:
             return None
-        hidden = _ACTIVATION_CODES[self.activation]
-        codes = np.array([hidden] * (self.n_layers_ - 2)
-                         + [_ACTIVATION_CODES[self.out_activation_]], dtype=np.intc)
+        hidden = ACTIVATION_CODES[SKLEARN_ACTIVATIONS[self.activation]]
+        output = ACTIVATION_CODES[SKLEARN_ACTIVATIONS[self.out_activation_]]
+        codes = np.array([hidden] * (self.n_layers_ - 2) + [output], dtype=np.intc)
         # scikit-learn's squared error averages over the outputs; its gradient does not
-        scale = 1.0 / n_outputs if code == 0 else 1.0
-        return codes, code, scale
+        scale = 1.0 / n_outputs if ours == "mse" else 1.0
+        return codes, LOSSES[ours].code, scale
 
     def _network_fits(self, layer_units):
         """Whether the stored parameters have the shapes ``layer_units`` asks for.

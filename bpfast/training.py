@@ -20,25 +20,9 @@ from ._validation import (as_kernel_array, check_data, check_finite, check_posit
 from .activations import activation_codes
 from .callbacks import Callback, FitState
 from .metrics import check_metrics, evaluate
+from .registry import LOSSES, OPTIMIZERS  # noqa: F401  (also read as training.LOSSES)
 from .reference import loss_value
 from .schedules import checked_rate, resolve
-
-#: Optimizer name -> (kernel optimizer code, keeps a velocity, nesterov)
-OPTIMIZERS = {
-    "sgd": (0, False, False),
-    "momentum": (0, True, False),
-    "nesterov": (0, True, True),
-    "adam": (1, False, False),
-}
-
-#: Loss name -> (kernel loss code, required output activation or None)
-LOSSES = {
-    "mse": (0, None),
-    "cross_entropy": (1, "softmax"),
-    "binary_cross_entropy": (2, "sigmoid"),
-    "poisson": (3, "exp"),
-}
-
 
 class DivergenceError(FloatingPointError):
     """Training produced a loss that is NaN or infinite."""
