@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _kernels, _targets, engine
+from ._losses import loss_value
 from ._validation import (as_kernel_array, check_data, check_finite, check_positive_int,
                           refuse_masked)
 from .activations import activation_codes
 from .callbacks import Callback, FitState
 from .metrics import check_metrics, evaluate
 from .registry import LOSSES, OPTIMIZERS  # noqa: F401  (also read as training.LOSSES)
-from .reference import loss_value
 from .schedules import checked_rate, resolve
 
 class DivergenceError(FloatingPointError):
@@ -136,7 +136,7 @@ def _keep_trainer(net, trainer):
 def evaluate_loss(net, X, Y, loss, sample_weight=None, in_blocks=False):
     """The ``loss`` of ``net`` on checked data (no penalty), summed in float64.
 
-    The formulas are :func:`bpfast.reference.loss_value`'s, with probabilities clipped at
+    The formulas are :func:`bpfast._losses.loss_value`'s, with probabilities clipped at
     the network dtype's ``eps`` as in training. ``in_blocks`` (X already in the network's
     dtype and the kernels' layout, as :func:`fit` checks its validation data): the
     forward pass in row blocks where the panel kernel takes them, as between epochs
