@@ -8,8 +8,7 @@ divides by the total number of rows once.
 """
 import numpy as np
 
-from . import _kernels, engine
-from .registry import LOSSES, OPTIMIZERS
+from . import engine
 from .training import DivergenceError
 
 __all__ = ["Payload", "make_block", "chunk_gradient", "local_round", "identity", "add"]
@@ -25,8 +24,8 @@ class Payload:
     ----------
     weights, biases : lists of C-contiguous ndarray
         The network's parameters, in its dtype. Never modified by a task.
-    codes : ndarray of intc
-        Activation codes, one per layer.
+    activations : tuple of str
+        Canonical activation names, one per layer.
     state : list of ndarray
         Optimizer state for local SGD (velocities, or Adam's first then second moments,
         weights first), empty otherwise.
@@ -36,10 +35,10 @@ class Payload:
         Local SGD settings (empty otherwise).
     """
 
-    def __init__(self, weights, biases, codes, state=(), steps=0, config=None):
+    def __init__(self, weights, biases, activations, state=(), steps=0, config=None):
         self.weights = list(weights)
         self.biases = list(biases)
-        self.codes = np.asarray(codes, dtype=np.intc)
+        self.activations = tuple(activations)
         self.state = list(state)
         self.steps = int(steps)
         self.config = dict(config or {})
@@ -55,8 +54,7 @@ class Payload:
     @property
     def nbytes(self):
         """Bytes of the arrays carried (what each worker receives, pickling aside)."""
-        return int(sum(a.nbytes for a in self.weights + self.biases + self.state)
-                   + self.codes.nbytes)
+        return int(sum(a.nbytes for a in self.weights + self.biases + self.state))
 
 
 def _aligned(a, dtype=None):
@@ -97,14 +95,8 @@ def chunk_gradient(payload, block):
     """
     X, Y = (_aligned(a) for a in block)  # a block moved between workers may be unaligned
     m = X.shape[0]
-    weights, biases = payload.weights, payload.biases
-    sizes = [X.shape[1]] + [w.shape[0] for w in weights]
-    Z, A, scratch = engine._workspace(sizes, m, X.dtype)
-    dW = [np.empty_like(w) for w in weights]
-    db = [np.empty_like(b) for b in biases]
-    layers = _kernels.Layers(list(weights), list(biases), payload.codes, sizes[0], m,
-                             Z, A, dW, db)
-    E = layers.backprop(X, Y, scratch)
+    E, dW, db = engine.backprop_arrays(payload.weights, payload.biases, payload.activations,
+                                       X, Y)
     sums = [np.multiply(g, m, dtype=np.float64) for g in dW + db]
     return (m, 2.0 * m * float(E), sums, 0)
 
@@ -128,7 +120,7 @@ def add(*parts):
 def local_round(payload, seed, *blocks):
     """One round of local SGD on a private copy of the network, over ``blocks``.
 
-    The compiled epoch loop (``_kernels.Trainer.epoch``, what :meth:`bpfast.Network.fit`
+    The compiled epoch loop (:class:`bpfast.engine.Trainer`, what :meth:`bpfast.Network.fit`
     runs) goes ``local_epochs`` times over the blocks, the blocks in a fresh random order
     and the rows of each in a fresh random order every epoch when ``shuffle`` is set
     (batches never straddle two blocks). The optimizer state starts from the payload's.
@@ -140,13 +132,12 @@ def local_round(payload, seed, *blocks):
     cfg = payload.config
     weights = [w.copy() for w in payload.weights]
     biases = [b.copy() for b in payload.biases]
-    loss_code, _ = LOSSES[cfg["loss"]]
-    opt_code, velocity, nesterov = OPTIMIZERS[cfg["optimizer"]]
     rows = [blk[0].shape[0] for blk in blocks]
     n = sum(rows)
-    trainer = _kernels.Trainer(weights, biases, payload.codes, weights[0].shape[1],
-                               min(cfg["batch_size"], max(rows)), loss_code, opt_code,
-                               velocity)
+    trainer = engine.Trainer(weights, biases, payload.activations,
+                             min(cfg["batch_size"], max(rows)), cfg["loss"], cfg["optimizer"])
+    step = engine.Step(cfg["learning_rate"], cfg["momentum"], cfg["beta1"], cfg["beta2"],
+                       cfg["epsilon"], cfg["l2"])
     for mine, given in zip(trainer.state, payload.state):
         mine[...] = given
     rng = np.random.default_rng(seed)
@@ -158,10 +149,7 @@ def local_round(payload, seed, *blocks):
         for k in order:
             X, Y = (_aligned(a) for a in blocks[k])
             perm = rng.permutation(X.shape[0]).astype(np.intp) if cfg["shuffle"] else None
-            part, t, bad = trainer.epoch(
-                X, Y, None, perm, cfg["learning_rate"], cfg["momentum"], nesterov,
-                cfg["beta1"], cfg["beta2"], cfg["epsilon"], cfg["l2"], 1.0, t,
-            )
+            part, t, bad = trainer.epoch(X, Y, None, perm, step, t)
             if bad >= 0:
                 raise DivergenceError(
                     f"local SGD: the loss became NaN or infinite in round {cfg['round'] + 1}, "

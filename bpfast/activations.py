@@ -72,12 +72,17 @@ def resolve_activations(activations: str | Sequence[str], n_layers: int) -> tupl
     return resolved
 
 
-def activation_codes(names: Sequence[str]) -> np.ndarray:
-    """Integer codes of activation names, as the compiled kernels expect them.
+def canonical_names(names: Sequence[str]) -> tuple[str, ...]:
+    """The canonical name of every entry of ``names``.
 
     ``names`` are usually a network's canonical names, but a user may have replaced
     ``net.activations``: an alias is accepted, an unknown name raises ``ValueError``
     naming ``activations[i]`` and the valid names.
     """
-    return np.array([ACTIVATION_CODES[_canonical(n, f"activations[{i}]")]
-                     for i, n in enumerate(names)], dtype=np.intc)
+    return tuple(_canonical(n, f"activations[{i}]") for i, n in enumerate(names))
+
+
+def activation_codes(names: Sequence[str]) -> np.ndarray:
+    """Integer codes of activation names, as the compiled kernels expect them (names
+    checked as by :func:`canonical_names`)."""
+    return np.array([ACTIVATION_CODES[n] for n in canonical_names(names)], dtype=np.intc)

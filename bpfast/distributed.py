@@ -54,7 +54,7 @@ except ImportError as err:  # pragma: no cover - only without the extra
 from . import _distributed_tasks as tasks
 from ._typing import Activations, Gradient, Params
 from ._validation import check_parameters, check_positive_int
-from .activations import activation_codes, resolve_activations
+from .activations import canonical_names, resolve_activations
 from .network import Network
 from .registry import LOSSES, OPTIMIZERS
 from .training import (DivergenceError, History, _choice,
@@ -334,9 +334,9 @@ def _backend(client, X, Y):
     return _Local(X, Y) if client is None else _Cluster(client, X, Y)
 
 
-def _gradient(backend, weights, biases, codes, l2=0.0):
+def _gradient(backend, weights, biases, activations, l2=0.0):
     """``(E, dW, db)`` over all rows, in the parameters' dtype."""
-    payload = tasks.Payload(weights, biases, codes)
+    payload = tasks.Payload(weights, biases, activations)
     m, sq, sums, _ = backend.gradient_sums(payload)
     L = len(weights)
     E = sq / (2.0 * m)
@@ -386,7 +386,7 @@ def backprop(weights: Params, biases: Params, activations: Activations, X: "da.A
     client = _resolve_client(client)
     backend = _backend(client, X, Y)
     try:
-        E, dW, db, _ = _gradient(backend, weights, biases, activation_codes(names))
+        E, dW, db, _ = _gradient(backend, weights, biases, names)
     finally:
         backend.close()
     return E, dW, db
@@ -536,15 +536,15 @@ def fit(net: Network, X: "da.Array", Y: "da.Array", client: Any = None, *,
     backend = _backend(client, X, Y)
     history = DistributedHistory(method=method, chunks=len(backend.rows),
                                  workers=backend.n_workers)
-    codes = activation_codes(net.activations)
+    names = canonical_names(net.activations)
     try:
         if method == "gd":
-            _fit_gd(net, backend, codes, history, epochs, learning_rate, l2, callback)
+            _fit_gd(net, backend, names, history, epochs, learning_rate, l2, callback)
         elif method == "lbfgs":
-            _fit_lbfgs(net, backend, codes, history, maxiter, tol, l2, callback)
+            _fit_lbfgs(net, backend, names, history, maxiter, tol, l2, callback)
         else:
             # local SGD's checks above replaced a None seed by fresh entropy
-            _fit_local_sgd(net, backend, codes, history, rounds, config,
+            _fit_local_sgd(net, backend, names, history, rounds, config,
                            int(seed), callback)  # type: ignore[arg-type]
     finally:
         backend.close()
@@ -556,12 +556,12 @@ def _finite(E, arrays):
     return math.isfinite(E) and all(np.isfinite(a).all() for a in arrays)
 
 
-def _fit_gd(net, backend, codes, history, epochs, learning_rate, l2, callback):
+def _fit_gd(net, backend, activations, history, epochs, learning_rate, l2, callback):
     params = net.weights + net.biases
     saved = None
     for step in range(epochs):
         started = time.perf_counter()
-        E, dW, db, nbytes = _gradient(backend, net.weights, net.biases, codes, l2)
+        E, dW, db, nbytes = _gradient(backend, net.weights, net.biases, activations, l2)
         history.evaluations += 1
         history.bytes_per_worker = nbytes
         if not _finite(E, dW + db):
@@ -601,7 +601,7 @@ def _unpack_into(x, arrays):
         k += a.size
 
 
-def _fit_lbfgs(net, backend, codes, history, maxiter, tol, l2, callback):
+def _fit_lbfgs(net, backend, activations, history, maxiter, tol, l2, callback):
     from scipy.optimize import minimize
 
     shapes = [(w.shape, b.shape) for w, b in zip(net.weights, net.biases)]
@@ -614,7 +614,7 @@ def _fit_lbfgs(net, backend, codes, history, maxiter, tol, l2, callback):
             k += n
             biases.append(np.ascontiguousarray(x[k:k + bs[0]], dtype=net.dtype))
             k += bs[0]
-        E, dW, db, nbytes = _gradient(backend, weights, biases, codes, l2)
+        E, dW, db, nbytes = _gradient(backend, weights, biases, activations, l2)
         history.evaluations += 1
         history.bytes_per_worker = nbytes
         grad = np.empty_like(x)
@@ -646,17 +646,16 @@ def _fit_lbfgs(net, backend, codes, history, maxiter, tol, l2, callback):
     history.result = result
 
 
-def _fit_local_sgd(net, backend, codes, history, rounds, config, seed, callback):
+def _fit_local_sgd(net, backend, activations, history, rounds, config, seed, callback):
     L = net.n_layers
     params = net.weights + net.biases
-    opt_code, velocity, _ = OPTIMIZERS[config["optimizer"]]
-    n_state = 2 if config["optimizer"] == "adam" else (1 if velocity else 0)
+    n_state = 2 if config["optimizer"] == "adam" else int(OPTIMIZERS[config["optimizer"]].velocity)
     state = [np.zeros_like(p) for _ in range(n_state) for p in params]
     steps = 0
     groups = backend.groups()
     for r in range(rounds):
         started = time.perf_counter()
-        payload = tasks.Payload(net.weights, net.biases, codes, state, steps,
+        payload = tasks.Payload(net.weights, net.biases, activations, state, steps,
                                 dict(config, round=r))
         seeds = [[seed, r, g] for g in range(len(groups))]
         n, loss_sum, sums, steps_sum = backend.round_sums(payload, seeds)

@@ -6,8 +6,8 @@
 Both classes subclass scikit-learn's own estimators (``sklearn.neural_network``) and
 replace only the two training loops:
 
-* ``solver="sgd"`` / ``"adam"``: every epoch is one call of the compiled
-  ``_kernels.Trainer.epoch`` (all batches: forward, back-propagation, L2 penalty and the
+* ``solver="sgd"`` / ``"adam"``: every epoch is one call of the engine's
+  ``Trainer.epoch`` (:class:`bpfast.engine.Trainer`; all batches in compiled code: forward, back-propagation, L2 penalty and the
   optimizer step, without the GIL). Python runs once per epoch what scikit-learn runs once
   per epoch: the shuffle (the same ``sklearn.utils.shuffle`` calls on the same random
   state, passed to the kernel as the row ``order``), the learning-rate schedule
@@ -96,13 +96,11 @@ except ImportError:  # scikit-learn 1.7 passes L-BFGS-B's iprint whatever SciPy'
     def _get_additional_lbfgs_options_dict(key, value):
         return {key: value}
 
-from . import _kernels
+from . import engine
 from ._shuffle import shuffle_like_random_state
-from .registry import ACTIVATION_CODES, LOSSES, OPTIMIZERS, SKLEARN_ACTIVATIONS, SKLEARN_LOSSES
+from .registry import SKLEARN_ACTIVATIONS, SKLEARN_LOSSES
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
-
-_SGD, _ADAM = OPTIMIZERS["sgd"].code, OPTIMIZERS["adam"].code
 
 
 def _dense(X, dtype):
@@ -197,7 +195,7 @@ class _CompiledTraining:
     # -- what the kernels are told ------------------------------------------------------
 
     def _kernel_spec(self, y):
-        """(activation codes, kernel loss code, loss scale), or None when scikit-learn's
+        """(activation names, bpfast loss, loss scale), or None when scikit-learn's
         code trains: the output layer and the loss do not pair canonically, or the targets
         are not numbers (scikit-learn then fails with its own error)."""
         if y.dtype.kind not in "biuf":
@@ -207,12 +205,11 @@ class _CompiledTraining:
         ours = SKLEARN_LOSSES.get((loss, self.out_activation_))
         if ours is None:
             return None
-        hidden = ACTIVATION_CODES[SKLEARN_ACTIVATIONS[self.activation]]
-        output = ACTIVATION_CODES[SKLEARN_ACTIVATIONS[self.out_activation_]]
-        codes = np.array([hidden] * (self.n_layers_ - 2) + [output], dtype=np.intc)
+        names = ([SKLEARN_ACTIVATIONS[self.activation]] * (self.n_layers_ - 2)
+                 + [SKLEARN_ACTIVATIONS[self.out_activation_]])
         # scikit-learn's squared error averages over the outputs; its gradient does not
         scale = 1.0 / n_outputs if ours == "mse" else 1.0
-        return codes, LOSSES[ours].code, scale
+        return names, ours, scale
 
     def _network_fits(self, layer_units):
         """Whether the stored parameters have the shapes ``layer_units`` asks for.
@@ -243,7 +240,7 @@ class _CompiledTraining:
                 X, y, sample_weight, activations, deltas, coef_grads, intercept_grads,
                 layer_units, incremental,
             )
-        codes, loss_code, loss_scale = spec
+        names, loss, loss_scale = spec
         params = self.coefs_ + self.intercepts_
         if not incremental or not hasattr(self, "_optimizer"):
             # scikit-learn's optimizer objects keep the learning-rate schedule and, between
@@ -309,11 +306,8 @@ class _CompiledTraining:
         original_coefs, original_intercepts = self.coefs_, self.intercepts_
         W = [np.array(c, dtype=dtype, order="F").T for c in original_coefs]
         b = [np.array(v, dtype=dtype) for v in original_intercepts]
-        is_adam = isinstance(optimizer, AdamOptimizer)
-        # without momentum the velocities never enter an update: plain SGD in the kernel
-        velocity = not is_adam and optimizer.momentum != 0
-        trainer = _kernels.Trainer(W, b, codes, Xk.shape[1], batch_size, loss_code,
-                                   _ADAM if is_adam else _SGD, velocity)
+        trainer = engine.Trainer(W, b, names, batch_size, loss, _optimizer_name(optimizer),
+                                 Xk.shape[1])
         self._load_optimizer_state(optimizer, trainer.state, len(W))
         # during training coefs_ are views of the kernel's weights: validation scores
         # (early stopping) and the NumPy fallback see the current parameters
@@ -439,11 +433,10 @@ class _CompiledTraining:
     def _kernel_epoch(self, trainer, optimizer, X, Y, w, order, loss_scale):
         """``trainer.epoch`` with the optimizer's current settings; (loss sum, bad batch)."""
         if isinstance(optimizer, AdamOptimizer):
-            loss_sum, optimizer.t, bad = trainer.epoch(
-                X, Y, w, order, optimizer.learning_rate_init, 0.0, False,
-                optimizer.beta_1, optimizer.beta_2, optimizer.epsilon, self.alpha,
-                loss_scale, optimizer.t,
-            )
+            step = engine.Step(optimizer.learning_rate_init, beta1=optimizer.beta_1,
+                               beta2=optimizer.beta_2, epsilon=optimizer.epsilon,
+                               l2=self.alpha, loss_scale=loss_scale)
+            loss_sum, optimizer.t, bad = trainer.epoch(X, Y, w, order, step, optimizer.t)
             if optimizer.t > 0:  # what AdamOptimizer leaves after its last step
                 optimizer.learning_rate = (
                     optimizer.learning_rate_init
@@ -451,10 +444,9 @@ class _CompiledTraining:
                     / (1 - optimizer.beta_1**optimizer.t)
                 )
         else:
-            loss_sum, _, bad = trainer.epoch(
-                X, Y, w, order, optimizer.learning_rate, optimizer.momentum,
-                optimizer.nesterov, 0.9, 0.999, 1e-8, self.alpha, loss_scale, 0,
-            )
+            step = engine.Step(optimizer.learning_rate, optimizer.momentum, l2=self.alpha,
+                               loss_scale=loss_scale)
+            loss_sum, _, bad = trainer.epoch(X, Y, w, order, step)
         return loss_sum, bad
 
     def _numpy_step(self, trainer, optimizer, W, b, X, Y, w):
@@ -527,7 +519,7 @@ class _CompiledTraining:
                 X, y, sample_weight, activations, deltas, coef_grads, intercept_grads,
                 layer_units,
             )
-        codes, loss_code, loss_scale = spec
+        names, loss, loss_scale = spec
 
         # scikit-learn's packing: all coefs_ (n_in, n_out) raveled, then all intercepts_
         self._coef_indptr = []
@@ -551,8 +543,7 @@ class _CompiledTraining:
         wk = None if sample_weight is None else np.ascontiguousarray(sample_weight, dtype)
         W = [np.empty(shape[::-1], dtype) for _, _, shape in self._coef_indptr]
         b = [np.empty(e - s, dtype) for s, e in self._intercept_indptr]
-        trainer = _kernels.Trainer(W, b, codes, Xk.shape[1], Xk.shape[0], loss_code,
-                                   _SGD, False)
+        trainer = engine.Trainer(W, b, names, Xk.shape[0], loss, "sgd", Xk.shape[1])
         dW, db = trainer.gradients
         alpha = float(self.alpha)
 
@@ -585,6 +576,16 @@ class _CompiledTraining:
         self.n_iter_ = _check_optimize_result("lbfgs", opt_res, self.max_iter)
         self.loss_ = opt_res.fun
         self._unpack(opt_res.x)
+
+
+def _optimizer_name(optimizer):
+    """bpfast's name for the steps of scikit-learn's optimizer object. Without momentum
+    the velocities never enter an update: plain SGD."""
+    if isinstance(optimizer, AdamOptimizer):
+        return "adam"
+    if optimizer.momentum == 0:
+        return "sgd"
+    return "nesterov" if optimizer.nesterov else "momentum"
 
 
 def _write_back(original, trained):

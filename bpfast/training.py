@@ -1,7 +1,7 @@
 """``Network.fit``: the Python side of training (checks, history, stopping, progress).
 
-Each epoch is one call into the compiled ``_kernels.Trainer.epoch``, which runs every
-batch (forward, backward, optimizer step) without the GIL and without allocating.
+Each epoch is one call of the engine's :class:`bpfast.engine.Trainer` (``epoch``), which
+runs every batch in compiled code (forward, backward, optimizer step) without the GIL and without allocating.
 Python is entered once per epoch: for the history, validation, early stopping, the
 callback and the progress bar.
 """
@@ -14,14 +14,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _kernels, _targets, engine
+from . import _targets, engine
 from ._losses import loss_value
 from ._validation import (as_kernel_array, check_data, check_finite, check_positive_int,
                           refuse_masked)
-from .activations import activation_codes
 from .callbacks import Callback, FitState
 from .metrics import check_metrics, evaluate
-from .registry import LOSSES, OPTIMIZERS  # noqa: F401  (also read as training.LOSSES)
+from .registry import LOSSES, OPTIMIZERS
 from .schedules import checked_rate, resolve
 
 class DivergenceError(FloatingPointError):
@@ -92,7 +91,7 @@ def _choice(value, options, name):
     return value
 
 
-#: A fit keeps its trainer (buffers and optimizer state, see ``_kernels.Trainer``) for
+#: A fit keeps its trainer (buffers and optimizer state, see ``engine.Trainer``) for
 #: the network's next fit when the trainer's own buffers take at most this many bytes:
 #: building one costs a few per cent of a small network's epoch, and a mid-sized one's
 #: buffers cost as much again in page faults when first written. A large network's
@@ -105,22 +104,20 @@ _TRAINERS = weakref.WeakKeyDictionary()
 _TRAINERS_LOCK = threading.Lock()
 
 
-def _trainer_for(net, batch_size, loss_code, opt_code, velocity):
+def _trainer_for(net, batch_size, loss, optimizer):
     """A trainer as new for ``net``: the one its last fit kept, when it serves these
-    arguments (:meth:`_kernels.Trainer.reusable`; then reset), else a new one. A kept
+    arguments (:meth:`engine.Trainer.reuse`, which resets it), else a new one. A kept
     trainer is taken out of the cache while in use, so two fits never share one."""
-    codes = activation_codes(net.activations)
-    args = (net.weights, net.biases, codes, net.sizes[0], batch_size, loss_code, opt_code,
-            velocity)
+    args = (net.weights, net.biases, net.activations, batch_size, loss, optimizer,
+            net.sizes[0])
     try:
         with _TRAINERS_LOCK:
             trainer = _TRAINERS.pop(net, None)
     except TypeError:  # a Network subclass that cannot be a weak dictionary key
         trainer = None
-    if trainer is not None and trainer.reusable(*args):
-        trainer.reset()
+    if trainer is not None and trainer.reuse(*args):
         return trainer
-    return _kernels.Trainer(*args)
+    return engine.Trainer(*args)
 
 
 def _keep_trainer(net, trainer):
@@ -181,7 +178,7 @@ def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="
         raise ValueError(f"tol: expected a non-negative number, got {tol!r}")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback: expected a callable, got {type(callback).__name__}")
-    loss_code, needs = LOSSES[loss]
+    needs = LOSSES[loss].output
     if needs is not None and net.activations[-1] != needs:
         raise ValueError(
             f"loss: {loss!r} needs a {needs} output layer, but the network's last activation "
@@ -205,11 +202,11 @@ def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="
     # finiteness comes from the same compiled pass as the overflow guard's bounds
     # (max |X|, max |Y|: inf when a value is not finite), one read of the data, not two
     X = check_data(X, "X", net.sizes[0], net.dtype, "n^0 = sizes[0]", finite=False)
-    x_top = _kernels.magnitude_bound(X)
+    x_top = engine.magnitude_bound(X)
     if not x_top < math.inf:
         check_finite(X, "X")
     Y = check_data(Y, "Y", net.sizes[-1], net.dtype, "n^L = sizes[-1]", finite=False)
-    y_top = _kernels.magnitude_bound(Y)
+    y_top = engine.magnitude_bound(Y)
     if not y_top < math.inf:
         check_finite(Y, "Y")
     if Y.shape[0] != X.shape[0]:
@@ -246,12 +243,11 @@ def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="
         if Xv.shape[0] != Yv.shape[0]:
             raise ValueError("validation_data: X_val and Y_val have different row counts")
 
-    opt_code, velocity, nesterov = OPTIMIZERS[optimizer]
     # the kernel itself never leaves a parameter that is not finite (its overflow
     # guard), so no copy of the parameters is kept to roll back to
-    trainer = _trainer_for(net, min(batch_size, X.shape[0]), loss_code, opt_code, velocity)
+    trainer = _trainer_for(net, min(batch_size, X.shape[0]), loss, optimizer)
     # the guard's bounds on the data, once for all epochs (the data do not change)
-    w_top = 1.0 if sample_weight is None else _kernels.magnitude_bound(sample_weight)
+    w_top = 1.0 if sample_weight is None else engine.magnitude_bound(sample_weight)
     data_bound = (x_top, y_top, w_top)
     rng = np.random.default_rng(seed) if shuffle else None
     history = History()
@@ -267,11 +263,9 @@ def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="
             started = time.perf_counter()
             learning_rate = checked_rate(schedule, epoch, initial_rate, epochs) * state.lr_scale
             order = rng.permutation(X.shape[0]).astype(np.intp) if shuffle else None
-            loss_sum, t, bad = trainer.epoch(
-                X, Y, sample_weight, order, learning_rate, momentum, nesterov,
-                beta1, beta2, epsilon, float(l2), 1.0, t, True, data_bound,
-                skip_weightless=True,
-            )
+            step = engine.Step(learning_rate, momentum, beta1, beta2, epsilon, float(l2))
+            loss_sum, t, bad = trainer.epoch(X, Y, sample_weight, order, step, t, guard=True,
+                                             data_bound=data_bound, skip_weightless=True)
             if bad >= 0:
                 what = ("its update would overflow the parameters" if trainer.overflowed
                         else "its outputs or its loss became NaN or infinite")

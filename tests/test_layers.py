@@ -58,3 +58,15 @@ def test_the_reference_does_not_import_the_compiled_core():
             imported = _imported(name, path)
             assert not {m for m in imported if m.startswith(("bpfast._kernels",
                                                              "bpfast._shuffle"))}, name
+
+
+#: The engine layer: the only modules that talk to the compiled core. The package's
+#: ``__init__`` imports it to fail early with a clear message; ``_blas_backend`` hands it
+#: the BLAS's function pointers.
+ENGINE_LAYER = {"bpfast", "bpfast.engine", "bpfast._blas_backend"}
+
+
+def test_only_the_engine_layer_imports_the_compiled_core():
+    importers = _importers("bpfast._kernels")
+    assert importers <= ENGINE_LAYER, sorted(importers - ENGINE_LAYER)
+    assert "bpfast.engine" in importers
