@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import bpfast
-from bpfast import _kernels
+from bpfast.engine import tuning
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name != "posix",
                                 reason="POSIX signals")
@@ -84,9 +84,8 @@ def test_cli_exits_130_on_sigint(tmp_path):
 
 @pytest.fixture
 def check_every_batch():
-    old = _kernels.set_signal_check(1, 0.0)
-    yield
-    _kernels.set_signal_check(*old)
+    with tuning(signal_work=1, signal_interval=0.0):
+        yield
 
 
 def _params(net):
@@ -129,13 +128,13 @@ def test_interrupted_fit_keeps_last_batch_and_history(dtype, check_every_batch):
         pytest.fail("the parameters are not those after any batch of the epoch")
 
 
-def test_signal_check_setter_checks_its_arguments():
-    with pytest.raises(ValueError, match="work: expected a positive number"):
-        _kernels.set_signal_check(0, 0.05)
-    with pytest.raises(ValueError, match="interval: expected a non-negative number"):
-        _kernels.set_signal_check(1, -1.0)
-    old = _kernels.set_signal_check(1, 0.0)
-    assert _kernels.set_signal_check(*old) == (1, 0.0)
+def test_signal_check_switches_check_their_values():
+    with pytest.raises(ValueError, match="signal_work: expected an integer of at least 1"):
+        with tuning(signal_work=0, signal_interval=0.05):
+            pass
+    with pytest.raises(ValueError, match="signal_interval: expected a finite, non-negative"):
+        with tuning(signal_work=1, signal_interval=-1.0):
+            pass
 
 
 def test_fit_in_another_thread_is_left_running():
@@ -147,14 +146,11 @@ def test_fit_in_another_thread_is_left_running():
     done = []
     worker = threading.Thread(
         target=lambda: done.append(net.fit(X, Y, epochs=300, batch_size=32)))
-    old = _kernels.set_signal_check(1, 0.0)
-    try:
+    with tuning(signal_work=1, signal_interval=0.0):
         worker.start()
         time.sleep(0.1)
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(5)
         worker.join()
-    finally:
-        _kernels.set_signal_check(*old)
     assert done and done[0].epochs == 300

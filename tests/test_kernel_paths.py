@@ -5,6 +5,7 @@ import pytest
 
 import bpfast
 from bpfast import _blas_backend, _kernels, reference
+from bpfast.engine import tuning
 
 from bpfast.activations import activation_codes
 from conftest import assert_close, make_data, make_params, rtol_for
@@ -17,15 +18,12 @@ ACTS = ["tanh", "relu", "leaky_relu", "sigmoid", "silu"]
 def gemm_path(request):
     """Every product through the plain loops, or through each BLAS backend."""
     before = bpfast.blas_info()["backend"]
-    if request.param == "loops":
-        old = _kernels.set_small_gemm_limit(10**15)
-    else:
-        old = _kernels.set_small_gemm_limit(0)
-        backend = request.param.split("-")[0]
-        if _blas_backend.use(backend) != backend:
-            pytest.skip(f"{backend}'s BLAS cannot be found here")
-    yield request.param
-    _kernels.set_small_gemm_limit(old)
+    with tuning(small_gemm_limit=10**15 if request.param == "loops" else 0):
+        if request.param != "loops":
+            backend = request.param.split("-")[0]
+            if _blas_backend.use(backend) != backend:
+                pytest.skip(f"{backend}'s BLAS cannot be found here")
+        yield request.param
     _blas_backend.use(before)
 
 
@@ -47,9 +45,8 @@ def test_backprop_on_each_gemm_path(gemm_path, sizes, m, dtype):
 @pytest.fixture(params=["transposed", "plain"])
 def first_layer(request):
     """The trainer's first layer kept transposed during epochs (small layers) or not."""
-    old = _kernels.set_first_transpose_limit(2**62 if request.param == "transposed" else 0)
-    yield request.param
-    _kernels.set_first_transpose_limit(old)
+    with tuning(first_transpose_limit=2**62 if request.param == "transposed" else 0):
+        yield request.param
 
 
 @pytest.fixture(params=["fused", "separate"])
@@ -58,9 +55,8 @@ def update_route(request):
     layer, or the weight gradient into dW and then the update pass."""
     if request.param == "fused" and not _kernels.fused_update_available():
         pytest.skip("the fused gradient-and-update kernel needs AVX-512")
-    old = _kernels.set_fused_update_limit(2**62 if request.param == "fused" else 0)
-    yield request.param
-    _kernels.set_fused_update_limit(old)
+    with tuning(fused_update_limit=2**62 if request.param == "fused" else 0):
+        yield request.param
 
 
 def _fit_matches_reference(sizes, acts, dtype, optimizer, batch_size, epochs, rows,
@@ -107,28 +103,24 @@ def test_fit_on_each_gemm_path(gemm_path, first_layer, update_route, optimizer, 
 def test_gradient_blocks_give_the_same_steps(first_layer, optimizer, block, l2, dtype):
     """Large layers' momentum and Adam steps take the gradient a block of rows at a time
     (one row, a few, ragged last blocks, or whole): the same fit as the reference's."""
-    old_limit = _kernels.set_fused_update_limit(0)  # every layer through the blocks
-    old_block = _kernels.set_gradient_block(block)
-    try:
+    # every layer through the blocks
+    with tuning(fused_update_limit=0, gradient_block=block):
         _fit_matches_reference((9, 17, 5, 3), ["relu", "tanh", "sigmoid"], dtype,
                                optimizer, 8, epochs=2, rows=23, seed=5, l2=l2)
-    finally:
-        _kernels.set_fused_update_limit(old_limit)
-        _kernels.set_gradient_block(old_block)
 
 
 def test_gradient_block_must_be_positive():
-    with pytest.raises(ValueError, match="entries"):
-        _kernels.set_gradient_block(0)
+    with pytest.raises(ValueError, match="gradient_block"):
+        with tuning(gradient_block=0):
+            pass
 
 
 @pytest.fixture(params=["direct", "gathered"])
 def batch_rows(request):
     """A small transposed first layer's products read the batch's rows where they sit,
     or a gathered copy of them."""
-    old = _kernels.set_direct_rows(request.param == "direct")
-    yield request.param
-    _kernels.set_direct_rows(old)
+    with tuning(direct_rows=request.param == "direct"):
+        yield request.param
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -260,20 +252,20 @@ def test_BPFAST_BLAS_environment_variable(tmp_path, choice, expected):
 
 
 def _switched_route(request, fast, available, switch, why):
-    """Yield request.param with the route ``fast`` switched on when that is the param
-    (skipped where ``available()`` is false), off otherwise; restored afterwards."""
+    """Yield request.param with the route ``fast`` (the tuning switch ``switch``) on when
+    that is the param (skipped where ``available()`` is false), off otherwise; restored
+    afterwards."""
     if request.param == fast and not available():
         pytest.skip(why)
-    old = switch(request.param == fast)
-    yield request.param
-    switch(old)
+    with tuning(**{switch: request.param == fast}):
+        yield request.param
 
 
 @pytest.fixture(params=["avx512", "portable"])
 def vector_math(request):
     """exp, tanh, sigmoid and silu over arrays by _vmath_avx512.h or the portable loops."""
     yield from _switched_route(request, "avx512", _kernels.avx512_vector_math,
-                               _kernels.set_avx512_vector_math,
+                               "avx512_vector_math",
                                "the AVX-512 vector math needs AVX-512F")
 
 
@@ -326,8 +318,7 @@ def test_avx512_vector_math_matches_the_portable_loops(name, dtype, width):
     codes = bpfast.activations.activation_codes([name])
 
     def run(values, fast):
-        old = _kernels.set_avx512_vector_math(fast)
-        try:
+        with tuning(avx512_vector_math=fast):
             rows = []
             for X, b in ((values.reshape(-1, width), np.zeros(width, dt)),
                          (np.zeros((1, width), dt), specials)):
@@ -336,8 +327,6 @@ def test_avx512_vector_math_matches_the_portable_loops(name, dtype, width):
                                 Z, A).forward(X)
                 rows.append(A[0].ravel())
             return np.concatenate(rows)
-        finally:
-            _kernels.set_avx512_vector_math(old)
 
     fast, portable = run(z, True), run(z, False)
     tiny = np.finfo(dt).tiny
@@ -383,11 +372,8 @@ def test_smooth_passes_match_the_portable_loops(n, m, act, dtype):
     Y = rng.uniform(0, 1, (m, n)).astype(dt)
 
     def run(fast):
-        old = _kernels.set_avx512_vector_math(fast)
-        try:
+        with tuning(avx512_vector_math=fast):
             return bpfast.forward(W, b, acts, X), bpfast.backprop(W, b, acts, X, Y)
-        finally:
-            _kernels.set_avx512_vector_math(old)
 
     (A_fast, (E_fast, dW_fast, db_fast)), (A_port, (E_port, dW_port, db_port)) = (
         run(True), run(False))
@@ -624,8 +610,7 @@ def test_magnitude_bound_of_large_arrays_over_threads(dtype, threads):
     at either end of every part, and in an odd-sized tail."""
     itemsize = np.dtype(dtype).itemsize
     lanes = 64 // itemsize
-    old = _kernels.set_panel_gemm(True, threads)
-    try:
+    with tuning(panel_gemm=True, panel_threads=threads):
         for n in ((8 << 20) // itemsize, (8 << 20) // itemsize + 13):
             x = np.random.default_rng(n + threads).uniform(-1, 1, n).astype(dtype)
             x_before = x.copy()
@@ -644,8 +629,6 @@ def test_magnitude_bound_of_large_arrays_over_threads(dtype, threads):
         # below the size where the pool is used, and the same answer
         small = np.arange(-1000, 1000, dtype=dtype)
         assert _kernels.magnitude_bound(small) == 1000
-    finally:
-        _kernels.set_panel_gemm(*old)
 
 
 BLOCKED_CASES = [  # sizes, activations, rows: every one taken in blocks, most ragged
@@ -670,8 +653,7 @@ def test_full_batch_backprop_in_blocks(sizes, acts, m, threads, dtype):
     W, b = make_params(sizes, dtype, seed=m)
     X, Y = make_data(sizes, m, dtype, seed=threads)
     before = [a.copy() for a in W + b + [X, Y]]
-    old = _kernels.set_panel_gemm(True, threads)
-    try:
+    with tuning(panel_gemm=True, panel_threads=threads):
         block = _kernels.backprop_block_rows(list(sizes), m, np.dtype(dtype).itemsize)
         assert 32 <= block <= m // 2 and block % 8 == 0
         calls = _kernels.panel_gemm_calls()
@@ -679,8 +661,6 @@ def test_full_batch_backprop_in_blocks(sizes, acts, m, threads, dtype):
         assert _kernels.panel_gemm_calls() > calls
         # the same call again (the cached workspace) gives the same values, bit for bit
         E2, dW2, db2 = bpfast.backprop(W, b, acts, X, Y)
-    finally:
-        _kernels.set_panel_gemm(*old)
     E_ref, dW_ref, db_ref = reference.backprop(W, b, acts, X, Y)
     assert E == pytest.approx(E_ref, rel=rtol_for(dtype))
     for l in range(len(W)):
@@ -713,14 +693,11 @@ def test_forward_in_blocks(sizes, acts, m, threads, dtype):
     X, Y = make_data(sizes, m, dtype, seed=threads + 7)
     names = bpfast.activations.resolve_activations(acts, len(W))
     before = [a.copy() for a in W + b + [X, Y]]
-    old = _kernels.set_panel_gemm(True, threads)
-    try:
+    with tuning(panel_gemm=True, panel_threads=threads):
         calls = _kernels.panel_gemm_calls()
         A = engine._forward_checked(W, b, names, X, in_blocks=True)
         assert _kernels.panel_gemm_calls() > calls
         A2 = engine._forward_checked(W, b, names, X, in_blocks=True)
-    finally:
-        _kernels.set_panel_gemm(*old)
     assert A.shape == (m, sizes[-1]) and A.dtype == dtype and A.flags.c_contiguous
     assert_close(A, reference.forward(W, b, acts, X), dtype)
     assert_close(A, bpfast.forward(W, b, acts, X), dtype)  # one pass
@@ -742,8 +719,7 @@ def test_validation_loss_in_blocks(dtype):
     net = bpfast.Network([784, 128, 10], activations=["tanh", "sigmoid"], dtype=dtype,
                          seed=0)
     seen = []
-    old = _kernels.set_panel_gemm(True, 2)
-    try:
+    with tuning(panel_gemm=True, panel_threads=2):
         assert _kernels.backprop_block_rows([784, 128, 10], 450, np.dtype(dtype).itemsize)
         calls = _kernels.panel_gemm_calls()
         history = net.fit(X, Y, epochs=3, batch_size=64, learning_rate=0.05,
@@ -752,8 +728,6 @@ def test_validation_loss_in_blocks(dtype):
                               (h.val_loss[-1], training.evaluate_loss(n, Xv, Yv, "mse"),
                                reference.loss(n.weights, n.biases, n.activations, Xv, Yv))))
         assert _kernels.panel_gemm_calls() > calls
-    finally:
-        _kernels.set_panel_gemm(*old)
     assert len(history.val_loss) == 3
     for blocked, one_pass, ref in seen:
         assert blocked == pytest.approx(one_pass, rel=rtol_for(dtype))
@@ -777,8 +751,7 @@ def test_backprop_block_rows_choice():
     OpenBLAS thread, with the first layer's product above the panel's threshold, and at
     least two blocks."""
     f64 = 8
-    old = _kernels.set_panel_gemm(True, 2)  # whatever BLAS this process found
-    try:
+    with tuning(panel_gemm=True, panel_threads=2):  # whatever BLAS this process found
         assert _kernels.backprop_block_rows([784, 128, 10], 10000, f64) == 200  # 200x128x10
         assert _kernels.backprop_block_rows([784, 128, 10], 399, f64) == 192  # two blocks
         assert _kernels.backprop_block_rows([784, 128, 10], 100, f64) == 48
@@ -787,10 +760,8 @@ def test_backprop_block_rows_choice():
         assert _kernels.backprop_block_rows([8, 8, 8], 10000, f64) == 0  # too small
         assert _kernels.backprop_block_rows([784, 128, 1024, 10], 10000, f64) == 0
         assert _kernels.backprop_block_rows([10], 10000, f64) == 0
-        _kernels.set_panel_gemm(False)
-        assert _kernels.backprop_block_rows([784, 128, 10], 10000, f64) == 0
-    finally:
-        _kernels.set_panel_gemm(*old)
+        with tuning(panel_gemm=False, panel_threads=0):
+            assert _kernels.backprop_block_rows([784, 128, 10], 10000, f64) == 0
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -869,7 +840,7 @@ def test_guard_proves_ordinary_steps_safe(optimizer, dtype):
 def one_row_products(request):
     """Products of one-row batches through _vector_products.h or the general routes."""
     yield from _switched_route(request, "vector", _kernels.vector_products_available,
-                               _kernels.set_vector_products,
+                               "vector_products",
                                "the one-row vector products need AVX-512")
 
 
@@ -922,9 +893,8 @@ def panel_products(request):
     count) or through BLAS."""
     if request.param == "panel" and not _kernels.panel_gemm_available():
         pytest.skip("the panel kernel needs AVX-512")
-    old = _kernels.set_panel_gemm(request.param == "panel", 2)
-    yield request.param
-    _kernels.set_panel_gemm(*old)
+    with tuning(panel_gemm=request.param == "panel", panel_threads=2):
+        yield request.param
 
 
 def _panel_threads(threads):
@@ -935,11 +905,8 @@ def _panel_threads(threads):
     def switched():
         if not _kernels.panel_gemm_available():
             pytest.skip("the panel kernel needs AVX-512")
-        old = _kernels.set_panel_gemm(True, threads)
-        try:
+        with tuning(panel_gemm=True, panel_threads=threads):
             yield
-        finally:
-            _kernels.set_panel_gemm(*old)
     return switched()
 
 
@@ -1154,23 +1121,22 @@ def test_panel_threads_follow_the_blas_limits():
     threadpoolctl = pytest.importorskip("threadpoolctl")
     if bpfast.blas_info()["backend"] != "numpy":
         pytest.skip("needs NumPy's OpenBLAS")
-    old = _kernels.set_panel_gemm(True, 0)
-    try:
+    with tuning(panel_gemm=True, panel_threads=0):
         with threadpoolctl.threadpool_limits(1):
             assert _kernels.panel_gemm_threads() == 1
         with threadpoolctl.threadpool_limits(2):
             assert _kernels.panel_gemm_threads() == 2
-    finally:
-        _kernels.set_panel_gemm(*old)
-    with pytest.raises(ValueError, match="threads"):
-        _kernels.set_panel_gemm(True, -1)
+    with pytest.raises(ValueError, match="panel_threads"):
+        with tuning(panel_gemm=True, panel_threads=-1):
+            pass
 
 
 _FORK_SCRIPT = """
 import os, sys
 import numpy as np
 from bpfast import _kernels
-_kernels.set_panel_gemm(True, 2)
+from bpfast.engine import tuning
+tuning(panel_gemm=True, panel_threads=2).__enter__()  # for the rest of this process
 rng = np.random.default_rng(2)
 A, B = rng.standard_normal((64, 300)), rng.standard_normal((300, 130))
 def product():
