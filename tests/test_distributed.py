@@ -125,7 +125,8 @@ def test_backprop_runs_on_the_current_client(module_client):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_backprop_without_a_client_uses_dasks_default_scheduler(dtype):
-    assert bd._resolve_client(None) is None
+    from bpfast.integrations.dask import _resolve_client
+    assert _resolve_client(None) is None
     weights, biases = make_params(SIZES, dtype=dtype, seed=6)
     X, Y = make_data(SIZES, 90, dtype=dtype, seed=7)
     dX, dY = dask_pair(X, Y, (40, 11, 39))

@@ -17,6 +17,7 @@ from sklearn import neural_network as skn  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 
 from bpfast import sklearn as bps  # noqa: E402
+from bpfast.integrations import sklearn as bps_impl  # noqa: E402  (its private chunking)
 
 N, D = 67, 9  # 67 rows: the last batch of 8 is partial
 
@@ -56,7 +57,7 @@ CHUNKS = {"one-batch": 1, "three-batches": 3 * 8 * D, "whole": 2**30}
 @pytest.mark.parametrize("solver", ["sgd", "adam"])
 @pytest.mark.parametrize("kind", ["classifier", "regressor"])
 def test_sparse_equals_dense(kind, solver, dtype, shuffle, chunk, monkeypatch):
-    monkeypatch.setattr(bps, "_CHUNK_BYTES", CHUNKS[chunk] * np.dtype(dtype).itemsize)
+    monkeypatch.setattr(bps_impl, "_CHUNK_BYTES", CHUNKS[chunk] * np.dtype(dtype).itemsize)
     X, y = _sparse_data(kind, dtype)
     params = dict(solver=solver, shuffle=shuffle, alpha=0.01)
     dense = _fitted(bps, kind, X, y, **params)
@@ -70,7 +71,7 @@ def test_sparse_equals_dense(kind, solver, dtype, shuffle, chunk, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_sparse_with_sample_weight_and_early_stopping(dtype, monkeypatch):
-    monkeypatch.setattr(bps, "_CHUNK_BYTES", 2 * 8 * D * np.dtype(dtype).itemsize)
+    monkeypatch.setattr(bps_impl, "_CHUNK_BYTES", 2 * 8 * D * np.dtype(dtype).itemsize)
     X, y = _sparse_data("classifier", dtype, seed=1)
     w = np.random.default_rng(2).uniform(0.2, 2.0, size=N)
     params = dict(solver="adam", early_stopping=True, validation_fraction=0.2,
@@ -90,7 +91,7 @@ def test_sparse_partial_fit_and_buffer_left_clean():
         dense.partial_fit(X, y)
         sparse.partial_fit(sp.csr_matrix(X), y)
     _assert_same_parameters(sparse, dense, rtol=1e-12)
-    rows = bps._SparseRows(sp.csr_matrix(X), np.float64, batch_size=8)
+    rows = bps_impl._SparseRows(sp.csr_matrix(X), np.float64, batch_size=8)
     order = np.random.default_rng(0).permutation(N)
     for _ in range(2):  # the buffer is all zeros again after each chunk
         for index, dense_rows in rows.chunks(order):

@@ -8,8 +8,8 @@ divides by the total number of rows once.
 """
 import numpy as np
 
-from . import engine
-from .training import DivergenceError
+from .. import engine
+from ..training import DivergenceError
 
 __all__ = ["Payload", "make_block", "chunk_gradient", "local_round", "identity", "add"]
 
