@@ -60,10 +60,12 @@ def test_the_reference_does_not_import_the_compiled_core():
                                                              "bpfast._shuffle"))}, name
 
 
-#: The engine layer: the only modules that talk to the compiled core. The package's
+#: The engine layer (``engine`` with its trainer and tuning): the only modules that talk
+#: to the compiled core. The package's
 #: ``__init__`` imports it to fail early with a clear message; ``_blas_backend`` hands it
 #: the BLAS's function pointers.
-ENGINE_LAYER = {"bpfast", "bpfast.engine", "bpfast._blas_backend"}
+ENGINE_LAYER = {"bpfast", "bpfast.engine", "bpfast._engine_trainer", "bpfast._tuning",
+                "bpfast._blas_backend"}
 
 
 def test_only_the_engine_layer_imports_the_compiled_core():
