@@ -5,17 +5,25 @@ helpers go to sleep between calls that are far apart (a forward pass after an ep
 small products, or from a ``fit`` callback), and the call then waits until every helper it
 woke is running: on a quiet machine that wait costs about what the second core saves for
 products of up to a couple of million multiply-adds, and beside a process that keeps the
-cores busy it costs a scheduler time slice, a hundred times the product
+cores busy it costs a scheduler time slice, many times the product itself
 (docs/performance.md, "Thread pools side by side"). So a call whose largest product is
 below ``ONE_THREAD_BELOW`` runs with the BLAS held to one thread, as
 ``threadpoolctl.threadpool_limits(1)`` would do, for the price of two function calls.
+
+A larger call keeps the BLAS's threads unless the machine is busy: when the processes
+ready to run, besides this one, already fill every CPU this process may use (the run
+queue in /proc/loadavg, read at most every ``BUSY_RECHECK_SECONDS``), OpenBLAS's helpers
+would spin and wait against those processes instead of working, and the caller would
+wait for them; the call then runs on one thread too, at the speed of the core it has.
 
 The limit is the library's, so for the call's duration it also holds NumPy products that
 other Python threads start; calls from several threads share one hold (a count under a
 lock), and the count from before is restored when the last one ends.
 """
 import ctypes
+import os
 import threading
+import time
 
 #: Multiply-adds of a call's largest product from which OpenBLAS threads it at all.
 OPENBLAS_THREADS_FROM = 1 << 18
@@ -27,7 +35,12 @@ _SET_SYMBOLS = ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64
 _GET_SYMBOLS = ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_",
                 "scipy_openblas_get_num_threads", "openblas_get_num_threads")
 
+#: Seconds a reading of the run queue serves before it is read again.
+BUSY_RECHECK_SECONDS = 0.25
+LOADAVG = "/proc/loadavg"
+
 _lock = threading.Lock()
+_queue = {"read_at": -1e9, "busy": False}
 _blas = {"get": None, "set": None}
 _hold = {"count": 0, "before": 1}
 
@@ -94,13 +107,38 @@ class _AsItIs:
 _ONE_THREAD, _AS_IT_IS = _OneThread(), _AsItIs()
 
 
+def _usable_cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def machine_busy():
+    """Whether other runnable threads fill every CPU this process may use (False where
+    the run queue cannot be read)."""
+    now = time.monotonic()
+    if now - _queue["read_at"] < BUSY_RECHECK_SECONDS:
+        return _queue["busy"]
+    try:
+        with open(LOADAVG, "rb") as f:
+            running = int(f.read().split()[3].split(b"/")[0])
+    except (OSError, ValueError, IndexError):
+        running = 0
+    busy = running - 1 >= _usable_cpus()  # less the thread reading it
+    _queue.update(read_at=now, busy=busy)
+    return busy
+
+
 def for_call(largest_product):
     """The block to run a call in whose largest product has ``largest_product``
-    multiply-adds: one BLAS thread below ``ONE_THREAD_BELOW``, else as it is."""
-    if (_blas["set"] is None
-            or not OPENBLAS_THREADS_FROM <= largest_product < ONE_THREAD_BELOW):
+    multiply-adds: one BLAS thread below ``ONE_THREAD_BELOW`` or on a busy machine (from
+    the size where OpenBLAS threads at all), else as it is."""
+    if _blas["set"] is None or largest_product < OPENBLAS_THREADS_FROM:
         return _AS_IT_IS
-    return _ONE_THREAD
+    if largest_product < ONE_THREAD_BELOW or machine_busy():
+        return _ONE_THREAD
+    return _AS_IT_IS
 
 
 def largest_product(sizes, rows):

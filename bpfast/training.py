@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _kernels, _targets, engine
+from . import _blas_threads, _kernels, _targets, engine
 from ._validation import (as_kernel_array, check_data, check_finite, check_positive_int,
                           refuse_masked)
 from .activations import activation_codes
@@ -266,6 +266,7 @@ def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="
     # the kernel itself never leaves a parameter that is not finite (its overflow
     # guard), so no copy of the parameters is kept to roll back to
     trainer = _trainer_for(net, min(batch_size, X.shape[0]), loss_code, opt_code, velocity)
+    batch_work = _blas_threads.largest_product(net.sizes, min(batch_size, X.shape[0]))
     # the guard's bounds on the data, once for all epochs (the data do not change)
     w_top = 1.0 if sample_weight is None else _kernels.magnitude_bound(sample_weight)
     data_bound = (x_top, y_top, w_top)
@@ -283,11 +284,12 @@ def fit(net, X, Y, *, epochs, batch_size, learning_rate, optimizer="sgd", loss="
             started = time.perf_counter()
             learning_rate = checked_rate(schedule, epoch, initial_rate, epochs) * state.lr_scale
             order = rng.permutation(X.shape[0]).astype(np.intp) if shuffle else None
-            loss_sum, t, bad = trainer.epoch(
-                X, Y, sample_weight, order, learning_rate, momentum, nesterov,
-                beta1, beta2, epsilon, float(l2), 1.0, t, True, data_bound,
-                skip_weightless=True,
-            )
+            with _blas_threads.for_call(batch_work):
+                loss_sum, t, bad = trainer.epoch(
+                    X, Y, sample_weight, order, learning_rate, momentum, nesterov,
+                    beta1, beta2, epsilon, float(l2), 1.0, t, True, data_bound,
+                    skip_weightless=True,
+                )
             if bad >= 0:
                 what = ("its update would overflow the parameters" if trainer.overflowed
                         else "its outputs or its loss became NaN or infinite")

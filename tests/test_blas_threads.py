@@ -1,4 +1,5 @@
-"""The engine's small calls hold the BLAS to one thread, and give its count back after."""
+"""The engine's small calls, and every call on a busy machine, hold the BLAS to one thread
+and give its count back after."""
 import threading
 
 import numpy as np
@@ -32,7 +33,8 @@ def test_small_call_runs_on_one_thread_and_restores(two_threads):
     assert threads() == 2
 
 
-def test_calls_outside_the_band_keep_the_count(two_threads):
+def test_calls_outside_the_band_keep_the_count(two_threads, run_queue):
+    run_queue(1)  # a quiet machine
     for work in (0, SMALL - 1, LARGE, 10 * LARGE):
         with _blas_threads.for_call(work):
             assert threads() == 2
@@ -86,3 +88,39 @@ def test_engine_asks_by_its_largest_product(monkeypatch, two_threads):
     E, dW, db = engine.backprop(net.weights, net.biases, ["relu", "sigmoid"], X,
                                 np.zeros((359, 10)))
     assert len(asked) == 2 and threads() == 2
+
+
+@pytest.fixture
+def run_queue(monkeypatch, tmp_path):
+    """Point the busy check at a file whose run queue the test writes."""
+    path = tmp_path / "loadavg"
+    monkeypatch.setattr(_blas_threads, "LOADAVG", str(path))
+    monkeypatch.setattr(_blas_threads, "_usable_cpus", lambda: 2)
+
+    def set_running(n):
+        path.write_text(f"0.50 0.40 0.30 {n}/123 4567\n")
+        _blas_threads._queue["read_at"] = -1e9  # read it again
+    yield set_running
+    _blas_threads._queue["read_at"] = -1e9
+
+
+def test_busy_when_other_runnable_threads_fill_the_cpus(run_queue):
+    run_queue(3)  # this thread and two others on 2 CPUs
+    assert _blas_threads.machine_busy()
+    run_queue(2)
+    assert not _blas_threads.machine_busy()
+
+
+def test_unreadable_run_queue_is_not_busy(run_queue, monkeypatch, tmp_path):
+    monkeypatch.setattr(_blas_threads, "LOADAVG", str(tmp_path / "missing"))
+    assert not _blas_threads.machine_busy()
+
+
+def test_large_call_on_a_busy_machine_runs_on_one_thread(run_queue, two_threads):
+    run_queue(5)
+    with _blas_threads.for_call(LARGE):
+        assert threads() == 1
+    assert threads() == 2
+    run_queue(1)
+    with _blas_threads.for_call(LARGE):
+        assert threads() == 2
