@@ -10,6 +10,9 @@ The scenarios of issue 18, each timed call by call (medians over ``--repeats``):
 - ``forward after epoch``: the same call right after a one-epoch ``fit`` (batch 32) returns;
 - ``forward in callback``: the same call from ``fit``'s per-epoch callback, as the command
   line does to show validation accuracy;
+- ``forward after pause``: the same call after sleeping as long as an epoch takes, with no
+  other work: what any call pays for not following another one at once (cold caches,
+  the scheduler), which no thread pool causes;
 - ``backprop alone`` / ``numpy alone``: ``bpfast.backprop`` of the 784-128-10 network on
   256 rows, and a NumPy product (256x784 @ 784x512), each called back to back;
 - ``backprop after numpy`` / ``numpy after backprop``: the two alternating;
@@ -51,6 +54,7 @@ ALONE = {
     "forward alone": "forward alone",
     "forward after epoch": "forward alone",
     "forward in callback": "forward alone",
+    "forward after pause": "forward alone",
     "backprop alone": "backprop alone",
     "backprop after numpy": "backprop alone",
     "numpy alone": "numpy alone",
@@ -132,6 +136,11 @@ def measure(repeats):
         out["forward after epoch"].append(_timed(forward))
     net.fit(Xtr, Ytr, epochs=repeats, callback=lambda *a: out["forward in callback"].append(
         _timed(forward)), **fit)
+    epoch = statistics.median(_timed(lambda: net.fit(Xtr, Ytr, epochs=1, **fit))
+                              for _ in range(5))
+    for _ in range(repeats):
+        time.sleep(epoch)
+        out["forward after pause"].append(_timed(forward))
     for _ in range(repeats):
         out["backprop alone"].append(_timed(backprop))
     for _ in range(repeats):
