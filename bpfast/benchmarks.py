@@ -735,7 +735,7 @@ def header_lines(report):
         rates = ", ".join(
             f"{dt} {g['gflops']:.1f} GFLOP/s" for dt, g in report["gemm"].items())
         lines.append(f"GEMM {GEMM_N}x{GEMM_N} @ {GEMM_N}x{GEMM_N} through NumPy: {rates} "
-                     f"(best of {_gemm_count(report)} samples, at the cases' thread limit: "
+                     f"(best of {_gemm_count(report)} samples, under the cases' thread limit: "
                      f"{_gemm_threads(report)})")
     return lines
 
@@ -746,7 +746,7 @@ def _gemm_count(report):
 
 def _gemm_threads(report):
     seen = sorted({g["threads"] for g in report["gemm"].values() if g.get("threads")})
-    return ", ".join(map(str, seen)) + " BLAS threads" if seen else "as the BLAS's default"
+    return "BLAS threads " + ", ".join(map(str, seen)) if seen else "the BLAS's default"
 
 
 def _range(times):
