@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from . import _kernels
+from . import _blas_threads, _kernels
 
 #: Symbol names to try, with whether they take 64-bit integers (ILP64).
 _SYMBOLS = [
@@ -133,9 +133,11 @@ def use(backend):
             daddr, saddr, ilp64, path = found
             if _try(daddr, saddr, ilp64, "numpy"):
                 _kernels.set_blas_threads_function(_thread_getter(path))
+                _blas_threads.configure(path)
                 _state.update(backend="numpy", library=path)
                 return "numpy"
     _kernels.set_blas_threads_function(0)
+    _blas_threads.configure(None)
     found = _scipy_gemm()
     if found is not None and _try(*found, False, "scipy"):
         _state.update(backend="scipy", library="scipy.linalg.cython_blas")

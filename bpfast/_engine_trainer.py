@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _kernels
+from . import _blas_threads, _kernels
 from .activations import activation_codes
 from .registry import LOSSES, OPTIMIZERS
 
@@ -64,6 +64,9 @@ class Trainer:
                                        optimizer, n_inputs)
         self._nesterov = OPTIMIZERS[optimizer].nesterov
         self._core = _kernels.Trainer(*self._args)
+        # the BLAS threads a batch's products are worth (see _blas_threads)
+        sizes = [self._args[3]] + [np.shape(w)[0] for w in weights]
+        self._batch_work = _blas_threads.largest_product(sizes, batch_size)
 
     @staticmethod
     def _kernel_args(weights, biases, activations, batch_size, loss, optimizer, n_inputs):
@@ -105,15 +108,17 @@ class Trainer:
         over batches of zero total weight. Signals are handled between batches (a
         KeyboardInterrupt leaves the parameters of the last batch done).
         """
-        return self._core.epoch(
-            X, Y, sample_weight, order, step.learning_rate, step.momentum, self._nesterov,
-            step.beta1, step.beta2, step.epsilon, step.l2, step.loss_scale, t, guard,
-            data_bound, skip_weightless=skip_weightless)
+        with _blas_threads.for_call(self._batch_work):
+            return self._core.epoch(
+                X, Y, sample_weight, order, step.learning_rate, step.momentum,
+                self._nesterov, step.beta1, step.beta2, step.epsilon, step.l2,
+                step.loss_scale, t, guard, data_bound, skip_weightless=skip_weightless)
 
     def gradient(self, X, Y, sample_weight=None, l2=0.0, loss_scale=1.0):
         """The loss of all rows of ``(X, Y)`` (at most ``batch_size``) with the L2 term
         ``l2 / (2 s) sum ||W||^2``, and its gradient into :attr:`gradients`; no update."""
-        return self._core.gradient(X, Y, sample_weight, l2, loss_scale)
+        with _blas_threads.for_call(self._batch_work):
+            return self._core.gradient(X, Y, sample_weight, l2, loss_scale)
 
     @property
     def gradients(self):

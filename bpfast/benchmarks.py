@@ -24,7 +24,14 @@ Peers (each only if importable; none is a dependency of bpfast):
 Work: the forward pass costs ``2 m sum_l n^l n^(l-1)`` flops, the backward pass
 ``2 m sum_l n^l n^(l-1)`` for the dW plus ``2 m sum_(l>=2) n^l n^(l-1)`` for the dA (no
 ``dA^0``); elementwise work and the parameter updates are not counted. Times are medians over
-repeats, after one warm-up run that is not counted (it also compiles JAX's functions).
+repeats, after one warm-up run that is not counted (it also compiles JAX's functions); the
+table shows the fastest and slowest repeat against the median, the JSON every repeat and
+the quartiles. ``--threads N`` holds every implementation to N threads: the BLAS and
+OpenMP pools through threadpoolctl (bpfast's own pool follows OpenBLAS's count), PyTorch
+through ``torch.set_num_threads``, JAX through its XLA flags (read when it is first
+imported) and, with fewer threads than usable CPUs, the whole process pinned to N CPUs.
+The GEMM rate is measured under the same limit as the cases, so a case's fraction of it
+compares like with like, and it never exceeds 1 (see ``run_comparison``).
 """
 import argparse
 import json
@@ -36,7 +43,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -391,53 +398,110 @@ POLICY = {"full": (2.0, 3, 21), "quick": (0.25, 1, 5)}
 SETTLE = {"full": 0.2, "quick": 0.1}
 
 
-def time_runners(runners, budget, min_repeats, max_repeats, settle=0.2):
-    """Time several runners on one case, one block each: ``{name: (median, times, warmup,
-    result)}``.
+class Timing(NamedTuple):
+    """One implementation's block of runs on one case (see time_runners)."""
+
+    median: float
+    times: list
+    warmup: float
+    result: Any
+    threads: int | None  # the BLAS threads threadpoolctl reported inside the block
+
+
+def spread(times: Sequence[float]) -> dict[str, float]:
+    """Median, extremes and quartiles of the repeats: how far one run strays from the next."""
+    q1, q3 = (float(q) for q in np.percentile(times, [25, 75]))
+    return {"median": statistics.median(times), "min": min(times), "max": max(times),
+            "q1": q1, "q3": q3}
+
+
+def blas_threads() -> int | None:
+    """The thread count threadpoolctl reports now for the loaded BLAS libraries (the
+    largest), or None without threadpoolctl or a BLAS it knows."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    counts = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
+    return max(counts) if counts else None
+
+
+class blas_limit:
+    """Every BLAS and OpenMP pool threadpoolctl finds (NumPy's and SciPy's OpenBLAS, so
+    also bpfast's own pool, which follows OpenBLAS's count) held to ``n`` threads inside
+    the block; ``n`` None leaves them as they are."""
+
+    def __init__(self, n: int | None):
+        self.n, self.ctx = n, None
+
+    def __enter__(self):
+        if self.n is not None:
+            try:
+                from threadpoolctl import threadpool_limits
+            except ImportError:
+                return self
+            self.ctx = threadpool_limits(limits=self.n)
+            self.ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.ctx is not None:
+            self.ctx.__exit__(*exc)
+        return False
+
+
+def time_runners(runners, budget, min_repeats, max_repeats, settle=0.2, threads=None):
+    """Time several runners on one case, one block each: ``{name: Timing}``.
 
     Each block rests ``settle`` seconds, warms the runner up once (not counted) and then
     repeats it ``budget / warm-up time`` times, within ``[min_repeats, max_repeats]``;
     ``reset`` (untimed) comes before every run and ``result`` is what the warm-up produced.
+    With ``threads``, the whole block runs under ``blas_limit(threads)``, and the count
+    threadpoolctl reports there is kept with the times.
 
     Blocks, not interleaved rounds: the libraries keep their own thread pools (bpfast
     calls SciPy's OpenBLAS, the reference and scikit-learn NumPy's, PyTorch and JAX their
-    own), and a pool's idle workers keep spinning for a while after each call. Measured on
-    2 cores, alternating bpfast and the reference run by run made both 2.5x slower than
-    either alone; after a rest of 0.1 s and a warm-up, each ran at its own speed.
+    own), and a pool's idle workers keep spinning for a while after each call, so a run
+    right after another library's would pay for that library's pool.
     """
     out = {}
     for name, r in runners.items():
         time.sleep(settle)
-        r.reset()
-        t0 = time.perf_counter()
-        r.run()
-        warmup = time.perf_counter() - t0
-        result = r.result()
-        n = int(min(max_repeats, max(min_repeats, budget // max(warmup, 1e-9))))
-        times = []
-        for _ in range(n):
+        with blas_limit(threads):
+            seen = blas_threads()
             r.reset()
             t0 = time.perf_counter()
             r.run()
-            times.append(time.perf_counter() - t0)
-        out[name] = (statistics.median(times), times, warmup, result)
+            warmup = time.perf_counter() - t0
+            result = r.result()
+            n = int(min(max_repeats, max(min_repeats, budget // max(warmup, 1e-9))))
+            times = []
+            for _ in range(n):
+                r.reset()
+                t0 = time.perf_counter()
+                r.run()
+                times.append(time.perf_counter() - t0)
+        out[name] = Timing(statistics.median(times), times, warmup, result, seen)
     return out
 
 
-def gemm_rate(dtype, repeats=3):
-    """GFLOP/s of a GEMM_N-square matrix product through NumPy (median of ``repeats``)."""
+def gemm_rate(dtype, repeats=3, threads=None):
+    """GFLOP/s of a GEMM_N-square matrix product through NumPy (median of ``repeats``),
+    under ``blas_limit(threads)``: the same limit as the cases it is compared with."""
     rng = np.random.default_rng(0)
     A = rng.standard_normal((GEMM_N, GEMM_N)).astype(dtype)
     B = rng.standard_normal((GEMM_N, GEMM_N)).astype(dtype)
-    A @ B  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        A @ B
-        times.append(time.perf_counter() - t0)
+    with blas_limit(threads):
+        seen = blas_threads()
+        A @ B  # warm-up
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            A @ B
+            times.append(time.perf_counter() - t0)
     seconds = statistics.median(times)
-    out = {"seconds": seconds, "gflops": 2 * GEMM_N**3 / seconds / 1e9, "n": GEMM_N}
-    return out
+    return {"seconds": seconds, "gflops": 2 * GEMM_N**3 / seconds / 1e9, "n": GEMM_N,
+            "threads": seen}
 
 
 def _relative_difference(got, want):
@@ -467,12 +531,19 @@ def _case_data(case):
 def run_comparison(cases: Sequence["Case"] | None = None, peers: Sequence[str] = PEERS,
                    quick: bool = False, learning_rate: float = LEARNING_RATE,
                    log: Callable[[str], object] | None = None, policy: Any = None,
-                   gemm: bool = True) -> dict[str, Any]:
+                   gemm: bool = True, threads: int | None = None) -> dict[str, Any]:
     """Time every case for bpfast and each available peer; returns the report (a dict).
 
     ``log`` (a callable taking a string) hears one line per finished case. ``policy``
     overrides ``POLICY`` with ``(budget, min_repeats, max_repeats)``; ``gemm=False`` skips
-    the GEMM-rate measurement (tests).
+    the GEMM-rate measurement (tests). ``threads`` holds the BLAS and OpenMP pools, and
+    so the GEMM rate and every case alike, to that many threads (``blas_limit``).
+
+    The GEMM rate is measured before the first case of each dtype and after every case,
+    and the best sample is the one reported, so a neighbour's burst that slows one sample
+    does not lift the fractions. A case's fraction is of the larger of that rate and its
+    own, so it never exceeds 1; ``above_gemm`` marks a case that ran faster than every
+    GEMM sample (a kernel faster than the BLAS's, or a rate taken on a busy machine).
     """
     import bpfast
 
@@ -490,6 +561,7 @@ def run_comparison(cases: Sequence["Case"] | None = None, peers: Sequence[str] =
         "learning_rate": learning_rate,
         "policy": {"budget_seconds": budget, "min_repeats": lo, "max_repeats": hi,
                    "settle_seconds": settle},
+        "threads_limit": threads,
         "peers": status,
         "gemm": {},
         "results": [],
@@ -498,10 +570,11 @@ def run_comparison(cases: Sequence["Case"] | None = None, peers: Sequence[str] =
 
     def measure_gemm(dtype):
         if gemm:
-            gemm_samples.setdefault(dtype, []).append(gemm_rate(dtype, 1 if quick else 3))
+            gemm_samples.setdefault(dtype, []).append(gemm_rate(dtype, 3, threads))
             samples = gemm_samples[dtype]
             best = dict(max(samples, key=lambda g: g["gflops"]))
             best["samples"] = [g["gflops"] for g in samples]
+            best["spread"] = spread(best["samples"])
             report["gemm"][dtype] = best
 
     for case in cases:
@@ -523,10 +596,10 @@ def run_comparison(cases: Sequence["Case"] | None = None, peers: Sequence[str] =
             else:
                 runners[impl] = runner
         results = {}
-        for impl, (median, times, warmup, result) in time_runners(runners, budget, lo, hi,
-                                                                     settle).items():
-            entry["times"][impl] = {"median": median, "repeats": times, "warmup": warmup}
-            results[impl] = result
+        for impl, t in time_runners(runners, budget, lo, hi, settle, threads).items():
+            entry["times"][impl] = dict(spread(t.times), repeats=t.times, warmup=t.warmup,
+                                        threads=t.threads)
+            results[impl] = t.result
         del runners
         base = entry["times"]["bpfast"]["median"]
         for impl in active:
@@ -537,11 +610,12 @@ def run_comparison(cases: Sequence["Case"] | None = None, peers: Sequence[str] =
         report["results"].append(entry)
         if log is not None:
             log(_log_line(entry))
-    for dtype in list(gemm_samples):  # once more at the end: the rate is the best seen
-        measure_gemm(dtype)
+        measure_gemm(case.dtype)
     for entry in report["results"]:
         g = report["gemm"].get(entry["dtype"])
-        entry["fraction_of_gemm"] = entry["gflops"] / g["gflops"] if g else None
+        entry["above_gemm"] = bool(g) and entry["gflops"] > g["gflops"]
+        entry["fraction_of_gemm"] = (entry["gflops"] / max(g["gflops"], entry["gflops"])
+                                     if g else None)
     return report
 
 
@@ -660,8 +734,27 @@ def header_lines(report):
     if report.get("gemm"):
         rates = ", ".join(
             f"{dt} {g['gflops']:.1f} GFLOP/s" for dt, g in report["gemm"].items())
-        lines.append(f"GEMM {GEMM_N}x{GEMM_N} @ {GEMM_N}x{GEMM_N} through NumPy: {rates}")
+        lines.append(f"GEMM {GEMM_N}x{GEMM_N} @ {GEMM_N}x{GEMM_N} through NumPy: {rates} "
+                     f"(best of {_gemm_count(report)} samples, under the cases' thread limit: "
+                     f"{_gemm_threads(report)})")
     return lines
+
+
+def _gemm_count(report):
+    return max((len(g.get("samples", [1])) for g in report["gemm"].values()), default=0)
+
+
+def _gemm_threads(report):
+    seen = sorted({g["threads"] for g in report["gemm"].values() if g.get("threads")})
+    return "BLAS threads " + ", ".join(map(str, seen)) if seen else "the BLAS's default"
+
+
+def _range(times):
+    """``-3%/+8%``: the fastest and slowest repeat against the median."""
+    med = times.get("median")
+    if not med or "min" not in times:
+        return "-"
+    return f"-{100 * (med - times['min']) / med:.0f}%/+{100 * (times['max'] - med) / med:.0f}%"
 
 
 def _pool_name(pool):
@@ -697,16 +790,19 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"  {key:<{width}}  {text}")
     lines.append("")
     lines.append(
-        f"bpfast: median time per run; GFLOP/s and its fraction of the GEMM rate. "
+        f"bpfast: median time per run, its fastest and slowest repeat against the median; "
+        f"GFLOP/s and its fraction of the GEMM rate. "
         f"Peers: their time / bpfast's (above 1: bpfast is faster). lr {report['learning_rate']}."
     )
-    cols = ["case", "dtype", "bpfast", "GFLOP/s", "of GEMM"] + [
+    cols = ["case", "dtype", "bpfast", "range", "GFLOP/s", "of GEMM"] + [
         p + ("*" if p == "sklearn" else "") for p in peers]
     rows = []
     for e in report["results"]:
         frac = e.get("fraction_of_gemm")
         row = [e["label"], e["dtype"], _ms(e["times"]["bpfast"]["median"]),
-               f"{e['gflops']:.1f}", "-" if frac is None else f"{100 * frac:.0f}%"]
+               _range(e["times"]["bpfast"]), f"{e['gflops']:.1f}",
+               "-" if frac is None else f"{100 * frac:.0f}%" + ("^" if e.get("above_gemm")
+                                                                 else "")]
         for p in peers:
             if not report["peers"][p]["available"]:
                 row.append("n/i")
@@ -742,6 +838,10 @@ def format_table(report: dict[str, Any]) -> str:
     if agree:
         lines.append("same results as bpfast (largest relative difference of the parameters "
                      "after an epoch, outputs, gradients): " + "; ".join(agree))
+    if any(e.get("above_gemm") for e in report["results"]):
+        lines.append("^ faster than every GEMM sample: its fraction is of its own rate (a "
+                     "kernel faster than NumPy's BLAS, or GEMM samples slowed by a busy "
+                     "machine)")
     missing = [f"{p} ({report['peers'][p]['reason']})" for p in peers
                if not report["peers"][p]["available"]]
     if missing:
@@ -861,7 +961,8 @@ def run_from_args(args, out=None, err=None):
         print(line, file=err, flush=True)
 
     with _thread_limit(args.threads, log) as limit:
-        report = run_comparison(cases, peers=peers, quick=args.quick, log=log)
+        report = run_comparison(cases, peers=peers, quick=args.quick, log=log,
+                                threads=args.threads)
     if args.threads is not None:
         report["machine"]["threads_requested"] = args.threads
         report["machine"]["cpus_pinned"] = limit.cpus
@@ -889,9 +990,9 @@ class _thread_limit:
     def __enter__(self):
         if self.n is None:
             return self
-        # Thread-count settings do not reach every pool (XLA's CPU runtime ignores its old
-        # flags: measured 1.93 cores busy on a jitted matmul with them); pinning the process
-        # to n CPUs does, for every thread started from here on.
+        # Thread-count settings do not reach every pool (XLA's CPU runtime ignores some of
+        # its flags); pinning the process to n CPUs does, for every thread started from
+        # here on.
         if hasattr(os, "sched_setaffinity"):
             allowed = sorted(os.sched_getaffinity(0))
             if self.n < len(allowed):
@@ -909,8 +1010,11 @@ class _thread_limit:
         if "jax" not in sys.modules:  # XLA reads its flags once, at import
             flags = os.environ.get("XLA_FLAGS", "")
             if self.n == 1:
-                flags += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+                flags += " --xla_cpu_multi_thread_eigen=false"
             os.environ["XLA_FLAGS"] = flags.strip()
+        elif self.cpus is None:
+            self.log("JAX was imported before the limit: its thread pool is held only by "
+                     "CPU pinning, which needs fewer threads than usable CPUs")
         if _importable("torch"):
             import torch
             self.torch_before = torch.get_num_threads()

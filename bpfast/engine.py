@@ -10,7 +10,7 @@ import threading
 
 import numpy as np
 
-from . import _kernels
+from . import _blas_threads, _kernels
 from ._engine_trainer import Step, Trainer
 from ._tuning import SWITCHES, tuning
 from ._typing import Activations, ArrayLike, Gradient, Params
@@ -140,7 +140,8 @@ def _forward_checked(weights, biases, names, X, in_blocks=False):
         out = np.empty((m, sizes[-1]), dtype=X.dtype)  # returned: never cached
         layers = _kernels.Layers(weights, biases, activation_codes(names), sizes[0], block,
                                  Z, A)
-        layers.forward_blocks(X, out, W0T)
+        with _blas_threads.for_call(_blas_threads.largest_product(sizes, block)):
+            layers.forward_blocks(X, out, W0T)
         return out
     buffers = _forward_workspace(sizes, m, X.dtype)
     # layer l's product and activation share buffer l % 2; the last activation is `out`
@@ -148,7 +149,8 @@ def _forward_checked(weights, biases, names, X, in_blocks=False):
     out = np.empty((m, sizes[-1]), dtype=X.dtype)  # returned: never cached
     layers = _kernels.Layers(weights, biases, activation_codes(names), sizes[0], m, Z,
                              Z[:-1] + [out])
-    layers.forward(X)
+    with _blas_threads.for_call(_blas_threads.largest_product(sizes, m)):
+        layers.forward(X)
     return out
 
 
@@ -202,12 +204,14 @@ def backprop(weights: Params, biases: Params, activations: Activations, X: Array
         Z, A, scratch, W0T, dW0T, db_block = _block_workspace(sizes, block, dtype)
         layers = _kernels.Layers(weights, biases, activation_codes(names), sizes[0],
                                  block, Z, A, dW, db)
-        E = layers.backprop_blocks(X, Y, scratch, W0T, dW0T, db_block)
+        with _blas_threads.for_call(_blas_threads.largest_product(sizes, block)):
+            E = layers.backprop_blocks(X, Y, scratch, W0T, dW0T, db_block)
         return float(E), dW, db
     Z, A, scratch = _workspace(sizes, m, dtype)
     layers = _kernels.Layers(weights, biases, activation_codes(names), sizes[0], m,
                              Z, A, dW, db)
-    E = layers.backprop(X, Y, scratch)
+    with _blas_threads.for_call(_blas_threads.largest_product(sizes, m)):
+        E = layers.backprop(X, Y, scratch)
     return float(E), dW, db
 
 

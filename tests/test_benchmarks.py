@@ -78,7 +78,8 @@ def fake_report():
         "case": "S1", "task": "epoch", "label": "S1", "sizes": [64, 32, 10],
         "activations": ["sigmoid", "sigmoid"], "rows": 1797, "batch": 1, "dtype": "float64",
         "flops": 1.0e8, "times": {"bpfast": {"median": 0.0021, "repeats": [0.0021],
-                                             "warmup": 0.003}},
+                                             "warmup": 0.003, "min": 0.0020,
+                                             "max": 0.0023}},
         "ratios": {"reference": 41.234, "sklearn": 150.6}, "agreement":
             {"reference": 2.5e-15, "sklearn": None},
         "unsupported": [], "gflops": 47.6, "fraction_of_gemm": 0.4,
@@ -110,15 +111,15 @@ def test_format_table():
     assert "numpy 2.0" in text and "scikit-learn 1.6" in text
     assert "float64 119.0 GFLOP/s" in text
     header = next(l for l in lines if l.startswith("case "))
-    for col in ("dtype", "bpfast", "GFLOP/s", "of GEMM", "reference", "torch", "jax",
+    for col in ("dtype", "bpfast", "range", "GFLOP/s", "of GEMM", "reference", "torch", "jax",
                 "sklearn*"):
         assert col in header
     s1 = next(l for l in lines if l.startswith("S1 "))
-    assert s1.split() == ["S1", "float64", "2.1", "ms", "47.6", "40%", "41.2x", "n/i", "n/i",
-                          "151x"]
+    assert s1.split() == ["S1", "float64", "2.1", "ms", "-5%/+10%", "47.6", "40%", "41.2x",
+                          "n/i", "n/i", "151x"]
     bp = next(l for l in lines if l.startswith("M backprop"))
-    assert bp.split() == ["M", "backprop", "float64", "1.50", "s", "47.6", "-", "0.987x",
-                          "n/i", "n/i", "n/a"]
+    assert bp.split() == ["M", "backprop", "float64", "1.50", "s", "-", "47.6", "-",
+                          "0.987x", "n/i", "n/i", "n/a"]
     # the legend, the agreement line and the notes
     assert any("64-32-10 sigmoid/sigmoid, 1,797 rows, batch 1" in l for l in lines)
     assert "reference 1.0e-14" in text  # the worst over the float64 cases
@@ -148,8 +149,9 @@ def test_time_runners_blocks_and_counts():
     assert runs == ["a"] * 4 + ["b"] * 4  # one block each: a warm-up, then the repeats
     assert calls.count("reset") == len(runs)  # a reset before every run
     for name in "ab":
-        median, times, warmup, result = out[name]
-        assert len(times) == 3 and median >= 0 and warmup >= 0 and result[0].shape == (1,)
+        t = out[name]
+        assert len(t.times) == 3 and t.median >= 0 and t.warmup >= 0
+        assert t.result[0].shape == (1,)
 
 
 # --------------------------------------------------------------------------------------
@@ -226,3 +228,53 @@ def test_thread_limit_pins_the_process_and_restores():
         assert len(os.sched_getaffinity(0)) == 1 and limit.cpus == [min(before)]
     assert os.sched_getaffinity(0) == before
     assert any("pinned" in line for line in lines)
+
+
+# --------------------------------------------------------------------------------------
+# the thread limit, the GEMM rate's fraction, the spread
+# --------------------------------------------------------------------------------------
+
+def test_time_runners_hold_the_blas_to_the_limit_inside_the_timed_runs():
+    pytest.importorskip("threadpoolctl")
+    if bm.blas_threads() is None:
+        pytest.skip("threadpoolctl finds no BLAS")
+    seen = []
+    runner = bm.Runner(lambda: seen.append(bm.blas_threads()))
+    out = bm.time_runners({"a": runner}, budget=0.0, min_repeats=2, max_repeats=2, settle=0,
+                          threads=1)
+    assert seen == [1, 1, 1]  # the warm-up and both timed runs
+    assert out["a"].threads == 1
+
+
+def test_run_comparison_measures_gemm_and_cases_under_one_limit(monkeypatch):
+    pytest.importorskip("threadpoolctl")
+    if bm.blas_threads() is None:
+        pytest.skip("threadpoolctl finds no BLAS")
+    monkeypatch.setattr(bm, "GEMM_N", 64)  # a small product: the structure, not the rate
+    report = bm.run_comparison([TOY], peers=("reference",), policy=(0.0, 3, 3), threads=1)
+    assert report["threads_limit"] == 1
+    g = report["gemm"]["float64"]
+    assert g["threads"] == 1 and len(g["samples"]) == 2  # before the case and after it
+    entry = report["results"][0]
+    for impl in ("bpfast", "reference"):
+        t = entry["times"][impl]
+        assert t["threads"] == 1
+        assert t["min"] <= t["q1"] <= t["median"] <= t["q3"] <= t["max"]
+        assert len(t["repeats"]) == 3
+    assert 0 < entry["fraction_of_gemm"] <= 1
+
+
+def test_fraction_of_gemm_never_exceeds_one(monkeypatch):
+    slow = {"seconds": 1.0, "gflops": 1e-12, "n": 1, "threads": None}
+    monkeypatch.setattr(bm, "gemm_rate", lambda dtype, repeats=3, threads=None: dict(slow))
+    report = bm.run_comparison([TOY], peers=("reference",), policy=(0.0, 1, 1))
+    entry = report["results"][0]
+    assert entry["above_gemm"] and entry["fraction_of_gemm"] == 1.0
+    text = bm.format_table(report)
+    assert "100%^" in text and "faster than every GEMM sample" in text
+
+
+def test_spread():
+    s = bm.spread([3.0, 1.0, 2.0, 10.0])
+    assert (s["min"], s["median"], s["max"]) == (1.0, 2.5, 10.0)
+    assert s["min"] <= s["q1"] <= s["median"] <= s["q3"] <= s["max"]

@@ -7,6 +7,7 @@ source tree in development (``PYTHONPATH=. pytest``), site-packages when install
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -212,6 +213,20 @@ def test_train_prints_metrics(tmp_path, blobs_csv):
     assert "loss" in train and "accuracy" in train and "(120 rows)" in train
     assert "loss" in val and "accuracy" in val and "(30 rows)" in val
     assert "val_acc=" in r.stderr  # the progress bar
+
+
+def test_train_reports_wall_time(tmp_path, blobs_csv):
+    path, _ = blobs_csv
+    r = run(tmp_path, "train", "--data", path, "--target", "colour", "--loss", "cross_entropy",
+            "--epochs", "3", "--out", "m.npz")
+    assert r.returncode == 0, r.stderr
+    line = next(l for l in r.stdout.splitlines() if l.startswith("time:"))
+    m = re.fullmatch(r"time: ([0-9.]+) s wall for 3 epochs, validation and progress included "
+                     r"\(([0-9,.]+) samples/s; the epochs' training and validation passes "
+                     r"alone ([0-9.]+) s\)", line)
+    assert m, line
+    wall, passes = float(m.group(1)), float(m.group(3))
+    assert wall >= passes  # the wall time holds the epochs' own times
 
 
 def test_train_predict_csv_regression_matches_api(tmp_path, regression_csv):
