@@ -151,6 +151,100 @@ cdef enum:
     OPT_ADAM = 1
 
 
+# ---------------------------------------------------------------------------
+# The passes' arguments, grouped. The structs hold buffers as void*: a fused function
+# takes one operand typed (the batch's X, or the arrays it works on), which picks its
+# float or double version, and casts the structs' pointers to that type. Settings are
+# doubles holding values of the network's dtype (Trainer.epoch rounds them to float for a
+# float32 network), so the casts back are exact and the arithmetic is that dtype's.
+# ---------------------------------------------------------------------------
+
+cdef struct Net:
+    # one network's sizes, activations and buffers (rows: the batch size or block)
+    int L
+    const int* sizes  # n^0 .. n^L
+    const int* codes  # one activation code per layer
+    bint first_t      # W[0], dW[0] and their optimizer state stored transposed
+    void** W
+    void** b
+    void** Z          # pre-activations; the backward pass writes the deltas dZ over them
+    void** A
+    void** dW
+    void** db
+    void* scratch     # one hidden layer's dA: rows x the widest hidden layer
+    void** sW1        # optimizer state: momentum's V or Adam's M, and Adam's S (or NULL)
+    void** sb1
+    void** sW2
+    void** sb2
+
+
+cdef struct Batch:
+    int m
+    double denom        # m, or the sum of the rows' weights
+    const void* Y
+    const void* w       # the rows' weights, or NULL
+    const void** rows   # first layer stored transposed: row p of X is rows[p] (or NULL)
+
+
+cdef struct Settings:
+    # a training epoch's configuration
+    int loss
+    int optimizer
+    bint nesterov
+    double loss_scale
+    double lr
+    double momentum
+    double beta1
+    double beta2
+    double epsilon
+    double alpha
+
+
+cdef enum:
+    # what backward() does with each layer's gradient (StepPolicy.kind)
+    KEEP_GRADIENT = 0   # dW = beta dW + dZ^T A_prev and db, for the caller
+    PLAIN_SGD = 1       # into W and b at once: W = shrink W - lr dZ^T A_prev, no dW
+    OPTIMIZER_STEP = 2  # a momentum or Adam step of each layer, from tiles or row blocks
+
+
+cdef struct StepPolicy:
+    int kind
+    double beta           # KEEP_GRADIENT: dW = beta dW + dZ^T A_prev
+    void** db_total       # KEEP_GRADIENT in row blocks: db summed over blocks (or NULL)
+    const Settings* settings
+    double l2             # alpha / denom: the L2 term's coefficient in the gradient
+    double shrink         # PLAIN_SGD: 1 - lr l2
+    double lr_t           # Adam's step size at this step
+    void* gbuf            # room for any gradient block (the largest layer's dW)
+
+
+cdef struct Guard:
+    # the overflow guard (see update_is_safe); bound NULL when it is off
+    double* bound             # GUARD_SLOTS per layer
+    const double* data_bound  # max |X|, max |Y|, the largest row weight (or 1)
+    void** Wbak               # plain SGD's copies of the parameters
+    void** bbak
+    void** backup             # momentum's and Adam's flat copy, allocated at first need
+    int overflow              # 1 when a step overflowed and was undone
+    long long careful         # batches the guard could not prove safe
+
+
+cdef struct Epoch:
+    # an epoch's data, besides X, and its order
+    Py_ssize_t n
+    const void* Y
+    const void* w
+    const Py_ssize_t* order   # a permutation of the rows, or NULL for data order
+    int batch_size
+    long long t               # steps taken before this epoch
+    void* Xb                  # a gathered batch
+    void* Yb
+    void* wb
+    const void** rows         # room for batch_size row pointers (or NULL)
+    bint skip_weightless
+    bint interruptible
+
+
 cdef inline floating _log(floating x) noexcept nogil:
     if floating is float:
         return logf(x)
@@ -483,26 +577,29 @@ cdef inline void weight_gradient(bint transposed, int m, int n_out, int n_in,
         gemm(True, False, n_out, n_in, m, alpha, dZ, n_out, prev, n_in, beta, G, n_in)
 
 
-cdef void forward_pass(int L, int m, const int* sizes, const int* codes,
-                       const floating* X, floating** W, floating** b,
-                       floating** Z, floating** A, bint first_t=False,
-                       const floating** X_rows=NULL) noexcept nogil:
+cdef void forward_pass(const Net* net, int m, const floating* X,
+                       const floating** X_rows) noexcept nogil:
     """Z[l] = A[l-1] W[l]^T + b[l], A[l] = g_l(Z[l]) for l = 0..L-1, with A[-1] = X.
 
-    ``first_t``: W[0] is stored transposed (n^0 x n^1), as the trainer keeps it.
-    ``X_rows`` (with ``first_t``, on processors with the tile kernels): row p of X is
-    X_rows[p], and the first layer is _layer_forward.h's product with its bias and
-    piecewise-linear activation fused in; ``X`` is not read. Then Z[0] is not written
-    when only :func:`optimizer_step`'s backward kernel would read it (it takes the signs
+    ``X_rows`` (with W[0] stored transposed, on processors with the tile kernels): row p
+    of X is X_rows[p], and the first layer is _layer_forward.h's product with its bias
+    and piecewise-linear activation fused in; ``X`` is not read. Then Z[0] is not written
+    when only the backward kernel of an optimizer step would read it (it takes the signs
     from A[0]).
     """
-    cdef int l, kind
+    cdef int L = net.L, l, kind
+    cdef const int* sizes = net.sizes
+    cdef const int* codes = net.codes
+    cdef floating** W = <floating**>net.W
+    cdef floating** b = <floating**>net.b
+    cdef floating** Z = <floating**>net.Z
+    cdef floating** A = <floating**>net.A
     cdef bint store_z
     cdef const floating* prev = X
     for l in range(L):
         if l == 0 and X_rows != NULL:
             kind = pwl_kind(codes[0])
-            # Z[0] is only read by the backward kernel of optimizer_step, which takes the
+            # Z[0] is only read by an optimizer step's backward kernel, which takes the
             # signs from A[0], when the layer above is small enough for it: then the
             # forward kernel writes A[0] alone
             store_z = not (L >= 2 and tile_backward(m, sizes[2], sizes[1], codes[0]))
@@ -515,118 +612,197 @@ cdef void forward_pass(int L, int m, const int* sizes, const int* codes,
             if kind < 0:
                 bias_activate(codes[0], m, sizes[1], b[0], Z[0], A[0])
         else:
-            layer_product(first_t and l == 0, m, sizes[l + 1], sizes[l], prev, W[l],
+            layer_product(net.first_t and l == 0, m, sizes[l + 1], sizes[l], prev, W[l],
                           Z[l])
             bias_activate(codes[l], m, sizes[l + 1], b[l], Z[l], A[l])
         prev = A[l]
 
 
-cdef void backward_layers(int L, int m, const int* sizes, const int* codes,
-                          const floating* X, floating** W, floating** Z, floating** A,
-                          floating** dW, floating** db, floating* scratch,
-                          bint first_t=False) noexcept nogil:
-    """From dZ[L-1] (in Z[L-1]) down: dW[l] = dZ[l]^T A[l-1], dA[l-1] = dZ[l] W[l],
-    dZ[l-1] = dA[l-1] (.) g'(Z[l-1]) over Z[l-1], db[l-1] = its column sums.
+cdef double backward(const Net* net, const floating* X, const Batch* batch,
+                     const StepPolicy* policy) noexcept nogil:
+    """Back-propagation from dZ[L-1] (in Z[L-1], db[L-1] its column sums) down, the one
+    pass behind every gradient and step; per layer l, top down:
 
-    scratch (at least m x the widest hidden layer) holds dA[l-1]. ``first_t``: W[0] and
-    dW[0] are stored transposed.
+        dA[l-1] = dZ[l] W[l]                 (W[l] before any step of it)
+        dZ[l-1] = dA[l-1] (.) g'(Z[l-1])     over Z[l-1]; db[l-1] its column sums
+        dW[l]   = dZ[l]^T A[l-1]             (A[-1] = X), used as ``policy`` says
+
+    KEEP_GRADIENT leaves dW[l] and db[l] for the caller; PLAIN_SGD and OPTIMIZER_STEP
+    step W[l] and b[l] with them (see :func:`layer_step`). dA[l-1] goes through the
+    scratch buffer, except in an optimizer step of a small layer over a piecewise-linear
+    activation: then dZ[l-1] comes from one pass of _layer_forward.h's backward kernel.
+    Returns sum ||W||^2 of the new weights for OPTIMIZER_STEP, else 0.
     """
-    cdef int l
+    cdef int l, m = batch.m
+    cdef const int* sizes = net.sizes
+    cdef const int* codes = net.codes
+    cdef floating** A = <floating**>net.A
     cdef const floating* prev
-    for l in range(L - 1, -1, -1):
-        prev = X if l == 0 else A[l - 1]
-        weight_gradient(first_t and l == 0, m, sizes[l + 1], sizes[l], <floating>1, Z[l],
-                        prev, <floating>0, dW[l])
+    cdef double total = 0
+    for l in range(net.L - 1, -1, -1):
         if l > 0:
-            gemm(False, False, m, sizes[l], sizes[l + 1], <floating>1, Z[l], sizes[l + 1],
-                 W[l], sizes[l], <floating>0, scratch, sizes[l])
-            hidden_delta(codes[l - 1], m, sizes[l], scratch, A[l - 1], Z[l - 1], db[l - 1])
+            if (policy.kind == OPTIMIZER_STEP
+                    and tile_backward(m, sizes[l + 1], sizes[l], codes[l - 1])):
+                tile_delta_below(net, m, l, A)
+            else:
+                delta_below(net, m, l, A)
+        prev = X if l == 0 else A[l - 1]
+        total += layer_step(net, batch, l, prev, policy)
+    return total
 
 
-cdef double backward_pass(int L, int m, const int* sizes, const int* codes,
-                          const floating* X, const floating* Y, floating** W,
-                          floating** Z, floating** A, floating** dW, floating** db,
-                          floating* scratch) noexcept nogil:
-    """Back-propagate the seed's E = sum (A[L-1] - Y)^2 / (2m) after forward_pass; returns E."""
-    cdef double sq = output_delta(LOSS_MSE, codes[L - 1], m, sizes[L], A[L - 1], Y,
-                                  <floating*>NULL, <floating>m, Z[L - 1], db[L - 1])
-    backward_layers(L, m, sizes, codes, X, W, Z, A, dW, db, scratch)
+cdef inline void delta_below(const Net* net, int m, int l, floating** A) noexcept nogil:
+    """dA = dZ[l] W[l] into scratch, then dZ[l-1] and db[l-1] from it."""
+    cdef const int* sizes = net.sizes
+    cdef floating** Z = <floating**>net.Z
+    cdef floating* scratch = <floating*>net.scratch
+    gemm(False, False, m, sizes[l], sizes[l + 1], <floating>1, Z[l], sizes[l + 1],
+         (<floating**>net.W)[l], sizes[l], <floating>0, scratch, sizes[l])
+    hidden_delta(net.codes[l - 1], m, sizes[l], scratch, A[l - 1], Z[l - 1],
+                 (<floating**>net.db)[l - 1])
+
+
+cdef inline void tile_delta_below(const Net* net, int m, int l,
+                                  floating** A) noexcept nogil:
+    """:func:`delta_below` in one pass of _layer_forward.h's backward kernel, which takes
+    g' of a piecewise-linear activation from the signs of A[l-1]."""
+    cdef const int* sizes = net.sizes
+    cdef floating** Z = <floating**>net.Z
+    cdef floating** W = <floating**>net.W
+    cdef floating** db = <floating**>net.db
+    cdef int kind = pwl_kind(net.codes[l - 1])
+    if floating is double:
+        bpfast_layer_forward_d_back(m, sizes[l + 1], sizes[l], Z[l], W[l], sizes[l],
+                                    A[l - 1], Z[l - 1], sizes[l], db[l - 1], kind)
+    else:
+        bpfast_layer_forward_f_back(m, sizes[l + 1], sizes[l], Z[l], W[l], sizes[l],
+                                    A[l - 1], Z[l - 1], sizes[l], db[l - 1], kind)
+
+
+cdef inline double layer_step(const Net* net, const Batch* batch, int l,
+                              const floating* prev,
+                              const StepPolicy* policy) noexcept nogil:
+    """Layer l's gradient dW = dZ[l]^T prev, db[l] used as the policy says (see
+    :func:`backward`); returns sum ||W[l]||^2 of the new weights of an optimizer step."""
+    cdef int m = batch.m, n_out = net.sizes[l + 1], n_in = net.sizes[l]
+    cdef bint tr = net.first_t and l == 0
+    cdef floating* dZ = (<floating**>net.Z)[l]
+    cdef floating* db = (<floating**>net.db)[l]
+    cdef floating* b = (<floating**>net.b)[l]
+    cdef floating* total
+    cdef floating lr
+    cdef Py_ssize_t k
+    if policy.kind == KEEP_GRADIENT:
+        weight_gradient(tr, m, n_out, n_in, <floating>1, dZ, prev,
+                        <floating>policy.beta, (<floating**>net.dW)[l])
+        if policy.db_total != NULL:
+            total = (<floating**>policy.db_total)[l]
+            for k in range(n_out):
+                total[k] = db[k] if policy.beta == 0 else total[k] + db[k]
+        return 0
+    if policy.kind == PLAIN_SGD:  # the step fused into the product: dW is never stored
+        lr = <floating>policy.settings.lr
+        weight_gradient(tr, m, n_out, n_in, -lr, dZ, prev, <floating>policy.shrink,
+                        (<floating**>net.W)[l])
+        for k in range(n_out):
+            b[k] = b[k] - lr * db[k]
+        return 0
+    return optimizer_layer_step(net, batch, l, prev, policy)
+
+
+cdef double scaled_loss(const Net* net, const Batch* batch, int loss, double loss_scale,
+                        const floating* Y) noexcept nogil:
+    """The output delta dZ[L-1] (with db[L-1]) of the batch's targets ``Y`` and its loss:
+    the data term times loss_scale over 2 denom (squared error) or denom."""
+    cdef int L = net.L
+    cdef floating denom = <floating>batch.denom
+    cdef double value = output_delta(loss, net.codes[L - 1], batch.m, net.sizes[L],
+                                     (<floating**>net.A)[L - 1], Y,
+                                     <const floating*>batch.w, denom,
+                                     (<floating**>net.Z)[L - 1],
+                                     (<floating**>net.db)[L - 1])
+    return value * loss_scale / (2.0 * denom if loss == LOSS_MSE else denom)
+
+
+cdef inline StepPolicy gradient_policy(double beta, void** db_total) noexcept nogil:
+    """The policy that keeps the gradient: dW = beta dW + dZ^T A_prev."""
+    cdef StepPolicy policy
+    memset(&policy, 0, sizeof(StepPolicy))
+    policy.kind = KEEP_GRADIENT
+    policy.beta = beta
+    policy.db_total = db_total
+    return policy
+
+
+cdef double squared_error_gradient(const Net* net, const floating* X,
+                                   const Batch* batch) noexcept nogil:
+    """Forward and back-propagation of the seed's E = sum (A[L-1] - Y)^2 / (2m) (Y is
+    ``batch.Y``); returns E, the gradient in dW, db."""
+    cdef int L = net.L, m = batch.m
+    cdef StepPolicy keep = gradient_policy(0, NULL)
+    cdef double sq
+    forward_pass(net, m, X, NULL)
+    sq = output_delta(LOSS_MSE, net.codes[L - 1], m, net.sizes[L],
+                      (<floating**>net.A)[L - 1], <const floating*>batch.Y,
+                      <floating*>NULL, <floating>m, (<floating**>net.Z)[L - 1],
+                      (<floating**>net.db)[L - 1])
+    backward(net, X, batch, &keep)
     return sq / (2.0 * m)
 
 
-cdef inline Py_ssize_t bias_offset(const int* sizes, int l) noexcept nogil:
-    """Where layer l's biases start in one array of every layer's: sum n^1..n^l."""
-    cdef Py_ssize_t at = 0
-    cdef int j
-    for j in range(l):
-        at += sizes[j + 1]
-    return at
-
-
-cdef double blocked_backprop(int L, Py_ssize_t n, int block, const int* sizes,
-                             const int* codes, const floating* X, const floating* Y,
-                             const floating* W0, floating** W, floating** b, floating** Z,
-                             floating** A, floating* dW0, floating** dW, floating** db,
-                             floating* db_block, floating* scratch) noexcept nogil:
-    """:func:`backward_pass` over n rows taken ``block`` rows at a time; returns E.
+cdef double blocked_backprop(const Net* net, const floating* X, const floating* Y,
+                             Py_ssize_t n, int block, const floating* W0,
+                             floating* dW0, void** db) noexcept nogil:
+    """:func:`squared_error_gradient` over n rows taken ``block`` rows at a time;
+    returns E.
 
     Each block runs forward and backward through the layers while its activations are
     in cache; every layer's dW accumulates the blocks' products (beta = 1 after the
-    first block) and db their column sums, and the output delta divides by all n rows,
-    so the result is the whole batch's gradient: the same sums, grouped by block. W[0]
-    and dW[0] are the panel kernel's transposed (n^0 x n^1) buffers: W0 (n^1 x n^0) is
-    copied into W[0] first, and dW[0] out to dW0 last. Z, A and scratch have ``block``
-    rows; db_block has room for one bias gradient per layer.
+    first block) and ``db`` the blocks' column sums (``net.db``, one block's), and the
+    output delta divides by all n rows, so the result is the whole batch's gradient: the
+    same sums, grouped by block. W[0] and dW[0] are the panel kernel's transposed
+    (n^0 x n^1) buffers: W0 (n^1 x n^0) is copied into W[0] first, and dW[0] out to dW0
+    last. Z, A and scratch have ``block`` rows.
     """
-    cdef Py_ssize_t start, k
-    cdef int l, mb, n0 = sizes[0], nL = sizes[L]
+    cdef Py_ssize_t start
+    cdef int L = net.L, mb, n0 = net.sizes[0], nL = net.sizes[L]
     cdef double sq = 0
-    cdef floating beta
-    cdef floating* dbl
     cdef const floating* x
-    cdef const floating* prev
-    transpose(sizes[1], n0, W0, W[0])
+    cdef StepPolicy keep
+    cdef Batch rows_of
+    memset(&rows_of, 0, sizeof(Batch))
+    transpose(net.sizes[1], n0, W0, (<floating**>net.W)[0])
     start = 0
     while start < n:
         mb = <int>(n - start if n - start < block else block)
         x = X + start * n0
-        beta = 0 if start == 0 else 1
-        forward_pass(L, mb, sizes, codes, x, W, b, Z, A, True)
-        sq += output_delta(LOSS_MSE, codes[L - 1], mb, nL, A[L - 1], Y + start * nL,
-                           <floating*>NULL, <floating>n, Z[L - 1],
-                           db_block + bias_offset(sizes, L - 1))
-        for l in range(L - 1, -1, -1):
-            prev = x if l == 0 else A[l - 1]
-            weight_gradient(l == 0, mb, sizes[l + 1], sizes[l], <floating>1, Z[l], prev,
-                            beta, dW[l])
-            if l > 0:
-                gemm(False, False, mb, sizes[l], sizes[l + 1], <floating>1, Z[l],
-                     sizes[l + 1], W[l], sizes[l], <floating>0, scratch, sizes[l])
-                hidden_delta(codes[l - 1], mb, sizes[l], scratch, A[l - 1], Z[l - 1],
-                             db_block + bias_offset(sizes, l - 1))
-            dbl = db_block + bias_offset(sizes, l)
-            for k in range(sizes[l + 1]):
-                db[l][k] = dbl[k] if start == 0 else db[l][k] + dbl[k]
+        rows_of.m = mb
+        keep = gradient_policy(0 if start == 0 else 1, db)
+        forward_pass(net, mb, x, NULL)
+        sq += output_delta(LOSS_MSE, net.codes[L - 1], mb, nL,
+                           (<floating**>net.A)[L - 1], Y + start * nL, <floating*>NULL,
+                           <floating>n, (<floating**>net.Z)[L - 1],
+                           (<floating**>net.db)[L - 1])
+        backward(net, x, &rows_of, &keep)
         start += mb
-    transpose(n0, sizes[1], dW[0], dW0)
+    transpose(n0, net.sizes[1], (<floating**>net.dW)[0], dW0)
     return sq / (2.0 * n)
 
 
-cdef void blocked_forward(int L, Py_ssize_t n, int block, const int* sizes,
-                          const int* codes, const floating* X, const floating* W0,
-                          floating** W, floating** b, floating** Z, floating** A,
-                          floating* out) noexcept nogil:
+cdef void blocked_forward(const Net* net, const floating* X, Py_ssize_t n, int block,
+                          const floating* W0, floating* out) noexcept nogil:
     """:func:`forward_pass` over n rows taken ``block`` rows at a time, the last layer
     written straight into ``out`` (n x n^L). W[0] is the panel kernel's transposed
     (n^0 x n^1) buffer, into which W0 (n^1 x n^0) is copied first; Z and A have
-    ``block`` rows, and A's last entry is moved along ``out`` block by block."""
+    ``block`` rows, and A's last entry (the caller's copy of the pointers) is moved
+    along ``out`` block by block."""
     cdef Py_ssize_t start = 0
-    cdef int mb, n0 = sizes[0], nL = sizes[L]
-    transpose(sizes[1], n0, W0, W[0])
+    cdef int L = net.L, mb, n0 = net.sizes[0], nL = net.sizes[L]
+    transpose(net.sizes[1], n0, W0, (<floating**>net.W)[0])
     while start < n:
         mb = <int>(n - start if n - start < block else block)
-        A[L - 1] = out + start * nL
-        forward_pass(L, mb, sizes, codes, X + start * n0, W, b, Z, A, True)
+        (<floating**>net.A)[L - 1] = out + start * nL
+        forward_pass(net, mb, X + start * n0, NULL)
         start += mb
 
 
@@ -785,6 +961,22 @@ cdef class Layers:
                 widest = self.sizes[l]
         return widest
 
+    cdef Net network(self, void* scratch) noexcept:
+        """This object's buffers as the passes take them (no optimizer state)."""
+        cdef Net net
+        memset(&net, 0, sizeof(Net))
+        net.L = self.L
+        net.sizes = self.sizes
+        net.codes = self.codes
+        net.W = self.W
+        net.b = self.b
+        net.Z = self.Z
+        net.A = self.A
+        net.dW = self.dW
+        net.db = self.db
+        net.scratch = scratch
+        return net
+
     def parameters_finite(self):
         """True if every weight and bias is finite (one vectorised pass, no copies)."""
         self.check_ready()
@@ -807,16 +999,12 @@ cdef class Layers:
         """Run the forward pass on X (m x n[0]); results land in the A and Z buffers."""
         self.check_ready()
         cdef void* x = checked_data(X, "X", self.typenum, self.m, self.sizes[0], False)
-        if self.typenum == cnp.NPY_DOUBLE:
-            with nogil:
-                forward_pass[double](self.L, self.m, self.sizes, self.codes, <double*>x,
-                                     <double**>self.W, <double**>self.b,
-                                     <double**>self.Z, <double**>self.A)
-        else:
-            with nogil:
-                forward_pass[float](self.L, self.m, self.sizes, self.codes, <float*>x,
-                                    <float**>self.W, <float**>self.b,
-                                    <float**>self.Z, <float**>self.A)
+        cdef Net net = self.network(NULL)
+        with nogil:
+            if self.typenum == cnp.NPY_DOUBLE:
+                forward_pass[double](&net, self.m, <double*>x, NULL)
+            else:
+                forward_pass[float](&net, self.m, <float*>x, NULL)
 
     def backprop(self, X, Y, scratch):
         """Forward then backward pass on (X, Y); fills dW and db and returns E."""
@@ -827,25 +1015,14 @@ cdef class Layers:
         cdef void* y = checked_data(Y, "Y", self.typenum, self.m, self.sizes[self.L], False)
         cdef Py_ssize_t need = <Py_ssize_t>self.m * self.max_hidden()
         cdef void* s = checked_data(scratch, "scratch", self.typenum, need, -1, True)
+        cdef Net net = self.network(s)
+        cdef Batch batch = whole_batch(self.m, y, NULL)
         cdef double E
-        if self.typenum == cnp.NPY_DOUBLE:
-            with nogil:
-                forward_pass[double](self.L, self.m, self.sizes, self.codes, <double*>x,
-                                     <double**>self.W, <double**>self.b,
-                                     <double**>self.Z, <double**>self.A)
-                E = backward_pass[double](self.L, self.m, self.sizes, self.codes,
-                                          <double*>x, <double*>y, <double**>self.W,
-                                          <double**>self.Z, <double**>self.A,
-                                          <double**>self.dW, <double**>self.db, <double*>s)
-        else:
-            with nogil:
-                forward_pass[float](self.L, self.m, self.sizes, self.codes, <float*>x,
-                                    <float**>self.W, <float**>self.b,
-                                    <float**>self.Z, <float**>self.A)
-                E = backward_pass[float](self.L, self.m, self.sizes, self.codes,
-                                         <float*>x, <float*>y, <float**>self.W,
-                                         <float**>self.Z, <float**>self.A,
-                                         <float**>self.dW, <float**>self.db, <float*>s)
+        with nogil:
+            if self.typenum == cnp.NPY_DOUBLE:
+                E = squared_error_gradient[double](&net, <double*>x, &batch)
+            else:
+                E = squared_error_gradient[float](&net, <float*>x, &batch)
         return E
 
     def forward_blocks(self, X, out, W0T):
@@ -865,27 +1042,26 @@ cdef class Layers:
         cdef void* x = checked_data(X, "X", self.typenum, n, n0, False)
         cdef void* o = checked_data(out, "out", self.typenum, n, self.sizes[L], True)
         cdef void* wt = checked_data(W0T, "W0T", self.typenum, n0, n1, True)
-        cdef void** tW = with_first(self.W, L, wt)
+        cdef Net net = self.network(NULL)
+        net.first_t = True
+        net.W = with_first(self.W, L, wt)
         # a copy of the A pointers, whose last entry blocked_forward moves along out
-        cdef void** tA = with_first(self.A, L, self.A[0])
-        if tW == NULL or tA == NULL:
-            free(tW)
-            free(tA)
+        net.A = with_first(self.A, L, self.A[0])
+        if net.W == NULL or net.A == NULL:
+            free(net.W)
+            free(net.A)
             raise MemoryError()
         with nogil:
             bpfast_set_panel_scope(1)
             if self.typenum == cnp.NPY_DOUBLE:
-                blocked_forward[double](L, n, self.m, self.sizes, self.codes, <double*>x,
-                                        <double*>self.W[0], <double**>tW,
-                                        <double**>self.b, <double**>self.Z,
-                                        <double**>tA, <double*>o)
+                blocked_forward[double](&net, <double*>x, n, self.m, <double*>self.W[0],
+                                        <double*>o)
             else:
-                blocked_forward[float](L, n, self.m, self.sizes, self.codes, <float*>x,
-                                       <float*>self.W[0], <float**>tW, <float**>self.b,
-                                       <float**>self.Z, <float**>tA, <float*>o)
+                blocked_forward[float](&net, <float*>x, n, self.m, <float*>self.W[0],
+                                       <float*>o)
             bpfast_set_panel_scope(0)
-        free(tW)
-        free(tA)
+        free(net.W)
+        free(net.A)
 
     def backprop_blocks(self, X, Y, scratch, W0T, dW0T, db_block):
         """:meth:`backprop` over all rows of (X, Y), taken m rows (this object's batch)
@@ -911,35 +1087,55 @@ cdef class Layers:
                                     <Py_ssize_t>self.m * self.max_hidden(), -1, True)
         cdef void* wt = checked_data(W0T, "W0T", self.typenum, n0, n1, True)
         cdef void* dwt = checked_data(dW0T, "dW0T", self.typenum, n0, n1, True)
-        cdef void* dbb = checked_data(db_block, "db_block", self.typenum, total, -1, True)
-        cdef void** tW = with_first(self.W, L, wt)
-        cdef void** tdW = with_first(self.dW, L, dwt)
+        cdef char* dbb = <char*>checked_data(db_block, "db_block", self.typenum, total, -1,
+                                             True)
+        cdef int itemsize = 8 if self.typenum == cnp.NPY_DOUBLE else 4
+        cdef Net net = self.network(s)
         cdef double E
-        if tW == NULL or tdW == NULL:
-            free(tW)
-            free(tdW)
+        net.first_t = True
+        net.W = with_first(self.W, L, wt)
+        net.dW = with_first(self.dW, L, dwt)
+        # each block's bias gradients, one layer after the other in db_block
+        net.db = <void**>malloc(L * sizeof(void*))
+        if net.W == NULL or net.dW == NULL or net.db == NULL:
+            free(net.W)
+            free(net.dW)
+            free(net.db)
             raise MemoryError()
+        for l in range(L):
+            net.db[l] = dbb
+            dbb += <Py_ssize_t>self.sizes[l + 1] * itemsize
         with nogil:
             bpfast_set_panel_scope(1)
             if self.typenum == cnp.NPY_DOUBLE:
-                E = blocked_backprop[double](L, n, self.m, self.sizes, self.codes,
-                                             <double*>x, <double*>y, <double*>self.W[0],
-                                             <double**>tW, <double**>self.b,
-                                             <double**>self.Z, <double**>self.A,
-                                             <double*>self.dW[0], <double**>tdW,
-                                             <double**>self.db, <double*>dbb,
-                                             <double*>s)
+                E = blocked_backprop[double](&net, <double*>x, <double*>y, n, self.m,
+                                             <double*>self.W[0], <double*>self.dW[0],
+                                             self.db)
             else:
-                E = blocked_backprop[float](L, n, self.m, self.sizes, self.codes,
-                                            <float*>x, <float*>y, <float*>self.W[0],
-                                            <float**>tW, <float**>self.b, <float**>self.Z,
-                                            <float**>self.A, <float*>self.dW[0],
-                                            <float**>tdW, <float**>self.db, <float*>dbb,
-                                            <float*>s)
+                E = blocked_backprop[float](&net, <float*>x, <float*>y, n, self.m,
+                                            <float*>self.W[0], <float*>self.dW[0],
+                                            self.db)
             bpfast_set_panel_scope(0)
-        free(tW)
-        free(tdW)
+        free(net.W)
+        free(net.dW)
+        free(net.db)
         return E
+
+
+cdef inline double in_dtype(double x, bint single) noexcept nogil:
+    """x as the network's dtype holds it (rounded to float for a float32 network)."""
+    return <float>x if single else x
+
+
+cdef inline Batch whole_batch(int m, const void* Y, const void* w) noexcept nogil:
+    """m rows of targets Y (weights w, or NULL) read in place, denom m."""
+    cdef Batch batch
+    batch.m = m
+    batch.denom = m
+    batch.Y = Y
+    batch.w = w
+    batch.rows = NULL
+    return batch
 
 
 # ---------------------------------------------------------------------------
@@ -955,22 +1151,23 @@ cdef extern from "_update.h" nogil:
                            float beta2, float eps, float lr_t, float l2)
 
 
-cdef inline double update(int optimizer, Py_ssize_t N, floating* p, const floating* g,
-                          floating* s1, floating* s2, floating lr, floating momentum,
-                          bint nesterov, floating beta1, floating beta2, floating epsilon,
-                          floating lr_t, floating l2) noexcept nogil:
+cdef inline double update(const StepPolicy* policy, Py_ssize_t N, floating* p,
+                          const floating* g, floating* s1, floating* s2,
+                          floating l2) noexcept nogil:
     """One optimizer step on N parameters p with gradient g + l2 p (scikit-learn's rules);
     returns sum p^2 of the new values.
 
     sgd: p -= lr g, or with momentum v = mu v - lr g and p += v (nesterov: p += mu v - lr g).
     adam: m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2, p += -lr_t m / (sqrt(v) + eps).
     """
+    cdef const Settings* s = policy.settings
     if floating is double:
-        return bpfast_update_d(N, p, g, s1, s2, optimizer == OPT_ADAM, lr, momentum,
-                               nesterov, beta1, beta2, epsilon, lr_t, l2)
+        return bpfast_update_d(N, p, g, s1, s2, s.optimizer == OPT_ADAM, s.lr, s.momentum,
+                               s.nesterov, s.beta1, s.beta2, s.epsilon, policy.lr_t, l2)
     else:
-        return bpfast_update_f(N, p, g, s1, s2, optimizer == OPT_ADAM, lr, momentum,
-                               nesterov, beta1, beta2, epsilon, lr_t, l2)
+        return bpfast_update_f(N, p, g, s1, s2, s.optimizer == OPT_ADAM, <float>s.lr,
+                               <float>s.momentum, s.nesterov, <float>s.beta1,
+                               <float>s.beta2, <float>s.epsilon, <float>policy.lr_t, l2)
 
 
 cdef extern from "_tiles.h" nogil:
@@ -1052,29 +1249,37 @@ cdef inline bint panel_product(bint trans_b, int m, int n, int k,
             or bpfast_panel_fits(trans_b, m, n, k, itemsize))
 
 
-cdef inline double grad_update(bint transposed, int m, int n_out, int n_in,
-                               const floating* dZ, const floating* prev, floating* W,
-                               floating* s1, floating* s2, int optimizer, floating lr,
-                               floating momentum, bint nesterov, floating beta1,
-                               floating beta2, floating epsilon, floating lr_t,
-                               floating l2, const floating** prev_rows=NULL) noexcept nogil:
-    """W stepped as :func:`update` with dW = dZ^T prev (n_out x n_in; its transpose for W
-    stored transposed), the gradient never stored; returns sum W^2 of the new values.
+cdef inline double grad_update(const Net* net, int m, int l, const floating* prev,
+                               const floating** prev_rows,
+                               const StepPolicy* policy) noexcept nogil:
+    """W[l] stepped as :func:`update` with dW = dZ[l]^T prev (n_out x n_in; its transpose
+    for W stored transposed) in _grad_update.h's register tiles, the gradient never
+    stored; returns sum W^2 of the new values.
 
     ``prev_rows`` (W stored transposed only): row p of prev is prev_rows[p], and ``prev``
     is not read."""
+    cdef const Settings* s = policy.settings
+    cdef bint transposed = net.first_t and l == 0
+    cdef int n_out = net.sizes[l + 1], n_in = net.sizes[l]
+    cdef const floating* dZ = (<floating**>net.Z)[l]
+    cdef floating* W = (<floating**>net.W)[l]
+    cdef floating* s1 = (<floating*>net.sW1[l] if net.sW1 != NULL else NULL)
+    cdef floating* s2 = (<floating*>net.sW2[l] if net.sW2 != NULL else NULL)
     cdef const floating* a = prev if transposed else dZ
     cdef const floating* bb = dZ if transposed else prev
     cdef int R = n_in if transposed else n_out
     cdef int C = n_out if transposed else n_in
     if floating is double:
         return bpfast_grad_update_d(m, R, C, a, R, prev_rows, bb, C, W, C, s1, s2,
-                                    optimizer == OPT_ADAM, lr, momentum, nesterov, beta1,
-                                    beta2, epsilon, lr_t, l2)
+                                    s.optimizer == OPT_ADAM, s.lr, s.momentum,
+                                    s.nesterov, s.beta1, s.beta2, s.epsilon, policy.lr_t,
+                                    policy.l2)
     else:
         return bpfast_grad_update_f(m, R, C, a, R, prev_rows, bb, C, W, C, s1, s2,
-                                    optimizer == OPT_ADAM, lr, momentum, nesterov, beta1,
-                                    beta2, epsilon, lr_t, l2)
+                                    s.optimizer == OPT_ADAM, <float>s.lr,
+                                    <float>s.momentum, s.nesterov, <float>s.beta1,
+                                    <float>s.beta2, <float>s.epsilon, <float>policy.lr_t,
+                                    <float>policy.l2)
 
 
 cdef double l2_penalty(int L, const int* sizes, floating** W, floating** dW,
@@ -1091,24 +1296,20 @@ cdef double l2_penalty(int L, const int* sizes, floating** W, floating** dW,
     return sq
 
 
-cdef double batch_gradient(
-        int L, int m, const int* sizes, const int* codes,
-        floating** W, floating** b, floating** Z, floating** A,
-        floating** dW, floating** db, floating* scratch,
-        const floating* X, const floating* Y, const floating* w, floating denom,
-        int loss, floating loss_scale, floating alpha, bint first_t=False) noexcept nogil:
+cdef double batch_gradient(const Net* net, const floating* X, const Batch* batch,
+                           int loss, floating loss_scale, floating alpha) noexcept nogil:
     """One batch's loss (data term times loss_scale, plus alpha/(2 denom) sum ||W||^2)
-    and its gradient in dW, db: forward, output delta, backward, L2. ``first_t``: W[0]
-    and dW[0] are stored transposed. With alpha = 0 the L2 term is left out (the
-    trainer adds it in its update pass)."""
+    and its gradient in dW, db: forward, output delta, backward, L2. With alpha = 0 the
+    L2 term is left out (the trainer adds it in its update pass)."""
     cdef double value
-    forward_pass(L, m, sizes, codes, X, W, b, Z, A, first_t)
-    value = output_delta(loss, codes[L - 1], m, sizes[L], A[L - 1], Y, w, denom,
-                         Z[L - 1], db[L - 1])
-    value = value * loss_scale / (2.0 * denom if loss == LOSS_MSE else denom)
-    backward_layers(L, m, sizes, codes, X, W, Z, A, dW, db, scratch, first_t)
+    cdef floating denom = <floating>batch.denom
+    cdef StepPolicy keep = gradient_policy(0, NULL)
+    forward_pass(net, batch.m, X, NULL)
+    value = scaled_loss(net, batch, loss, loss_scale, <const floating*>batch.Y)
+    backward(net, X, batch, &keep)
     if alpha != 0:
-        value += 0.5 * alpha * l2_penalty(L, sizes, W, dW, alpha / denom) / denom
+        value += 0.5 * alpha * l2_penalty(net.L, net.sizes, <floating**>net.W,
+                                          <floating**>net.dW, alpha / denom) / denom
     return value
 
 
@@ -1118,17 +1319,21 @@ cdef double batch_gradient(
 cdef Py_ssize_t bpfast_gradient_block = 1 << 18
 
 
-cdef double blocked_step(bint transposed, int m, int n_out, int n_in,
-                         const floating* dZ, const floating* prev, floating* W,
-                         floating* s1, floating* s2, floating* G, int optimizer,
-                         floating lr, floating momentum, bint nesterov, floating beta1,
-                         floating beta2, floating epsilon, floating lr_t,
-                         floating l2) noexcept nogil:
-    """:func:`update` of W (n_out x n_in, or n_in x n_out stored transposed) with the
-    gradient dZ^T prev, a block of whole rows at a time: G = the block's rows of the
-    gradient (a BLAS product), then the step of those rows of W and of its state. G has
-    room for min(N, bpfast_gradient_block) entries (N = n_out n_in). Returns sum W^2 of
-    the new values. The same values as the gradient in full and then the step."""
+cdef double blocked_step(const Net* net, int m, int l, const floating* prev,
+                         const StepPolicy* policy) noexcept nogil:
+    """:func:`update` of W[l] (n_out x n_in, or n_in x n_out stored transposed) with the
+    gradient dZ[l]^T prev, a block of whole rows at a time: G = the block's rows of the
+    gradient (a BLAS product) in ``policy.gbuf``, then the step of those rows of W and of
+    its state. The buffer has room for min(N, bpfast_gradient_block) entries
+    (N = n_out n_in). Returns sum W^2 of the new values. The same values as the gradient
+    in full and then the step."""
+    cdef bint transposed = net.first_t and l == 0
+    cdef int n_out = net.sizes[l + 1], n_in = net.sizes[l]
+    cdef const floating* dZ = (<floating**>net.Z)[l]
+    cdef floating* W = (<floating**>net.W)[l]
+    cdef floating* s1 = (<floating*>net.sW1[l] if net.sW1 != NULL else NULL)
+    cdef floating* s2 = (<floating*>net.sW2[l] if net.sW2 != NULL else NULL)
+    cdef floating* G = <floating*>policy.gbuf
     cdef int R = n_in if transposed else n_out
     cdef int C = n_out if transposed else n_in
     cdef Py_ssize_t N = <Py_ssize_t>R * C
@@ -1148,9 +1353,9 @@ cdef double blocked_step(bint transposed, int m, int n_out, int n_in,
         else:  # G = dZ[:, r0:r1]^T prev
             gemm(True, False, r1 - r0, C, m, <floating>1, dZ + r0, n_out, prev, n_in,
                  <floating>0, G, C)
-        total += update(optimizer, <Py_ssize_t>(r1 - r0) * C, W + at, G,
+        total += update(policy, <Py_ssize_t>(r1 - r0) * C, W + at, G,
                         s1 + at if s1 != NULL else NULL, s2 + at if s2 != NULL else NULL,
-                        lr, momentum, nesterov, beta1, beta2, epsilon, lr_t, l2)
+                        <floating>policy.l2)
         r0 = r1
     return total
 
@@ -1166,110 +1371,97 @@ def set_gradient_block(Py_ssize_t entries):
     return old
 
 
-cdef double optimizer_step(
-        int L, int m, const int* sizes, const int* codes,
-        floating** W, floating** b, floating** Z, floating** A,
-        floating** dW, floating** db, floating* scratch,
-        floating** sW1, floating** sb1, floating** sW2, floating** sb2,
-        const floating* X, const floating* Y, const floating* w, floating denom,
-        int loss, floating loss_scale, double penalty, int optimizer, floating lr,
-        floating momentum, bint nesterov, floating beta1, floating beta2,
-        floating epsilon, floating lr_t, floating l2, bint first_t,
-        double* sq, const floating** X_rows=NULL, double* bound=NULL,
-        const double* data_bound=NULL, void** backup=NULL,
-        int* overflow=NULL, long long* careful=NULL) noexcept nogil:
-    """One batch's step with a momentum or Adam optimizer (or plain SGD with state);
+cdef double optimizer_layer_step(const Net* net, const Batch* batch, int l,
+                                 const floating* prev,
+                                 const StepPolicy* policy) noexcept nogil:
+    """The momentum or Adam step of W[l] (through :func:`grad_update` for small layers,
+    else :func:`blocked_step`) and of b[l]; returns sum W[l]^2 of the new weights."""
+    cdef int m = batch.m, n_out = net.sizes[l + 1]
+    cdef Py_ssize_t N = <Py_ssize_t>n_out * net.sizes[l]
+    cdef double total
+    if <long long>m * N <= bpfast_fused_update_limit:  # the tile kernels
+        total = grad_update(net, m, l, prev,
+                            <const floating**>batch.rows if l == 0 else NULL, policy)
+    else:
+        total = blocked_step(net, m, l, prev, policy)
+    update(policy, n_out, (<floating**>net.b)[l], (<floating**>net.db)[l],
+           <floating*>net.sb1[l] if net.sb1 != NULL else NULL,
+           <floating*>net.sb2[l] if net.sb2 != NULL else NULL, <floating>0)
+    return total
+
+
+cdef double step_batch(const Net* net, const floating* X, const Batch* batch,
+                       const StepPolicy* policy, Guard* guard, double penalty,
+                       double* sq) noexcept nogil:
+    """One batch's training step (plain SGD or an optimizer's, see :func:`backward`);
     returns the batch's loss, its data term plus ``penalty`` (the L2 term).
 
     Forward and output delta; if an output or the loss is not finite, nothing is
-    updated (NaN is returned for outputs that are not finite). Then per
-    layer, top down: dA[l-1] = dZ[l] W[l] from the old W[l], the step of W[l] (through
-    :func:`grad_update` for small layers, else dW[l] and :func:`update`), the step of
-    b[l], and dZ[l-1]. The same updates as taking every gradient first. For a small
-    layer over a piecewise-linear activation, dZ[l-1] = (dZ[l] W[l]) (.) g'(Z[l-1])
-    comes from one pass of _layer_forward.h's backward kernel (no dA in scratch).
-    ``sq[0]`` gets sum ||W||^2 of the new weights. ``first_t``: W[0], dW[0] and their state are stored
-    transposed. ``X_rows``: row p of the batch is X_rows[p] (``X`` is not read); only
-    with ``first_t`` and a first layer small enough for the fused kernels.
+    updated (NaN is returned for outputs that are not finite). Then back-propagation
+    with the step of each layer as its gradient is done: the same updates as taking
+    every gradient first. An optimizer step's ``sq[0]`` gets sum ||W||^2 of the new
+    weights.
 
-    With ``bound`` (the guard's bounds, see Trainer.bound) and ``data_bound``, the step
-    never leaves a parameter or a state entry that is not finite, as :func:`sgd_step`'s:
-    :func:`update_is_safe` proves it (no copy), or the parameters are copied to
-    ``backup[0]`` (allocated at the first need, freed by the trainer) before the step
-    and put back if it overflowed, with ``overflow[0] = 1``.
+    With the guard on (``guard.bound``), the step never leaves a parameter or a state
+    entry that is not finite: :func:`update_is_safe` proves it (no copy), or the
+    parameters are copied before the step and put back if it overflowed, with
+    ``guard.overflow = 1``.
     """
-    cdef int l, kind
-    cdef Py_ssize_t N
-    cdef bint tr, small, fused_back
-    cdef const floating* prev
-    cdef double value, total = 0
+    cdef int m = batch.m
+    cdef double value, total
     cdef bint safe = True
-    cdef int rule = (RULE_ADAM if optimizer == OPT_ADAM
-                     else RULE_NESTEROV if nesterov else RULE_MOMENTUM)
-    cdef floating* gbuf = dW[0]  # the largest layer's dW: room for any gradient block
-    for l in range(1, L):
-        if <Py_ssize_t>sizes[l + 1] * sizes[l] > <Py_ssize_t>sizes[1] * sizes[0]:
-            gbuf = dW[l]
-    forward_pass(L, m, sizes, codes, X, W, b, Z, A, first_t, X_rows)
-    if not outputs_finite(loss, L, m, sizes, A):
+    forward_pass(net, m, X, <const floating**>batch.rows)
+    if not outputs_finite(policy.settings.loss, net.L, m, net.sizes, <floating**>net.A):
         return NAN
-    value = output_delta(loss, codes[L - 1], m, sizes[L], A[L - 1], Y, w, denom,
-                         Z[L - 1], db[L - 1])
-    value = value * loss_scale / (2.0 * denom if loss == LOSS_MSE else denom) + penalty
+    value = scaled_loss(net, batch, policy.settings.loss, policy.settings.loss_scale,
+                        <const floating*>batch.Y) + penalty
     if not isfinite(value):
         return value
-    if bound != NULL:
-        safe = update_is_safe(L, m, sizes, codes, loss, denom, data_bound, A, Z, bound, 1,
-                              lr, rule, momentum, beta1, beta2, epsilon, lr_t, l2)
+    # the guard decides before the step (its bounds need only the forward pass's values)
+    if guard.bound != NULL:
+        safe = update_is_safe(net, m, batch.denom, policy, guard, <floating**>net.A)
         if not safe:
-            careful[0] += 1
-            if backup[0] == NULL:
-                backup[0] = malloc(parameter_count(L, sizes) * sizeof(floating))
-            if backup[0] == NULL:  # no room to step carefully: stop before the step
-                overflow[0] = 1
+            guard.careful += 1
+            if not keep_parameters(net, policy, guard, <floating**>net.W):
+                guard.overflow = 1  # no room to step carefully: stop before the step
                 return value
-            save_parameters(L, sizes, W, b, <floating*>backup[0], True)
-    for l in range(L - 1, -1, -1):
-        prev = X if l == 0 else A[l - 1]
-        tr = first_t and l == 0
-        N = <Py_ssize_t>sizes[l + 1] * sizes[l]
-        small = <long long>m * N <= bpfast_fused_update_limit  # the tile kernels
-        kind = pwl_kind(codes[l - 1]) if l > 0 else -1
-        fused_back = l > 0 and tile_backward(m, sizes[l + 1], sizes[l], codes[l - 1])
-        if fused_back:
-            if floating is double:
-                bpfast_layer_forward_d_back(m, sizes[l + 1], sizes[l], Z[l], W[l],
-                                            sizes[l], A[l - 1], Z[l - 1], sizes[l],
-                                            db[l - 1], kind)
-            else:
-                bpfast_layer_forward_f_back(m, sizes[l + 1], sizes[l], Z[l], W[l],
-                                            sizes[l], A[l - 1], Z[l - 1], sizes[l],
-                                            db[l - 1], kind)
-        elif l > 0:
-            gemm(False, False, m, sizes[l], sizes[l + 1], <floating>1, Z[l], sizes[l + 1],
-                 W[l], sizes[l], <floating>0, scratch, sizes[l])
-        if small:
-            total += grad_update(tr, m, sizes[l + 1], sizes[l], Z[l], prev, W[l],
-                                 sW1[l] if sW1 != NULL else NULL,
-                                 sW2[l] if sW2 != NULL else NULL, optimizer, lr, momentum,
-                                 nesterov, beta1, beta2, epsilon, lr_t, l2,
-                                 X_rows if l == 0 else NULL)
-        else:
-            total += blocked_step(tr, m, sizes[l + 1], sizes[l], Z[l], prev, W[l],
-                                  sW1[l] if sW1 != NULL else NULL,
-                                  sW2[l] if sW2 != NULL else NULL, gbuf, optimizer, lr,
-                                  momentum, nesterov, beta1, beta2, epsilon, lr_t, l2)
-        update(optimizer, sizes[l + 1], b[l], db[l], sb1[l] if sb1 != NULL else NULL,
-               sb2[l] if sb2 != NULL else NULL, lr, momentum, nesterov, beta1, beta2,
-               epsilon, lr_t, 0)
-        if l > 0 and not fused_back:
-            hidden_delta(codes[l - 1], m, sizes[l], scratch, A[l - 1], Z[l - 1], db[l - 1])
-    sq[0] = total
-    if not safe and not guard_bounds(L, sizes, W, b, sW1, sb1, sW2, sb2, bound):
-        save_parameters(L, sizes, W, b, <floating*>backup[0], False)
-        guard_bounds(L, sizes, W, b, sW1, sb1, sW2, sb2, bound)
-        overflow[0] = 1
+    total = backward(net, X, batch, policy)
+    if policy.kind == OPTIMIZER_STEP:
+        sq[0] = total
+    if not safe and not guard_bounds(net, guard.bound, <floating**>net.W):
+        restore_parameters(net, policy, guard, <floating**>net.W)
+        guard_bounds(net, guard.bound, <floating**>net.W)
+        guard.overflow = 1
     return value
+
+
+cdef bint keep_parameters(const Net* net, const StepPolicy* policy, Guard* guard,
+                          floating** W) noexcept nogil:
+    """A copy of the parameters W, b before a step the guard could not clear: plain
+    SGD's into its backup buffers, an optimizer's into one flat block allocated at the
+    first need. False when there is no room for it."""
+    if policy.kind == PLAIN_SGD:
+        copy_parameters(net.L, net.sizes, W, <floating**>net.b, <floating**>guard.Wbak,
+                        <floating**>guard.bbak)
+        return True
+    if guard.backup[0] == NULL:
+        guard.backup[0] = malloc(parameter_count(net.L, net.sizes) * sizeof(floating))
+    if guard.backup[0] == NULL:
+        return False
+    save_parameters(net.L, net.sizes, W, <floating**>net.b, <floating*>guard.backup[0],
+                    True)
+    return True
+
+
+cdef void restore_parameters(const Net* net, const StepPolicy* policy, Guard* guard,
+                             floating** W) noexcept nogil:
+    """The parameters back from :func:`keep_parameters`' copy."""
+    if policy.kind == PLAIN_SGD:
+        copy_parameters(net.L, net.sizes, <floating**>guard.Wbak, <floating**>guard.bbak,
+                        W, <floating**>net.b)
+    else:
+        save_parameters(net.L, net.sizes, W, <floating**>net.b,
+                        <floating*>guard.backup[0], False)
 
 
 cdef Py_ssize_t parameter_count(int L, const int* sizes) noexcept nogil:
@@ -1307,68 +1499,6 @@ cdef double sum_of_squares(int L, const int* sizes, floating** W) noexcept nogil
     return sq
 
 
-cdef double sgd_step(
-        int L, int m, const int* sizes, const int* codes,
-        floating** W, floating** b, floating** Z, floating** A, floating** db,
-        floating* scratch, const floating* X, const floating* Y, const floating* w,
-        floating denom, int loss, floating loss_scale, floating alpha,
-        floating lr, bint first_t=False, double* bound=NULL,
-        const double* data_bound=NULL, floating** Wbak=NULL, floating** bbak=NULL,
-        int* overflow=NULL, long long* careful=NULL) noexcept nogil:
-    """One plain SGD step with the update fused into back-propagation; returns the loss.
-
-    Per layer, top down: dA[l-1] = dZ[l] W[l] is taken from the old W[l], then
-    W[l] = (1 - lr alpha/denom) W[l] - lr dZ[l]^T A[l-1] in one GEMM (beta = the L2
-    shrink), and b[l] -= lr db[l]. Equal to W -= lr (dW + alpha/denom W) to rounding,
-    without writing or re-reading dW. Nothing is updated when an output or the loss is
-    not finite (NaN is returned for the outputs).
-    ``first_t``: W[0] is stored transposed.
-
-    With ``bound`` (per layer, a bound on the magnitude of every weight and bias) and
-    ``data_bound`` (see :func:`update_is_safe`), the step never leaves a parameter that is
-    not finite: :func:`update_is_safe` proves that it cannot overflow (the usual case: no
-    copy at all), or else the parameters are copied to ``Wbak``/``bbak`` before the step
-    and put back if it overflowed, with ``overflow[0] = 1``.
-    """
-    cdef int l
-    cdef Py_ssize_t k
-    cdef const floating* prev
-    cdef double value
-    cdef bint safe
-    cdef floating shrink = 1 - lr * (alpha / denom)
-    forward_pass(L, m, sizes, codes, X, W, b, Z, A, first_t)
-    if not outputs_finite(loss, L, m, sizes, A):
-        return NAN
-    value = output_delta(loss, codes[L - 1], m, sizes[L], A[L - 1], Y, w, denom,
-                         Z[L - 1], db[L - 1])
-    value = value * loss_scale / (2.0 * denom if loss == LOSS_MSE else denom)
-    if alpha != 0:
-        value += 0.5 * alpha * sum_of_squares(L, sizes, W) / denom
-    if not isfinite(value):
-        return value
-    # the guard decides before the step (its bounds need only the forward pass's values)
-    safe = bound == NULL or update_is_safe(L, m, sizes, codes, loss, denom, data_bound, A,
-                                           Z, bound, shrink, lr)
-    if not safe:
-        careful[0] += 1
-        copy_parameters(L, sizes, W, b, Wbak, bbak)
-    for l in range(L - 1, -1, -1):
-        prev = X if l == 0 else A[l - 1]
-        if l > 0:
-            gemm(False, False, m, sizes[l], sizes[l + 1], <floating>1, Z[l], sizes[l + 1],
-                 W[l], sizes[l], <floating>0, scratch, sizes[l])
-            hidden_delta(codes[l - 1], m, sizes[l], scratch, A[l - 1], Z[l - 1], db[l - 1])
-        weight_gradient(first_t and l == 0, m, sizes[l + 1], sizes[l], -lr, Z[l], prev,
-                        shrink, W[l])
-        for k in range(sizes[l + 1]):
-            b[l][k] = b[l][k] - lr * db[l][k]
-    if not safe and not parameter_bounds(L, sizes, W, b, bound):
-        copy_parameters(L, sizes, Wbak, bbak, W, b)
-        parameter_bounds(L, sizes, W, b, bound)
-        overflow[0] = 1
-    return value
-
-
 cdef enum:
     # update_is_safe's step rules: plain SGD fused into the product (l2 as a shrink),
     # and optimizer_step's momentum, Nesterov and Adam
@@ -1382,16 +1512,49 @@ cdef enum:
     GUARD_SLOTS = 7
 
 
-cdef bint update_is_safe(int L, int m, const int* sizes, const int* codes, int loss,
-                         double denom, const double* data_bound, floating** A,
-                         floating** Z, double* bound, double shrink,
-                         double lr, int rule=RULE_PLAIN, double mu=0, double beta1=0,
-                         double beta2=0, double epsilon=1, double lr_t=0,
-                         double l2=0) noexcept nogil:
+cdef struct StepBound:
+    # the coefficients of a step in update_is_safe's bounds (see there)
+    int rule
+    double keep     # plain SGD: max(|shrink|, 1)
+    double lr
+    double mu
+    double beta1
+    double beta2
+    double epsilon
+    double lr_t
+    double l2
+
+
+cdef StepBound step_bound(const StepPolicy* policy) noexcept nogil:
+    """The step's rule and coefficients, as update_is_safe bounds them."""
+    cdef const Settings* s = policy.settings
+    cdef StepBound r
+    memset(&r, 0, sizeof(StepBound))
+    r.keep = 1
+    r.epsilon = 1
+    r.lr = s.lr
+    if policy.kind == PLAIN_SGD:
+        r.rule = RULE_PLAIN
+        if policy.shrink > 1 or policy.shrink < -1:
+            r.keep = policy.shrink if policy.shrink > 0 else -policy.shrink
+        return r
+    r.rule = (RULE_ADAM if s.optimizer == OPT_ADAM
+              else RULE_NESTEROV if s.nesterov else RULE_MOMENTUM)
+    r.mu = s.momentum
+    r.beta1 = s.beta1
+    r.beta2 = s.beta2
+    r.epsilon = s.epsilon
+    r.lr_t = policy.lr_t
+    r.l2 = policy.l2
+    return r
+
+
+cdef bint update_is_safe(const Net* net, int m, double denom, const StepPolicy* policy,
+                         const Guard* guard, floating** A) noexcept nogil:
     """Whether the step from the deltas in Z provably leaves every parameter (and every
     entry of the optimizer state) finite; sets bound[l] to a bound on the parameters'
-    magnitudes after the step, and when safe the state's bounds too (``bound`` has room
-    for GUARD_SLOTS L doubles, see Trainer.bound).
+    magnitudes after the step, and when safe the state's bounds too (``guard.bound`` has
+    room for GUARD_SLOTS L doubles, see Trainer.bound).
 
     With B_l = bound[l] (weights and biases of layer l before the step), a_l a bound on
     |A| of the layer below and d_l one on |dZ[l]|: |dW_ij| = |sum_r dZ_ri A_rj| <= m d_l a_l
@@ -1411,101 +1574,149 @@ cdef bint update_is_safe(int L, int m, const int* sizes, const int* codes, int l
     the outputs (which the steps check) or a measured layer, except through a relu,
     which maps it to 0; so a sigmoid or tanh layer below a relu is measured too.
 
-    With G_l = m d_l max(a_l, 1) (every gradient entry's bound) and g = G_l + l2 B_l,
-    the other rules, V_l and S_l the state's bounds (bound[3 L + l], bound[4 L + l]):
-    momentum |V'| <= mu V_l + lr g, |P'| <= B_l + |V'| (Nesterov: B_l + mu |V'| + lr g);
-    Adam |M'| <= b1 V_l + (1 - b1) g, S' <= b2 S_l + (1 - b2) g^2 and
-    |P'| <= B_l + lr_t min(|M'| / eps, 2 K). The first as sqrt(S') + eps >= eps; the
+    The other rules' bounds are :func:`stepped_bound`'s. The step is safe when every
+    new bound is below a quarter of the dtype's largest finite value (room for the
+    rounding of the products); anything not finite makes it unsafe. Loose bounds only
+    ever send a batch to the careful path (copy, step, check), never let an overflow
+    through.
+    """
+    cdef int L = net.L, measured, l
+    cdef double a_out
+    cdef double limit = (FLT_MAX if floating is float else DBL_MAX) / 4
+    cdef double* bound = guard.bound
+    cdef double* act = bound + L  # a_l, then d_l: the guard's scratch room of 2 L doubles
+    cdef double* dlt = bound + 2 * L
+    cdef StepBound rule = step_bound(policy)
+    cdef bint safe = True
+    # first with the output delta's bound; when that cannot prove it, again with its
+    # measured maximum
+    for measured in range(2):
+        a_out = activation_bounds(net, m, A, guard.data_bound[0], measured, act)
+        dlt[L - 1] = output_delta_bound(net, m, (<floating**>net.Z)[L - 1],
+                                        policy.settings.loss, denom, guard.data_bound,
+                                        a_out, measured)
+        hidden_delta_bounds(L, net.sizes, net.codes, bound, act, dlt)
+        safe = stepped_bounds(L, m, &rule, limit, bound)
+        if safe:
+            break
+    for l in range(L):
+        bound[l] = dlt[l]
+        if safe and rule.rule != RULE_PLAIN:
+            bound[3 * L + l] = bound[5 * L + l]
+            bound[4 * L + l] = bound[6 * L + l]
+    return safe
+
+
+cdef double activation_bounds(const Net* net, int m, floating** A, double x_bound,
+                              bint measured, double* act) noexcept nogil:
+    """act[l] = a_l, the bound on |A[l-1]| (act[0] = the inputs' bound); returns the
+    outputs' bound. Measured layers keep the first round's a_l in the second."""
+    cdef int L = net.L, l, code
+    cdef const int* codes = net.codes
+    cdef double a = 1
+    act[0] = x_bound
+    for l in range(1, L + 1):
+        code = codes[l - 1]
+        # a bounded layer's NaN (from a product that overflowed) reaches the outputs,
+        # or a measured layer, unless a relu above maps it to 0
+        if ((code == SIGMOID or code == TANH or code == SOFTMAX)
+                and not (l < L and codes[l] == RELU)):
+            a = 1
+        elif measured and l < L:
+            a = act[l]  # taken in the first round
+        else:  # unbounded activations: their largest magnitude, one pass
+            a = max_abs(A[l - 1], <Py_ssize_t>m * net.sizes[l])
+        if l < L:
+            act[l] = a
+    return a
+
+
+cdef inline double slope_bound(int code) noexcept nogil:
+    """A bound on |g'| for a sigmoid, softmax (its Jacobian under squared error) or silu
+    layer, else 1."""
+    return 0.25 if code == SIGMOID else 2 if code == SOFTMAX else 1.1 if code == SILU else 1
+
+
+cdef double output_delta_bound(const Net* net, int m, const floating* dZ, int loss,
+                               double denom, const double* data_bound, double a_out,
+                               bint measured) noexcept nogil:
+    """d_(L-1), the bound on |dZ| at the outputs: w (a_out + max |Y|) |g'| / denom, or
+    dZ's largest magnitude (measured, or an exp output)."""
+    cdef int L = net.L, code = net.codes[L - 1]
+    cdef double gmax = slope_bound(code) if loss == LOSS_MSE else 1
+    if code == EXP or measured:
+        return max_abs(dZ, <Py_ssize_t>m * net.sizes[L])
+    return data_bound[2] * (a_out + data_bound[1]) * gmax / denom
+
+
+cdef void hidden_delta_bounds(int L, const int* sizes, const int* codes,
+                              const double* bound, const double* act,
+                              double* dlt) noexcept nogil:
+    """d_(l-1) = n^(l+1) d_l B_l max|g'| downwards from the outputs' d_(L-1)."""
+    cdef int l, code
+    cdef double gmax
+    for l in range(L - 1, 0, -1):
+        code = codes[l - 1]
+        gmax = act[l] if code == EXP else slope_bound(code)
+        dlt[l - 1] = sizes[l + 1] * dlt[l] * bound[l] * gmax
+
+
+cdef bint stepped_bounds(int L, int m, const StepBound* rule, double limit,
+                         double* bound) noexcept nogil:
+    """Each layer's new bounds from the d_l (each used once, just here, and replaced by
+    the parameters' new bound) and the a_l; the state's go to the two scratch slots.
+    Whether all of them are below ``limit``."""
+    cdef int l
+    cdef double a, grown
+    cdef double* act = bound + L
+    cdef double* dlt = bound + 2 * L
+    cdef bint safe = True
+    for l in range(L):
+        a = act[l] if act[l] > 1 else 1
+        grown = stepped_bound(rule, bound[l], m, dlt[l], a, bound[3 * L + l],
+                              bound[4 * L + l], &bound[5 * L + l], &bound[6 * L + l])
+        if not (grown < limit and bound[5 * L + l] < limit  # also when NaN
+                and bound[6 * L + l] < limit):
+            safe = False
+        dlt[l] = grown
+    return safe
+
+
+cdef double stepped_bound(const StepBound* r, double B, int m, double d, double a,
+                          double V, double S, double* first,
+                          double* second) noexcept nogil:
+    """The bound on a layer's parameters after the step, from B (before it), the
+    gradient's bound G = m d a and the state's bounds V, S; first and second get the
+    state's new bounds (0 for plain SGD, which has none).
+
+    With g = G + l2 B: momentum |V'| <= mu V + lr g, |P'| <= B + |V'| (Nesterov:
+    B + mu |V'| + lr g); Adam |M'| <= b1 V + (1 - b1) g, S' <= b2 S + (1 - b2) g^2 and
+    |P'| <= B + lr_t min(|M'| / eps, 2 K). The first as sqrt(S') + eps >= eps; the
     second for a state built from zero by these betas (as the trainer's is), when
     b1^2 < b2: by Cauchy-Schwarz over the gradients' history,
     |M| <= (1 - b1) sqrt(sum_j (b1^2 / b2)^j) sqrt(S / (1 - b2)), so |M| / sqrt(S) <= K =
     (1 - b1) / sqrt((1 - b2) (1 - b1^2 / b2)) (7.3 for the usual 0.9 and 0.999; the 2
     is room for rounding). |M'| / eps alone would let the weight bounds, chained
     through the layers' deltas, outgrow float32 within a few batches.
-
-    The step is safe when every new bound is below a quarter of the dtype's largest
-    finite value (room for the rounding of the products); anything not finite makes it
-    unsafe. Loose bounds only ever send a batch to the careful path (copy, step, check),
-    never let an overflow through.
     """
-    cdef int l, code, measured
-    cdef double a = 1, gmax, grown, g, first, second, step, ratio
-    cdef double limit = (FLT_MAX if floating is float else DBL_MAX) / 4
-    cdef double keep = shrink if shrink > 1 or shrink < -1 else 1
-    cdef double* act = bound + L  # a_l, then d_l: the caller's room of 3 L doubles
-    cdef double* dlt = bound + 2 * L
-    cdef bint safe = True
-    if keep < 0:
-        keep = -keep
-    # first with the output delta's bound; when that cannot prove it, again with its
-    # measured maximum
-    for measured in range(2):
-        act[0] = data_bound[0]
-        for l in range(1, L + 1):
-            code = codes[l - 1]
-            # a bounded layer's NaN (from a product that overflowed) reaches the
-            # outputs, or a measured layer, unless a relu above maps it to 0
-            if ((code == SIGMOID or code == TANH or code == SOFTMAX)
-                    and not (l < L and codes[l] == RELU)):
-                a = 1
-            elif measured and l < L:
-                a = act[l]  # taken in the first round
-            else:  # unbounded activations: their largest magnitude, one pass
-                a = max_abs(A[l - 1], <Py_ssize_t>m * sizes[l])
-            if l < L:
-                act[l] = a
-        code = codes[L - 1]
-        if code == EXP or measured:
-            dlt[L - 1] = max_abs(Z[L - 1], <Py_ssize_t>m * sizes[L])
-        else:  # a is now the bound on the outputs
-            gmax = 1
-            if loss == LOSS_MSE:
-                gmax = (0.25 if code == SIGMOID else 2 if code == SOFTMAX
-                        else 1.1 if code == SILU else 1)
-            dlt[L - 1] = data_bound[2] * (a + data_bound[1]) * gmax / denom
-        for l in range(L - 1, 0, -1):
-            code = codes[l - 1]
-            gmax = (0.25 if code == SIGMOID else 1.1 if code == SILU
-                    else act[l] if code == EXP else 1)
-            dlt[l - 1] = sizes[l + 1] * dlt[l] * bound[l] * gmax
-        safe = True
-        for l in range(L):  # the new bounds, over the d_l (each used once, just here)
-            a = act[l] if act[l] > 1 else 1
-            if rule == RULE_PLAIN:
-                grown = keep * bound[l] + lr * m * dlt[l] * a
-            else:
-                g = m * dlt[l] * a + l2 * bound[l]
-                if rule == RULE_ADAM:
-                    first = beta1 * bound[3 * L + l] + (1 - beta1) * g
-                    second = beta2 * bound[4 * L + l] + (1 - beta2) * (g * g)
-                    step = first / epsilon
-                    if beta1 * beta1 < beta2:  # |M| / sqrt(S) <= K, see the docstring
-                        ratio = 2 * (1 - beta1) / sqrt((1 - beta2)
-                                                       * (1 - beta1 * beta1 / beta2))
-                        step = ratio if ratio < step else step
-                    grown = bound[l] + lr_t * step
-                    if not second < limit:
-                        safe = False
-                else:
-                    first = mu * bound[3 * L + l] + lr * g
-                    second = 0
-                    grown = bound[l] + (mu * first + lr * g if rule == RULE_NESTEROV
-                                        else first)
-                if not first < limit:
-                    safe = False
-                bound[5 * L + l] = first
-                bound[6 * L + l] = second
-            if not grown < limit:  # also when it is NaN
-                safe = False
-            dlt[l] = grown
-        if safe:
-            break
-    for l in range(L):
-        bound[l] = dlt[l]
-        if safe and rule != RULE_PLAIN:
-            bound[3 * L + l] = bound[5 * L + l]
-            bound[4 * L + l] = bound[6 * L + l]
-    return safe
+    cdef double g, step, ratio
+    if r.rule == RULE_PLAIN:
+        first[0] = 0
+        second[0] = 0
+        return r.keep * B + r.lr * m * d * a
+    g = m * d * a + r.l2 * B
+    if r.rule == RULE_ADAM:
+        first[0] = r.beta1 * V + (1 - r.beta1) * g
+        second[0] = r.beta2 * S + (1 - r.beta2) * (g * g)
+        step = first[0] / r.epsilon
+        if r.beta1 * r.beta1 < r.beta2:  # |M| / sqrt(S) <= K
+            ratio = 2 * (1 - r.beta1) / sqrt((1 - r.beta2)
+                                             * (1 - r.beta1 * r.beta1 / r.beta2))
+            step = ratio if ratio < step else step
+        return B + r.lr_t * step
+    first[0] = r.mu * V + r.lr * g
+    second[0] = 0
+    return B + (r.mu * first[0] + r.lr * g if r.rule == RULE_NESTEROV else first[0])
 
 
 cdef bint all_finite(int L, const int* sizes, floating** W, floating** b) noexcept nogil:
@@ -1538,14 +1749,16 @@ cdef bint parameter_bounds(int L, const int* sizes, floating** W, floating** b,
     return finite
 
 
-cdef bint guard_bounds(int L, const int* sizes, floating** W, floating** b,
-                       floating** sW1, floating** sb1, floating** sW2, floating** sb2,
-                       double* bound) noexcept nogil:
-    """The guard's measured bounds: parameters, and each optimizer state present (see
-    Trainer.bound); returns whether all of them are finite."""
-    cdef bint finite = parameter_bounds(L, sizes, W, b, bound)
-    finite = parameter_bounds(L, sizes, sW1, sb1, bound + 3 * L) and finite
-    finite = parameter_bounds(L, sizes, sW2, sb2, bound + 4 * L) and finite
+cdef bint guard_bounds(const Net* net, double* bound, floating** W) noexcept nogil:
+    """The guard's measured bounds: the parameters (``W``, the net's weights, and its
+    biases), and each optimizer state present (see Trainer.bound); returns whether all
+    of them are finite."""
+    cdef int L = net.L
+    cdef bint finite = parameter_bounds(L, net.sizes, W, <floating**>net.b, bound)
+    finite = parameter_bounds(L, net.sizes, <floating**>net.sW1, <floating**>net.sb1,
+                              bound + 3 * L) and finite
+    finite = parameter_bounds(L, net.sizes, <floating**>net.sW2, <floating**>net.sb2,
+                              bound + 4 * L) and finite
     return finite
 
 
@@ -1614,57 +1827,69 @@ cdef struct EpochResult:
     int interrupted      # 1 when a signal handler raised: stopped at a batch boundary
 
 
-cdef EpochResult train_epoch(
-        int L, const int* sizes, const int* codes, int capacity,
-        floating** W, floating** b, floating** Z, floating** A,
-        floating** dW, floating** db, floating* scratch,
-        floating** sW1, floating** sb1, floating** sW2, floating** sb2,
-        floating* Xb, floating* Yb, floating* wb,
-        Py_ssize_t n, const floating* X, const floating* Y, const floating* w,
-        const Py_ssize_t* order, int batch_size, int loss, floating loss_scale,
-        int optimizer, floating lr, floating momentum, bint nesterov,
-        floating beta1, floating beta2, floating epsilon, floating alpha,
-        long long t, bint first_t, double* bound=NULL, const double* data_bound=NULL,
-        floating** Wbak=NULL, floating** bbak=NULL,
-        const floating** rows=NULL, void** backup=NULL,
-        bint skip_weightless=False, bint interruptible=False) noexcept nogil:
+cdef inline StepPolicy epoch_policy(const Net* net, const Settings* s) noexcept nogil:
+    """Plain SGD fused into the backward pass (no optimizer state), else an optimizer
+    step; the gradient blocks go to the largest layer's dW, which has room for any."""
+    cdef StepPolicy policy
+    cdef int l
+    memset(&policy, 0, sizeof(StepPolicy))
+    policy.settings = s
+    policy.kind = (PLAIN_SGD if s.optimizer == OPT_SGD and net.sW1 == NULL
+                   else OPTIMIZER_STEP)
+    policy.gbuf = net.dW[0]
+    for l in range(1, net.L):
+        if (<Py_ssize_t>net.sizes[l + 1] * net.sizes[l]
+                > <Py_ssize_t>net.sizes[1] * net.sizes[0]):
+            policy.gbuf = net.dW[l]
+    return policy
+
+
+cdef EpochResult train_epoch(const Net* net, const floating* X, const Epoch* data,
+                             const Settings* s, Guard* guard) noexcept nogil:
     """One epoch: for each batch, forward, the loss's output delta, backward, L2, update.
 
-    ``interruptible`` (the main thread): pending signals are checked between batches
+    ``data.interruptible`` (the main thread): pending signals are checked between batches
     (see bpfast_signal_interval); when a handler raises, the epoch stops there with
-    ``interrupted``, the parameters those of the last batch done. ``skip_weightless``: a
-    batch whose sample weights sum to zero is passed over (no step: its loss, 0/0, is
-    undefined, and it carries no weight).
+    ``interrupted``, the parameters those of the last batch done.
+    ``data.skip_weightless``: a batch whose sample weights sum to zero is passed over (no
+    step: its loss, 0/0, is undefined, and it carries no weight).
 
-    ``first_t``: W[0], dW[0] and their optimizer state are stored transposed. ``bound``
-    and the rest: the overflow guard (see :func:`sgd_step` and :func:`optimizer_step`;
-    ``backup`` is the latter's). ``rows`` (room for
-    ``capacity`` pointers): when the first layer is stored transposed and small enough
+    ``guard``: the overflow guard (see :func:`step_batch`). ``data.rows`` (room for
+    ``batch_size`` pointers): when the first layer is stored transposed and small enough
     for the fused kernels of momentum and Adam steps, both of its products read the
     batch's rows of X where they sit, through these pointers, instead of a gathered copy.
     """
-    cdef int overflow = 0
     cdef EpochResult res
-    cdef Py_ssize_t start, i, k, src
-    cdef int l, mb, n0 = sizes[0], nL = sizes[L]
+    cdef Batch batch
+    cdef StepPolicy policy = epoch_policy(net, s)
+    cdef Py_ssize_t start, i, src, n = data.n
+    cdef int mb, bs = data.batch_size, n0 = net.sizes[0], nL = net.sizes[net.L]
+    cdef const floating* Y = <const floating*>data.Y
+    cdef const floating* w = <const floating*>data.w
+    cdef floating* Xb = <floating*>data.Xb
+    cdef floating* Yb = <floating*>data.Yb
+    cdef floating* wb = <floating*>data.wb
+    cdef const floating** rows = <const floating**>data.rows
     cdef const floating* xp
-    cdef const floating* yp
     cdef const floating* wp
-    cdef floating denom, lr_t = 0
+    cdef floating denom, l2, shrink, lr_t, lr = <floating>s.lr
+    cdef floating beta1 = <floating>s.beta1, beta2 = <floating>s.beta2
+    cdef long long t = data.t
     cdef double wsum, batch_loss, penalty, sq = -1  # sq: sum ||W||^2 once known
-    cdef long long work = 0, batch_work = parameter_count(L, sizes) * batch_size
-    cdef double checked = monotonic_seconds() if interruptible else 0, now
-    cdef bint direct = (rows != NULL and bpfast_direct_rows and first_t and sW1 != NULL
-                        and <long long>batch_size * n0 * sizes[1]
-                        <= bpfast_fused_update_limit)
+    cdef long long work = 0, batch_work = parameter_count(net.L, net.sizes) * bs
+    cdef double checked = monotonic_seconds() if data.interruptible else 0, now
+    cdef bint direct = (rows != NULL and bpfast_direct_rows and net.first_t
+                        and net.sW1 != NULL
+                        and <long long>bs * n0 * net.sizes[1] <= bpfast_fused_update_limit)
     res.loss_sum = 0
     res.bad_batch = -1
     res.overflow = 0
     res.careful = 0
     res.interrupted = 0
+    batch.rows = <const void**>rows if direct else NULL
     start = 0
     while start < n:
-        if interruptible and work >= bpfast_signal_work:
+        if data.interruptible and work >= bpfast_signal_work:
             work = 0
             now = monotonic_seconds()
             if now - checked >= bpfast_signal_interval:
@@ -1673,10 +1898,10 @@ cdef EpochResult train_epoch(
                     res.interrupted = 1
                     break
         work += batch_work
-        mb = <int>(n - start if n - start < batch_size else batch_size)
-        if order != NULL:
+        mb = <int>(n - start if n - start < bs else bs)
+        if data.order != NULL:
             for i in range(mb):
-                src = order[start + i]
+                src = data.order[start + i]
                 if direct:
                     rows[i] = X + src * n0
                 else:
@@ -1684,11 +1909,12 @@ cdef EpochResult train_epoch(
                 memcpy(Yb + i * nL, Y + src * nL, nL * sizeof(floating))
                 if w != NULL:
                     wb[i] = w[src]
-            xp, yp = Xb, Yb
+            xp = Xb
+            batch.Y = Yb
             wp = wb if w != NULL else NULL
         else:
             xp = X + start * n0
-            yp = Y + start * nL
+            batch.Y = Y + start * nL
             wp = w + start if w != NULL else NULL
             if direct:
                 for i in range(mb):
@@ -1698,46 +1924,37 @@ cdef EpochResult train_epoch(
             for i in range(mb):
                 wsum += wp[i]
             denom = <floating>wsum
-            if skip_weightless and wsum == 0:
+            if data.skip_weightless and wsum == 0:
                 start += mb
                 continue
         else:
             denom = <floating>mb
-        if optimizer == OPT_SGD and sW1 == NULL:
-            # plain SGD: the update is fused into the backward pass (no dW at all)
-            batch_loss = sgd_step(L, mb, sizes, codes, W, b, Z, A, db, scratch,
-                                  xp, yp, wp, denom, loss, loss_scale, alpha, lr, first_t,
-                                  bound, data_bound, Wbak, bbak, &overflow, &res.careful)
-            if not isfinite(batch_loss) or overflow:
-                res.bad_batch = start // batch_size
-                res.overflow = overflow
-                break
-            t += 1
-            res.loss_sum += batch_loss * mb
-            start += mb
-            continue
-        # the L2 term of the loss from the previous step's sum ||W||^2; its gradient
-        # goes into the update
-        if alpha != 0 and sq < 0:
-            sq = sum_of_squares(L, sizes, W)
-        if optimizer == OPT_ADAM:
+        batch.m = mb
+        batch.denom = denom
+        batch.w = wp
+        l2 = <floating>s.alpha / denom
+        shrink = 1 - lr * l2
+        policy.l2 = l2
+        policy.shrink = shrink
+        # the L2 term of the loss: plain SGD's from the weights as they are, an
+        # optimizer's from the previous step's sum ||W||^2 (its gradient goes into the
+        # update)
+        if s.alpha != 0 and (sq < 0 or policy.kind == PLAIN_SGD):
+            sq = sum_of_squares(net.L, net.sizes, <floating**>net.W)
+        if policy.kind == OPTIMIZER_STEP and s.optimizer == OPT_ADAM:
             lr_t = lr * <floating>(sqrt(1 - pow(beta2, t + 1)) / (1 - pow(beta1, t + 1)))
-        penalty = 0.5 * alpha * sq / denom if alpha != 0 else 0
-        batch_loss = optimizer_step(L, mb, sizes, codes, W, b, Z, A, dW, db, scratch,
-                                    sW1, sb1, sW2, sb2, xp, yp, wp, denom, loss,
-                                    loss_scale, penalty,
-                                    optimizer, lr, momentum, nesterov, beta1, beta2,
-                                    epsilon, lr_t, alpha / denom, first_t, &sq,
-                                    rows if direct else NULL, bound, data_bound, backup,
-                                    &overflow, &res.careful)
-        if not isfinite(batch_loss) or overflow:
-            res.bad_batch = start // batch_size
-            res.overflow = overflow
+            policy.lr_t = lr_t
+        penalty = 0.5 * s.alpha * sq / denom if s.alpha != 0 else 0
+        batch_loss = step_batch(net, xp, &batch, &policy, guard, penalty, &sq)
+        if not isfinite(batch_loss) or guard.overflow:
+            res.bad_batch = start // bs
+            res.overflow = guard.overflow
             break
         t += 1
         res.loss_sum += batch_loss * mb
         start += mb
     res.steps = t
+    res.careful = guard.careful
     return res
 
 
@@ -2079,73 +2296,82 @@ cdef class Trainer(Layers):
         if n < 1:
             raise ValueError("X: expected a non-empty 2-D array")
         cdef void* x = checked_data(X, "X", self.typenum, n, self.sizes[0], False)
-        cdef void* y = checked_data(Y, "Y", self.typenum, n, self.sizes[self.L], False)
-        cdef void* w = NULL
-        cdef void* o = NULL
+        cdef Epoch data
+        data.n = n
+        data.Y = checked_data(Y, "Y", self.typenum, n, self.sizes[self.L], False)
+        data.w = NULL
+        data.order = NULL
         if sample_weight is not None:
-            w = checked_data(sample_weight, "sample_weight", self.typenum, n, -1, False)
+            data.w = checked_data(sample_weight, "sample_weight", self.typenum, n, -1,
+                                  False)
         if order is not None:
-            o = checked_data(order, "order", cnp.NPY_INTP, n, -1, False)
-            check_permutation(<Py_ssize_t*>o, n)
-        cdef EpochResult res
-        cdef int L = self.L, cap = self.m, bs = self.batch_size, loss = self.loss
-        cdef int opt = self.optimizer
-        cdef double* bound = self.bound if guard else NULL
+            data.order = <Py_ssize_t*>checked_data(order, "order", cnp.NPY_INTP, n, -1,
+                                                   False)
+            check_permutation(data.order, n)
+        data.batch_size = self.batch_size
+        data.t = t
+        data.Xb = self.Xb
+        data.Yb = self.Yb
+        data.wb = self.wb
+        data.rows = <const void**>self.rows
+        data.skip_weightless = skip_weightless
+        data.interruptible = threading.current_thread() is threading.main_thread()
+        cdef bint single = self.typenum == cnp.NPY_FLOAT
+        cdef Settings settings
+        settings.loss = self.loss
+        settings.optimizer = self.optimizer
+        settings.nesterov = nesterov
+        settings.loss_scale = in_dtype(loss_scale, single)
+        settings.lr = in_dtype(lr, single)
+        settings.momentum = in_dtype(momentum, single)
+        settings.beta1 = in_dtype(beta1, single)
+        settings.beta2 = in_dtype(beta2, single)
+        settings.epsilon = in_dtype(epsilon, single)
+        settings.alpha = in_dtype(alpha, single)
         cdef double bounds[3]
-        cdef bint interruptible = threading.current_thread() is threading.main_thread()
+        cdef Guard checks
+        memset(&checks, 0, sizeof(Guard))
+        checks.bound = self.bound if guard else NULL
+        checks.data_bound = bounds
+        checks.Wbak = self.tdW  # plain SGD never uses its dW buffers otherwise
+        checks.bbak = self.bbak
+        checks.backup = &self.backup
         if guard:
             bounds[0], bounds[1], bounds[2] = (data_bounds(X, Y, sample_weight)
                                                if data_bound is None else data_bound)
-        if self.typenum == cnp.NPY_DOUBLE:
-            with nogil:
-                self.transpose_first(True)
-                bpfast_set_panel_scope(self.panel)
+        cdef Net net = self.training_network()
+        cdef EpochResult res
+        with nogil:
+            self.transpose_first(True)
+            bpfast_set_panel_scope(self.panel)
+            if self.typenum == cnp.NPY_DOUBLE:
                 if guard:
-                    guard_bounds[double](L, self.sizes, <double**>self.tW,
-                                         <double**>self.b, <double**>self.tsW1,
-                                         <double**>self.sb1, <double**>self.tsW2,
-                                         <double**>self.sb2, bound)
-                res = train_epoch[double](
-                    L, self.sizes, self.codes, cap, <double**>self.tW, <double**>self.b,
-                    <double**>self.Z, <double**>self.A, <double**>self.tdW,
-                    <double**>self.db, <double*>self.scratch, <double**>self.tsW1,
-                    <double**>self.sb1, <double**>self.tsW2, <double**>self.sb2,
-                    <double*>self.Xb, <double*>self.Yb, <double*>self.wb, n, <double*>x,
-                    <double*>y, <double*>w, <Py_ssize_t*>o, bs, loss, loss_scale, opt, lr,
-                    momentum, nesterov, beta1, beta2, epsilon, alpha, t,
-                    self.first_transposed, bound,
-                    bounds, <double**>self.tdW, <double**>self.bbak,
-                    <const double**>self.rows, &self.backup, skip_weightless,
-                    interruptible)
-                bpfast_set_panel_scope(0)
-                self.transpose_first(False)
-        else:
-            with nogil:
-                self.transpose_first(True)
-                bpfast_set_panel_scope(self.panel)
+                    guard_bounds[double](&net, checks.bound, <double**>net.W)
+                res = train_epoch[double](&net, <double*>x, &data, &settings, &checks)
+            else:
                 if guard:
-                    guard_bounds[float](L, self.sizes, <float**>self.tW,
-                                        <float**>self.b, <float**>self.tsW1,
-                                        <float**>self.sb1, <float**>self.tsW2,
-                                        <float**>self.sb2, bound)
-                res = train_epoch[float](
-                    L, self.sizes, self.codes, cap, <float**>self.tW, <float**>self.b,
-                    <float**>self.Z, <float**>self.A, <float**>self.tdW, <float**>self.db,
-                    <float*>self.scratch, <float**>self.tsW1, <float**>self.sb1,
-                    <float**>self.tsW2, <float**>self.sb2, <float*>self.Xb,
-                    <float*>self.Yb, <float*>self.wb, n, <float*>x, <float*>y,
-                    <float*>w, <Py_ssize_t*>o, bs, loss, <float>loss_scale, opt,
-                    <float>lr, <float>momentum, nesterov, <float>beta1, <float>beta2,
-                    <float>epsilon, <float>alpha, t, self.first_transposed, bound, bounds,
-                    <float**>self.tdW, <float**>self.bbak, <const float**>self.rows,
-                    &self.backup, skip_weightless, interruptible)
-                bpfast_set_panel_scope(0)
-                self.transpose_first(False)
+                    guard_bounds[float](&net, checks.bound, <float**>net.W)
+                res = train_epoch[float](&net, <float*>x, &data, &settings, &checks)
+            bpfast_set_panel_scope(0)
+            self.transpose_first(False)
         if res.interrupted:
             raise_pending()
         self.overflowed = res.overflow != 0
         self.careful_steps += res.careful
         return res.loss_sum, res.steps, res.bad_batch
+
+    cdef Net training_network(self) noexcept:
+        """The epoch's buffers: the first layer's transposed copies where it keeps them,
+        and the optimizer state."""
+        cdef Net net = self.network(self.scratch)
+        net.first_t = self.first_transposed
+        net.W = self.tW
+        net.dW = self.tdW
+        net.sW1 = self.tsW1
+        net.sb1 = self.sb1
+        net.sW2 = self.tsW2
+        net.sb2 = self.sb2
+        return net
 
     cdef void transpose_first(self, bint into) noexcept nogil:
         """Copy the first layer's weights and optimizer state into the transposed copies
@@ -2190,20 +2416,16 @@ cdef class Trainer(Layers):
             s = float(np.sum(sample_weight, dtype=np.float64))
             if not s > 0:
                 raise ValueError("sample_weight: expected a positive sum")
-        if self.typenum == cnp.NPY_DOUBLE:
-            with nogil:
-                value = batch_gradient[double](
-                    L, m, self.sizes, self.codes, <double**>self.W, <double**>self.b,
-                    <double**>self.Z, <double**>self.A, <double**>self.dW, <double**>self.db,
-                    <double*>self.scratch, <double*>x, <double*>y, <double*>w, s, loss,
-                    loss_scale, alpha)
-        else:
-            with nogil:
-                value = batch_gradient[float](
-                    L, m, self.sizes, self.codes, <float**>self.W, <float**>self.b,
-                    <float**>self.Z, <float**>self.A, <float**>self.dW, <float**>self.db,
-                    <float*>self.scratch, <float*>x, <float*>y, <float*>w, <float>s, loss,
-                    <float>loss_scale, <float>alpha)
+        cdef Net net = self.network(self.scratch)
+        cdef Batch batch = whole_batch(m, y, w)
+        batch.denom = in_dtype(s, self.typenum == cnp.NPY_FLOAT)
+        with nogil:
+            if self.typenum == cnp.NPY_DOUBLE:
+                value = batch_gradient[double](&net, <double*>x, &batch, loss, loss_scale,
+                                               alpha)
+            else:
+                value = batch_gradient[float](&net, <float*>x, &batch, loss,
+                                              <float>loss_scale, <float>alpha)
         return value
 
 
