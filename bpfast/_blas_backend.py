@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from . import _kernels
+from ._core import kernels as _kernels
 
 #: Symbol names to try, with whether they take 64-bit integers (ILP64).
 _SYMBOLS = [

@@ -8,7 +8,8 @@ divides by the total number of rows once.
 """
 import numpy as np
 
-from . import _kernels, engine
+from . import engine
+from ._core import kernels as _kernels
 from .training import LOSSES, OPTIMIZERS, DivergenceError
 
 __all__ = ["Payload", "make_block", "chunk_gradient", "local_round", "identity", "add"]

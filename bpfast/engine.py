@@ -3,7 +3,7 @@ import threading
 
 import numpy as np
 
-from . import _kernels
+from ._core import kernels as _kernels
 from ._typing import Activations, ArrayLike, Gradient, Params
 from ._validation import check_inputs
 from .activations import activation_codes

@@ -96,8 +96,8 @@ except ImportError:  # scikit-learn 1.7 passes L-BFGS-B's iprint whatever SciPy'
     def _get_additional_lbfgs_options_dict(key, value):
         return {key: value}
 
-from . import _kernels
-from ._shuffle import shuffle_like_random_state
+from ._core import kernels as _kernels
+from ._core.shuffle import shuffle_like_random_state
 from .activations import ACTIVATIONS
 
 __all__ = ["MLPClassifier", "MLPRegressor"]

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _kernels, _targets, engine
+from . import _targets, engine
+from ._core import kernels as _kernels
 from ._validation import (as_kernel_array, check_data, check_finite, check_positive_int,
                           refuse_masked)
 from .activations import activation_codes

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import bpfast
-from bpfast import _kernels
+from bpfast._core import kernels as _kernels
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name != "posix",
                                 reason="POSIX signals")

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import bpfast
-from bpfast import _blas_backend, _kernels, reference
+from bpfast import _blas_backend, reference
+from bpfast._core import kernels as _kernels
 
 from bpfast.activations import activation_codes
 from conftest import assert_close, make_data, make_params, rtol_for
@@ -1169,7 +1170,7 @@ def test_panel_threads_follow_the_blas_limits():
 _FORK_SCRIPT = """
 import os, sys
 import numpy as np
-from bpfast import _kernels
+from bpfast._core import kernels as _kernels
 _kernels.set_panel_gemm(True, 2)
 rng = np.random.default_rng(2)
 A, B = rng.standard_normal((64, 300)), rng.standard_normal((300, 130))
