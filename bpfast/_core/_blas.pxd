@@ -15,7 +15,7 @@ cdef extern from "_small_gemm.h" nogil:
                             float beta, float* c, int ldc)
 
 # Function pointers to a BLAS's Fortran dgemm/sgemm (NumPy's OpenBLAS or SciPy's
-# cython_blas), set from Python by bpfast._kernels.set_blas when bpfast is imported; NULL
+# cython_blas), set from Python by bpfast._core.kernels.set_blas when bpfast is imported; NULL
 # means none was found, and every product takes the plain loops. ILP64 libraries take
 # 64-bit integers. Finding the functions at run time, rather than cimporting SciPy's,
 # keeps SciPy (27 MB of resident memory) out of ``import bpfast``.
