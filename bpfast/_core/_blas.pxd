@@ -78,7 +78,7 @@ cdef extern from *:
 
 # Products with m * n * k up to this many multiply-adds take the plain-loop path: OpenBLAS's
 # small-matrix kernels win above it (docs/performance.md has the figures).
-# Set from Python with bpfast._kernels.set_small_gemm_limit (tests force each path).
+# Set from Python with bpfast._core.kernels.set_small_gemm_limit (tests force each path).
 cdef extern from *:
     """
     static long long bpfast_small_gemm_limit = 512;
