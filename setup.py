@@ -40,16 +40,18 @@ DIRECTIVES = {
 
 
 def extension(name):
+    """bpfast._core.<name> from bpfast/_core/<name>.pyx and its include files."""
     return Extension(
-        f"bpfast.{name}",
-        [f"bpfast/{name}.pyx"],
-        include_dirs=[np.get_include(), "bpfast"],
-        # every header and .pxd: a change to any of them rebuilds the extension
-        depends=sorted(glob.glob("bpfast/*.h") + glob.glob("bpfast/*.pxd")),
+        f"bpfast._core.{name}",
+        [f"bpfast/_core/{name}.pyx"],
+        # the C headers: bpfast/_core/src, or bpfast itself in trees from before the move
+        include_dirs=[np.get_include(), "bpfast/_core/src", "bpfast", "bpfast/_core"],
+        # every header, .pxd and .pxi: a change to any of them rebuilds the extension
+        depends=sorted(glob.glob("bpfast/*.h") + glob.glob("bpfast/_core/src/*.h")
+                       + glob.glob("bpfast/_core/*.pxd") + glob.glob("bpfast/_core/*.pxi")),
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=COMPILE_ARGS,
     )
-
 
 
 class ReleaseBuildExt(build_ext):
@@ -71,7 +73,7 @@ class ReleaseBuildExt(build_ext):
 setup(
     cmdclass={"build_ext": ReleaseBuildExt},
     ext_modules=cythonize(
-        [extension("_kernels"), extension("_shuffle")],
+        [extension("kernels"), extension("shuffle")],
         compiler_directives=DIRECTIVES,
     ),
 )

@@ -9,7 +9,7 @@ buffers; :mod:`bpfast.reference` holds the same math in plain NumPy.
 >>> E, dW, db = net.gradient(X, Y)
 """
 try:
-    from . import _kernels  # noqa: F401  (compiled; there is no pure-Python fallback)
+    from ._core import kernels as _kernels  # noqa: F401  (compiled; there is no pure-Python fallback)
 except ImportError as err:  # pragma: no cover - only in an unbuilt source tree
     import os as _os
 

@@ -22,7 +22,8 @@ import os
 
 import numpy as np
 
-from . import _blas_threads, _kernels
+from . import _blas_threads
+from ._core import kernels as _kernels
 
 #: Symbol names to try, with whether they take 64-bit integers (ILP64).
 _SYMBOLS = [

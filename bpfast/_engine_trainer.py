@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _blas_threads, _kernels
+from . import _blas_threads
+from ._core import kernels as _kernels
 from .activations import activation_codes
 from .registry import LOSSES, OPTIMIZERS
 

@@ -8,7 +8,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from . import _kernels
+from ._core import kernels as _kernels
 
 __all__ = ["SWITCHES", "tuning"]
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import bpfast
-from bpfast import _blas_backend, _kernels, reference
+from bpfast import _blas_backend, reference
+from bpfast._core import kernels as _kernels
 from bpfast.engine import tuning
 
 from bpfast.activations import activation_codes
@@ -1134,7 +1135,7 @@ def test_panel_threads_follow_the_blas_limits():
 _FORK_SCRIPT = """
 import os, sys
 import numpy as np
-from bpfast import _kernels
+from bpfast._core import kernels as _kernels
 from bpfast.engine import tuning
 tuning(panel_gemm=True, panel_threads=2).__enter__()  # for the rest of this process
 rng = np.random.default_rng(2)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import bpfast
-from bpfast import _kernels
+from bpfast._core import kernels as _kernels
 from bpfast.activations import activation_codes
 
 from conftest import DTYPES, assert_close, make_data, make_params
@@ -343,7 +343,7 @@ def test_many_failed_constructions_then_valid_use():
 _PRELUDE = textwrap.dedent("""
     import gc, sys
     import numpy as np
-    from bpfast._kernels import Layers
+    from bpfast._core.kernels import Layers
     m, n0, n1 = 2000, 100, 300   # buffers above malloc's mmap threshold: once freed,
                                  # their pages go back to the OS
     codes = np.array([1], dtype=np.intc)

@@ -551,7 +551,7 @@ def test_batch_of_zero_weight_and_negative_weights():
 def test_compiled_shuffle_draws_like_random_state(seed, n):
     """The epoch shuffle run in compiled code gives idx[rs.permutation(n)] and leaves the
     generator in the same state (the next draws agree)."""
-    from bpfast._shuffle import shuffle_like_random_state
+    from bpfast._core.shuffle import shuffle_like_random_state
 
     ours, theirs = np.random.RandomState(seed), np.random.RandomState(seed)
     idx = np.random.RandomState(seed + 7).permutation(n).astype(np.intp)
@@ -564,7 +564,7 @@ def test_compiled_shuffle_draws_like_random_state(seed, n):
 
 def test_compiled_shuffle_declines_other_generators():
     """Anything but a plain RandomState keeps numpy's own permutation, untouched here."""
-    from bpfast._shuffle import shuffle_like_random_state
+    from bpfast._core.shuffle import shuffle_like_random_state
 
     class Subclass(np.random.RandomState):
         pass
@@ -768,7 +768,7 @@ def _threads_search(n_jobs, backend):
     from joblib import parallel_config
     from sklearn.model_selection import GridSearchCV
 
-    from bpfast import _kernels
+    from bpfast._core import kernels as _kernels
 
     class Recording(bps.MLPClassifier):  # a local class: pickled by value to workers
         def _fit_stochastic(self, *args):

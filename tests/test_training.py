@@ -1115,7 +1115,7 @@ def test_fit_accepts_read_only_and_non_contiguous_inputs():
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 @pytest.mark.parametrize("loss", LOSSES)
 def test_trainer_gradient_equals_reference(loss, dtype, weighted, l2):
-    from bpfast import _kernels
+    from bpfast._core import kernels as _kernels
     from bpfast.activations import activation_codes
     from bpfast.training import LOSSES as LOSS_CODES
 
@@ -1153,7 +1153,7 @@ def test_cross_entropy_loss_of_saturated_outputs(loss, m, dtype):
     in running products, renormalised as they go: thousands of rows whose outputs are
     saturated (p clipped at eps, factors of 2e-16) give the reference's loss, also with
     soft labels among them and value counts that are not whole vectors."""
-    from bpfast import _kernels
+    from bpfast._core import kernels as _kernels
     from bpfast.activations import activation_codes
     from bpfast.training import LOSSES as LOSS_CODES
 

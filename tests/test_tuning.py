@@ -1,7 +1,7 @@
 """bpfast.engine.tuning: the compiled core's route switches, set for a block and put back."""
 import pytest
 
-from bpfast import _kernels
+from bpfast._core import kernels as _kernels
 from bpfast.engine import SWITCHES, tuning
 
 

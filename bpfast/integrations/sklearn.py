@@ -54,7 +54,7 @@ except ImportError:  # scikit-learn 1.7 passes L-BFGS-B's iprint whatever SciPy'
         return {key: value}
 
 from .. import engine
-from .._shuffle import shuffle_like_random_state
+from ..engine import shuffle_like_random_state
 from ..registry import SKLEARN_ACTIVATIONS, SKLEARN_LOSSES
 
 __all__ = ["MLPClassifier", "MLPRegressor"]

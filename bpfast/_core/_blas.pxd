@@ -15,7 +15,7 @@ cdef extern from "_small_gemm.h" nogil:
                             float beta, float* c, int ldc)
 
 # Function pointers to a BLAS's Fortran dgemm/sgemm (NumPy's OpenBLAS or SciPy's
-# cython_blas), set from Python by bpfast._kernels.set_blas when bpfast is imported; NULL
+# cython_blas), set from Python by bpfast._core.kernels.set_blas when bpfast is imported; NULL
 # means none was found, and every product takes the plain loops. ILP64 libraries take
 # 64-bit integers. Finding the functions at run time, rather than cimporting SciPy's,
 # keeps SciPy (27 MB of resident memory) out of ``import bpfast``.
@@ -78,7 +78,7 @@ cdef extern from *:
 
 # Products with m * n * k up to this many multiply-adds take the plain-loop path: OpenBLAS's
 # small-matrix kernels win above it (docs/performance.md has the figures).
-# Set from Python with bpfast._kernels.set_small_gemm_limit (tests force each path).
+# Set from Python with bpfast._core.kernels.set_small_gemm_limit (tests force each path).
 cdef extern from *:
     """
     static long long bpfast_small_gemm_limit = 512;
