@@ -1,12 +1,12 @@
 # cython: language_level=3
 """Row-major GEMM: a Fortran BLAS found at run time (NumPy's OpenBLAS, or SciPy's
-``cython_blas``) for large products, plain vectorised loops (``_small_gemm.h``) for small
+``cython_blas``) for large products, plain vectorised loops (``small_gemm.inc``) for small
 ones and whenever no BLAS has been set, register loops for one-row products
-(``_vector_products.h``) and unpacked, threaded tiles for mid-sized ones
-(``_panel_gemm.h``) on processors with AVX-512."""
+(``vector_products.inc``) and unpacked, threaded tiles for mid-sized ones
+(``panel_gemm.inc``) on processors with AVX-512."""
 from cython cimport floating
 
-cdef extern from "_small_gemm.h" nogil:
+cdef extern from "kernels.h" nogil:
     void bpfast_small_dgemm(int trans_a, int trans_b, int m, int n, int k, double alpha,
                             const double* a, int lda, const double* b, int ldb,
                             double beta, double* c, int ldc)
@@ -78,15 +78,13 @@ cdef extern from *:
 
 # Products with m * n * k up to this many multiply-adds take the plain-loop path: OpenBLAS's
 # small-matrix kernels win above it (docs/performance.md has the figures).
-# Set from Python with bpfast._kernels.set_small_gemm_limit (tests force each path).
-cdef extern from *:
-    """
-    static long long bpfast_small_gemm_limit = 512;
-    """
+# Set from Python with bpfast._kernels.set_small_gemm_limit (tests force each path);
+# defined in _core/src/routes.c.
+cdef extern from "kernels.h":
     long long bpfast_small_gemm_limit
 
 
-cdef extern from "_vector_products.h" nogil:
+cdef extern from "kernels.h" nogil:
     long long BPFAST_VECTOR_PRODUCT_LIMIT
     int bpfast_vector_products_allowed
     int bpfast_vector_products()
@@ -104,7 +102,7 @@ cdef extern from "_vector_products.h" nogil:
                            float beta, float* C, int ldc)
 
 
-cdef extern from "_panel_gemm.h" nogil:
+cdef extern from "kernels.h" nogil:
     int bpfast_panel_route(int trans_b, int m, int n, int k, int size)
     int bpfast_panel_threads()
     void bpfast_panel_d(int trans_a, int m, int n, int k, double alpha, const double* A,

@@ -26,7 +26,41 @@ import numpy as np
 from ._blas cimport (gemm, bpfast_small_gemm_limit, bpfast_dgemm_ptr, bpfast_sgemm_ptr,
                      bpfast_blas_ilp64, bpfast_panel_route)
 
-cdef extern from "_vmath.h" nogil:
+# The C kernels' dispatch: the processor's features (less BPFAST_DISABLE_CPU_FEATURES)
+# pick one copy of every kernel, once, before anything below asks what is available.
+cdef extern from "kernels.h":
+    const char* bpfast_dispatch_init()
+    const char* bpfast_dispatch_target()
+    const char* bpfast_cpu_known_names()
+    const char* bpfast_cpu_feature_name(int index)
+    unsigned bpfast_cpu_features
+
+cdef bytes _unknown_cpu_features = bpfast_dispatch_init()
+if _unknown_cpu_features:
+    import warnings
+    warnings.warn(f"BPFAST_DISABLE_CPU_FEATURES: unknown feature name(s) "
+                  f"{_unknown_cpu_features.decode()}; valid names: "
+                  f"{bpfast_cpu_known_names().decode()}", RuntimeWarning, stacklevel=2)
+
+
+def cpu_features():
+    """The processor features the kernels' dispatch uses here (e.g. ``['avx2', 'fma']``),
+    after BPFAST_DISABLE_CPU_FEATURES."""
+    names = []
+    cdef int i = 0
+    while bpfast_cpu_feature_name(i) != NULL:
+        if bpfast_cpu_features & (1u << i):
+            names.append(bpfast_cpu_feature_name(i).decode())
+        i += 1
+    return names
+
+
+def kernel_target():
+    """The copy of the kernels in use: ``'avx512f'``, ``'avx2'`` or ``'baseline'``."""
+    return bpfast_dispatch_target().decode()
+
+
+cdef extern from "kernels.h" nogil:
     void bpfast_exp_row_d(Py_ssize_t n, const double* z, double* a)
     void bpfast_exp_row_f(Py_ssize_t n, const float* z, float* a)
     void bpfast_tanh_row_d(Py_ssize_t n, const double* z, double* a)
@@ -49,7 +83,7 @@ cdef inline floating vsigmoid(floating z) noexcept nogil:
         return bp_sigmoid_f(z)
 
 
-cdef extern from "_pointwise.h" nogil:
+cdef extern from "kernels.h" nogil:
     void bpfast_bias_pwl_d(int kind, Py_ssize_t m, Py_ssize_t n, const double* b,
                            double* Z, double* A)
     void bpfast_bias_pwl_f(int kind, Py_ssize_t m, Py_ssize_t n, const float* b,
@@ -68,7 +102,7 @@ cdef extern from "_pointwise.h" nogil:
 
 # The smooth activations' passes: _pointwise512.h's on processors with AVX-512 (bias and
 # activation in one pass; column sums in registers), else _pointwise.h's loops.
-cdef extern from "_pointwise512.h" nogil:
+cdef extern from "kernels.h" nogil:
     int BPFAST_ACT_SIGMOID, BPFAST_ACT_TANH, BPFAST_ACT_EXP, BPFAST_ACT_SILU
     void bpfast_pw_bias_act_d(int act, Py_ssize_t m, Py_ssize_t n, const double* b,
                               double* Z, double* A)
@@ -109,7 +143,7 @@ cdef inline int pwl_kind(int code) noexcept nogil:
     return -1
 
 
-cdef extern from "_softmax.h" nogil:
+cdef extern from "kernels.h" nogil:
     int BPFAST_SOFTMAX_MAX_N
     void bpfast_softmax_rows_d(Py_ssize_t m, Py_ssize_t n, const double* b, double* Z,
                                double* A)
@@ -117,7 +151,7 @@ cdef extern from "_softmax.h" nogil:
                                float* A)
 
 
-cdef extern from "_reduce.h" nogil:
+cdef extern from "kernels.h" nogil:
     double bpfast_sumsq_d(const double* x, Py_ssize_t n)
     double bpfast_sumsq_f(const float* x, Py_ssize_t n)
     double bpfast_max_abs_d(const double* x, Py_ssize_t n)
@@ -946,7 +980,7 @@ cdef class Layers:
 # Training: whole epochs of mini-batch steps without the GIL
 # ---------------------------------------------------------------------------
 
-cdef extern from "_update.h" nogil:
+cdef extern from "kernels.h" nogil:
     double bpfast_update_d(Py_ssize_t n, double* P, const double* G, double* V, double* S,
                            int adam, double lr, double mu, int nesterov, double beta1,
                            double beta2, double eps, double lr_t, double l2)
@@ -973,11 +1007,11 @@ cdef inline double update(int optimizer, Py_ssize_t N, floating* p, const floati
                                nesterov, beta1, beta2, epsilon, lr_t, l2)
 
 
-cdef extern from "_tiles.h" nogil:
+cdef extern from "kernels.h" nogil:
     int bpfast_tiles_available()
 
 
-cdef extern from "_layer_forward.h" nogil:
+cdef extern from "kernels.h" nogil:
     void bpfast_layer_forward_d(int m, int n_in, int n, const double** rows,
                                 const double* W, Py_ssize_t ldw, const double* b,
                                 double* Z, double* A, Py_ssize_t ldz, int kind,
@@ -993,7 +1027,7 @@ cdef extern from "_layer_forward.h" nogil:
                                      float* Zp, Py_ssize_t ldz, float* db, int kind)
 
 
-cdef extern from "_grad_update.h" nogil:
+cdef extern from "kernels.h" nogil:
     double bpfast_grad_update_d(int m, int R, int C, const double* A, Py_ssize_t lda,
                                 const double** arows, const double* B, Py_ssize_t ldb,
                                 double* P, Py_ssize_t ldp, double* V,
@@ -2243,7 +2277,7 @@ def backprop_block_rows(sizes, Py_ssize_t rows, int itemsize):
         free(cs)
 
 
-cdef extern from "_parallel_reduce.h" nogil:
+cdef extern from "kernels.h" nogil:
     double bpfast_max_abs_parallel(const void* x, Py_ssize_t n, int size)
 
 
@@ -2321,7 +2355,7 @@ def avx512_vector_math():
     return bool(bpfast_vmath_avx512())
 
 
-cdef extern from "_vector_products.h" nogil:
+cdef extern from "kernels.h" nogil:
     int bpfast_vector_products_allowed "bpfast_vector_products_allowed"
     int vector_products_on "bpfast_vector_products"()
 
@@ -2340,7 +2374,7 @@ def vector_products_available():
     return bool(vector_products_on())
 
 
-cdef extern from "_panel_gemm.h" nogil:
+cdef extern from "kernels.h" nogil:
     long long BPFAST_PANEL_MIN
     void bpfast_set_panel_scope(int on)
     int bpfast_panel_fits(int trans_b, int m, int n, int k, int size)
