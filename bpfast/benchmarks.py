@@ -586,6 +586,7 @@ def machine_info() -> dict[str, Any]:
     import bpfast
 
     info["bpfast_blas"] = bpfast.blas_info()
+    info["cpu_features"] = bpfast.cpu_features()
     blas = [p["num_threads"] for p in pools if p.get("user_api") == "blas"]
     info["threads"] = max(blas) if blas else os.cpu_count()
     info["threads_source"] = "threadpoolctl (BLAS)" if blas else "os.cpu_count"
@@ -657,6 +658,8 @@ def header_lines(report):
     if m.get("bpfast_blas"):
         lines.append(f"bpfast's BLAS: {m['bpfast_blas']['backend']} "
                      f"({os.path.basename(m['bpfast_blas']['library'])})")
+    if "cpu_features" in m:
+        lines.append("bpfast's CPU features: " + (", ".join(m["cpu_features"]) or "none"))
     if report.get("gemm"):
         rates = ", ".join(
             f"{dt} {g['gflops']:.1f} GFLOP/s" for dt, g in report["gemm"].items())
