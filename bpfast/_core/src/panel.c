@@ -212,4 +212,12 @@ void bpfast_pool_run(bpfast_pool_fn fn, void *job, int parts)
     pthread_mutex_unlock(&bpfast_pool.caller);
 }
 
+#else /* no pool: the caller runs every task alone */
+
+void bpfast_pool_run(bpfast_pool_fn fn, void *job, int parts)
+{
+    (void)parts;
+    fn(job, 0, 1);
+}
+
 #endif

@@ -115,7 +115,8 @@ typedef void (*bpfast_pool_fn)(void *job, int part, int parts);
 
 /* fn(job, part, parts) for part = 0..parts-1, part 0 on the calling thread; returns
    when all are done. Falls back to fn(job, 0, 1) on the caller alone when the pool is
-   busy with another caller or no helper can be started. Only where BPFAST_HAVE_PANEL. */
+   busy with another caller or no helper can be started, and always without
+   BPFAST_HAVE_PANEL. */
 void bpfast_pool_run(bpfast_pool_fn fn, void *job, int parts);
 
 #endif

@@ -45,10 +45,8 @@ double bpfast_max_abs_parallel(const void *x, ptrdiff_t n, int size)
     bpfast_max_abs_job job;
     double best = 0;
     int threads = 1, p;
-#if BPFAST_HAVE_PANEL
     if ((long long)n * size >= BPFAST_PARALLEL_MAX_ABS_BYTES && bpfast_panel_available())
         threads = bpfast_panel_threads();
-#endif
     if (threads <= 1)
         return size == 8 ? bpfast_max_abs_d((const double *)x, n)
                          : bpfast_max_abs_f((const float *)x, n);
@@ -59,10 +57,8 @@ double bpfast_max_abs_parallel(const void *x, ptrdiff_t n, int size)
     job.size = size;
     for (p = 0; p < BPFAST_POOL_MAX; p++)
         job.top[p] = 0;
-#if BPFAST_HAVE_PANEL
     /* with the pool busy (another caller) this is part 0 of 1: the whole array */
     bpfast_pool_run(bpfast_max_abs_part, &job, threads);
-#endif
     for (p = 0; p < BPFAST_POOL_MAX; p++)
         best = job.top[p] > best ? job.top[p] : best;  /* +inf stays +inf */
     return best;
