@@ -117,7 +117,7 @@ cdef inline bint vector_product(bint trans_a, bint trans_b, int m, int n, int k,
                                 floating alpha, const floating* a, const floating* b,
                                 int ldb, floating beta, floating* c,
                                 int ldc) noexcept nogil:
-    """gemm's one-row cases through _vector_products.h (a batch of one row: m = 1 for the
+    """gemm's one-row cases through vector_products.inc (a batch of one row: m = 1 for the
     forward product and dA, k = 1 for the weight update); False when not one of them."""
     if <long long>m * n * k > BPFAST_VECTOR_PRODUCT_LIMIT or not bpfast_vector_products():
         return False
