@@ -59,8 +59,9 @@ def test_availability_follows_the_features():
 REFERENCE_CHECK = """
 import numpy as np, bpfast, bpfast._kernels as k
 from bpfast import reference
-print(",".join(bpfast.cpu_features()), k.kernel_target(), k.fused_update_available(),
-      k.avx512_vector_math(), k.vector_products_available(), k.panel_gemm_available())
+print(";".join([",".join(bpfast.cpu_features()), k.kernel_target(),
+                str(k.fused_update_available()), str(k.avx512_vector_math()),
+                str(k.vector_products_available()), str(k.panel_gemm_available())]))
 rng = np.random.default_rng(0)
 for dtype, tol in ((np.float64, 1e-10), (np.float32, 2e-4)):
     for acts, m in ((["relu", "tanh"], 33), (["sigmoid", "exp"], 17), (["silu", "identity"], 1)):
@@ -82,10 +83,10 @@ def test_disabled_features_leave_the_reference_results(disabled):
     run = run_with(disabled, REFERENCE_CHECK)
     assert run.returncode == 0, run.stdout + run.stderr[-3000:]
     first, last = run.stdout.split("\n")[0], run.stdout.strip().split("\n")[-1]
-    features = set(first.split()[0].split(",")) - {""}
+    names, target, *available = first.split(";")
+    features = set(names.split(",")) - {""}
     assert last == "ok"
     assert not features & ({"avx512f"} | set(disabled.split(",")))
-    target, *available = first.split()[1:]
     assert available == ["False"] * 4  # no AVX-512 route, whatever the processor
     if "avx2" in disabled:
         assert not features & {"avx2", "avx512f"} and target == "baseline"
