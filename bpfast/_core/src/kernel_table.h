@@ -26,49 +26,49 @@ enum { BPFAST_ACT_SIGMOID = 0, BPFAST_ACT_TANH = 1, BPFAST_ACT_EXP = 2, BPFAST_A
 /* one-row products of at most this many multiply-adds take the vector-product kernels */
 #define BPFAST_VECTOR_PRODUCT_LIMIT 65536
 
-#define BPFAST_KERNELS_OF(X, T, SFX)                                                      \
+#define BPFAST_KERNELS_OF(X, T, SFX)                                                       \
     X(void, bpfast_bias_pwl_##SFX, (int kind, ptrdiff_t m, ptrdiff_t n, const T *b, T *Z,  \
-                                 T *A))                                                 \
+                                 T *A))                                                    \
     X(void, bpfast_delta_pwl_##SFX, (int kind, ptrdiff_t m, ptrdiff_t n, const T *dA,      \
-                                  T *Z, T *db))                                         \
+                                  T *Z, T *db))                                            \
     X(void, bpfast_bias_add_##SFX, (ptrdiff_t m, ptrdiff_t n, const T *b, T *Z))           \
     X(void, bpfast_delta_from_a_##SFX, (int kind, ptrdiff_t m, ptrdiff_t n, const T *dA,   \
-                                     const T *A, T *Z, T *db))                          \
+                                     const T *A, T *Z, T *db))                             \
     X(double, bpfast_mse_delta_##SFX, (int kind, ptrdiff_t m, ptrdiff_t n, const T *A,     \
-                                    const T *Y, const T *w, T denom, T *Z, T *db))      \
+                                    const T *Y, const T *w, T denom, T *Z, T *db))         \
     X(double, bpfast_xent_loss_##SFX, (int binary, ptrdiff_t N, const T *A, const T *Y,    \
-                                    T eps))                                             \
+                                    T eps))                                                \
     X(double, bpfast_max_abs_##SFX, (const T *x, ptrdiff_t n))                             \
     X(double, bpfast_update_##SFX, (ptrdiff_t n, T *P, const T *G, T *V, T *S, int adam,   \
-                                 T lr, T mu, int nesterov, T beta1, T beta2, T eps,     \
-                                 T lr_t, T l2))                                         \
+                                 T lr, T mu, int nesterov, T beta1, T beta2, T eps,        \
+                                 T lr_t, T l2))                                            \
     X(void, bpfast_exp_row_##SFX, (ptrdiff_t n, const T *z, T *a))                         \
     X(void, bpfast_tanh_row_##SFX, (ptrdiff_t n, const T *z, T *a))                        \
     X(void, bpfast_sigmoid_row_##SFX, (ptrdiff_t n, const T *z, T *a))                     \
     X(void, bpfast_silu_row_##SFX, (ptrdiff_t n, const T *z, T *a))                        \
     X(void, bpfast_softmax_rows_##SFX, (ptrdiff_t m, ptrdiff_t n, const T *b, T *Z, T *A)) \
     X(void, bpfast_pw_bias_act_##SFX, (int act, ptrdiff_t m, ptrdiff_t n, const T *b,      \
-                                    T *Z, T *A))                                        \
+                                    T *Z, T *A))                                           \
     X(void, bpfast_pw_delta_from_a_##SFX, (int kind, ptrdiff_t m, ptrdiff_t n,             \
-                                        const T *dA, const T *A, T *Z, T *db))          \
+                                        const T *dA, const T *A, T *Z, T *db))             \
     X(double, bpfast_pw_mse_delta_##SFX, (int kind, ptrdiff_t m, ptrdiff_t n, const T *A,  \
                                        const T *Y, const T *w, T denom, T *Z, T *db))
 
 #define BPFAST_KERNELS(X)                                                               \
     BPFAST_KERNELS_OF(X, double, d)                                                     \
     BPFAST_KERNELS_OF(X, float, f)                                                      \
-    X(void, bpfast_small_dgemm, (int trans_a, int trans_b, int m, int n, int k,          \
+    X(void, bpfast_small_dgemm, (int trans_a, int trans_b, int m, int n, int k,         \
                                  double alpha, const double *a, int lda, const double *b,\
                                  int ldb, double beta, double *c, int ldc))             \
-    X(void, bpfast_small_sgemm, (int trans_a, int trans_b, int m, int n, int k,          \
+    X(void, bpfast_small_sgemm, (int trans_a, int trans_b, int m, int n, int k,         \
                                  float alpha, const float *a, int lda, const float *b,  \
                                  int ldb, float beta, float *c, int ldc))
 
-#define BPFAST_KERNELS_AVX512_OF(X, T, SFX)                                               \
-    X(void, bpfast_layer_forward_##SFX, (int m, int n_in, int n, const T *const *rows,     \
+#define BPFAST_KERNELS_AVX512_OF(X, T, SFX)                                             \
+    X(void, bpfast_layer_forward_##SFX, (int m, int n_in, int n, const T *const *rows,  \
                                       const T *W, ptrdiff_t ldw, const T *b, T *Z,      \
                                       T *A, ptrdiff_t ldz, int kind, int store_z))      \
-    X(void, bpfast_layer_forward_##SFX##_back, (int m, int n_in, int n, const T *dZ,       \
+    X(void, bpfast_layer_forward_##SFX##_back, (int m, int n_in, int n, const T *dZ,    \
                                              const T *W, ptrdiff_t ldw, const T *Ap,    \
                                              T *Zp, ptrdiff_t ldz, T *db, int kind))    \
     X(double, bpfast_grad_update_##SFX, (int m, int R, int C, const T *A, ptrdiff_t lda,   \
@@ -76,16 +76,16 @@ enum { BPFAST_ACT_SIGMOID = 0, BPFAST_ACT_TANH = 1, BPFAST_ACT_EXP = 2, BPFAST_A
                                       T *P, ptrdiff_t ldp, T *V, T *S, int adam, T lr,  \
                                       T mu, int nesterov, T beta1, T beta2, T eps,      \
                                       T lr_t, T l2))                                    \
-    X(void, bpfast_vp_##SFX##_vecmat, (int n, int k, T alpha, const T *a, const T *B,      \
+    X(void, bpfast_vp_##SFX##_vecmat, (int n, int k, T alpha, const T *a, const T *B,   \
                                     int ldb, T beta, T *c))                             \
-    X(void, bpfast_vp_##SFX##_matvec, (int n, int k, T alpha, const T *a, const T *B,      \
+    X(void, bpfast_vp_##SFX##_matvec, (int n, int k, T alpha, const T *a, const T *B,   \
                                     int ldb, T beta, T *c))                             \
-    X(void, bpfast_vp_##SFX##_rank1, (int m, int n, T alpha, const T *x, const T *y,       \
+    X(void, bpfast_vp_##SFX##_rank1, (int m, int n, T alpha, const T *x, const T *y,    \
                                    T beta, T *C, int ldc))
 
 #define BPFAST_KERNELS_PANEL_OF(X, T, SFX)                                             \
     X(void, bpfast_panel_##SFX, (int trans_a, int m, int n, int k, T alpha, const T *A,    \
-                              int lda, const T *B, int ldb, T beta, T *C, int ldc,      \
+                              int lda, const T *B, int ldb, T beta, T *C, int ldc,     \
                               int threads))
 
 #define BPFAST_KERNELS_AVX512(X)                                                        \

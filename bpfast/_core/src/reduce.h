@@ -16,13 +16,13 @@
 
 /* Eight independent partial sums (vector lanes times unrolling) hide the add latency;
  * the pragma lets the compiler vectorise the lane loop. */
-#define BPFAST_DEFINE_SUMSQ(T, NAME)                                                     \
+#define BPFAST_DEFINE_SUMSQ(T, NAME)                                                    \
 static inline double NAME(const T *x, ptrdiff_t n)                                      \
 {                                                                                       \
     double part[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s = 0;                                   \
     ptrdiff_t k = 0, j;                                                                 \
     for (; k + 8 <= n; k += 8) {                                                        \
-        BPFAST_OMP("omp simd")                                                             \
+        BPFAST_OMP("omp simd")                                                          \
         for (j = 0; j < 8; j++)                                                         \
             part[j] += (double)x[k + j] * (double)x[k + j];                             \
     }                                                                                   \
