@@ -570,8 +570,11 @@ def cpu_name():
 
 def machine_info() -> dict[str, Any]:
     """Processor, core count, and the thread pools of the BLAS libraries in use."""
+    import bpfast
+
     info = {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "pools": []}
+            "python": platform.python_version(), "pools": [],
+            "cpu_features": bpfast.cpu_features()}
     try:
         import threadpoolctl
     except ImportError:
@@ -583,10 +586,7 @@ def machine_info() -> dict[str, Any]:
         info["pools"].append({k: pool.get(k) for k in (
             "user_api", "internal_api", "version", "num_threads", "prefix", "filepath",
             "architecture")})
-    import bpfast
-
     info["bpfast_blas"] = bpfast.blas_info()
-    info["cpu_features"] = bpfast.cpu_features()
     blas = [p["num_threads"] for p in pools if p.get("user_api") == "blas"]
     info["threads"] = max(blas) if blas else os.cpu_count()
     info["threads_source"] = "threadpoolctl (BLAS)" if blas else "os.cpu_count"
