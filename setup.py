@@ -68,15 +68,16 @@ def extension(name, c_sources=()):
     )
 
 
-def gnu_x86_64(compiler):
-    """Whether the compiler is GCC or clang (or another taking their options) building
-    for x86-64: the one case with per-target copies of the kernels."""
+def gnu_compiler(compiler):
+    """Whether the compiler is GCC or clang (or a ``cc`` that takes their options)."""
     if compiler.compiler_type not in ("unix", "mingw32", "cygwin"):
         return False
     name = os.path.basename(str(compiler.compiler_so[0] if compiler.compiler_so else ""))
-    gnu = any(word in name for word in ("gcc", "clang", "cc"))
-    return gnu and platform.machine().lower() in ("x86_64", "amd64")
+    return "cc" in name or "clang" in name
 
+
+def x86_64():
+    return platform.machine().lower() in ("x86_64", "amd64")
 
 
 class ReleaseBuildExt(build_ext):
@@ -89,11 +90,14 @@ class ReleaseBuildExt(build_ext):
 
     def build_extensions(self):
         kind = self.compiler.compiler_type
-        gnu = kind in ("unix", "mingw32", "cygwin")
-        portable = PORTABLE or not gnu_x86_64(self.compiler)
+        gnu = gnu_compiler(self.compiler)
+        # per-target copies only where GCC or clang builds for x86-64
+        portable = PORTABLE or not (gnu and x86_64())
         for ext in self.extensions:
             ext.extra_compile_args = ext.extra_compile_args + (
                 GNU_ARGS if gnu else MSVC_ARGS if kind == "msvc" else [])
+            if kind == "msvc":  # M_LN2 and friends, which Cython's libc.math offers
+                ext.define_macros = ext.define_macros + [("_USE_MATH_DEFINES", None)]
             if portable:
                 ext.sources = [s for s in ext.sources
                                if os.path.basename(s) not in TARGET_C]
