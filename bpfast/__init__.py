@@ -20,6 +20,7 @@ except ImportError as err:  # pragma: no cover - only in an unbuilt source tree
     ) from err
 
 from ._blas_backend import blas_info, configure as _configure_blas
+from ._core.kernels import cpu_features
 
 _configure_blas()
 
@@ -45,6 +46,7 @@ __all__ = [
     "blas_info",
     "callbacks",
     "check_gradient",
+    "cpu_features",
     "forward",
     "loss",
     "metrics",

@@ -76,7 +76,7 @@ _THREAD_SYMBOLS = ("scipy_openblas_get_num_threads64_", "openblas_get_num_thread
 def _thread_getter(path):
     """Address of ``int get_num_threads(void)`` in the library at ``path``, or 0.
 
-    The panel kernel (``_panel_gemm.h``) takes its thread count from it on every product,
+    The panel kernel (``_core/src/panel_gemm.inc``) takes its thread count from it on every product,
     so ``OPENBLAS_NUM_THREADS`` and ``threadpoolctl.threadpool_limits`` bound bpfast's own
     threads as they bound OpenBLAS's.
     """

@@ -644,8 +644,11 @@ def cpu_name():
 
 def machine_info() -> dict[str, Any]:
     """Processor, core count, and the thread pools of the BLAS libraries in use."""
+    import bpfast
+
     info = {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "pools": []}
+            "python": platform.python_version(), "pools": [],
+            "cpu_features": bpfast.cpu_features()}
     try:
         import threadpoolctl
     except ImportError:
@@ -657,8 +660,6 @@ def machine_info() -> dict[str, Any]:
         info["pools"].append({k: pool.get(k) for k in (
             "user_api", "internal_api", "version", "num_threads", "prefix", "filepath",
             "architecture")})
-    import bpfast
-
     info["bpfast_blas"] = bpfast.blas_info()
     blas = [p["num_threads"] for p in pools if p.get("user_api") == "blas"]
     info["threads"] = max(blas) if blas else os.cpu_count()
@@ -731,6 +732,8 @@ def header_lines(report):
     if m.get("bpfast_blas"):
         lines.append(f"bpfast's BLAS: {m['bpfast_blas']['backend']} "
                      f"({os.path.basename(m['bpfast_blas']['library'])})")
+    if "cpu_features" in m:
+        lines.append("bpfast's CPU features: " + (", ".join(m["cpu_features"]) or "none"))
     if report.get("gemm"):
         rates = ", ".join(
             f"{dt} {g['gflops']:.1f} GFLOP/s" for dt, g in report["gemm"].items())

@@ -264,7 +264,7 @@ def _switched_route(request, fast, available, switch, why):
 
 @pytest.fixture(params=["avx512", "portable"])
 def vector_math(request):
-    """exp, tanh, sigmoid and silu over arrays by _vmath_avx512.h or the portable loops."""
+    """exp, tanh, sigmoid and silu over arrays by vmath_avx512.inc or the portable loops."""
     yield from _switched_route(request, "avx512", _kernels.avx512_vector_math,
                                "avx512_vector_math",
                                "the AVX-512 vector math needs AVX-512F")
@@ -282,7 +282,7 @@ def _activation_points(dt):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("name", ["sigmoid", "tanh", "silu", "exp", "softmax"])
 def test_vectorised_activations_within_a_few_ulp(name, dtype, vector_math):
-    """The _vmath.h functions against NumPy's (within 4 ulp; subnormal results absolute)."""
+    """The vmath.h functions against NumPy's (within 4 ulp; subnormal results absolute)."""
     dt = np.dtype(dtype)
     z = _activation_points(dt)
     if name != "exp":
@@ -303,7 +303,7 @@ def test_vectorised_activations_within_a_few_ulp(name, dtype, vector_math):
 @pytest.mark.parametrize("name", ["sigmoid", "tanh", "silu", "exp"])
 @pytest.mark.parametrize("width", [1, 7, 8, 15, 16, 17, 33])
 def test_avx512_vector_math_matches_the_portable_loops(name, dtype, width):
-    """_vmath_avx512.h's functions against the portable loops: the same formulas, so the
+    """vmath_avx512.inc's functions against the portable loops: the same formulas, so the
     same bits where the result is a normal number (float32: at most an ulp apart, as the
     portable loops' vector epilogues contract a multiply-add differently from their main
     loops, one ulp here and there), and at most one unit of the smallest subnormal below, where
@@ -353,8 +353,8 @@ def test_avx512_vector_math_matches_the_portable_loops(name, dtype, width):
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 10, 13, 16, 24, 31, 32, 33, 64, 65, 72, 127,
                                128, 129, 200])
 def test_smooth_passes_match_the_portable_loops(n, m, act, dtype):
-    """_pointwise512.h's passes (bias with activation, hidden delta, squared-error output
-    delta) against _pointwise.h's loops, through a whole backprop: widths that walk the
+    """pointwise512.inc's passes (bias with activation, hidden delta, squared-error output
+    delta) against pointwise.inc's loops, through a whole backprop: widths that walk the
     block flat with every period of 1-8 vectors and a ragged last one, and row by row in
     blocks of 1-8 vectors. To rounding: the column sums are added in another order, and
     the portable loops' scalar epilogue (the last values of a block) can round an
@@ -795,7 +795,7 @@ def test_softmax_across_rows_and_by_row(classes, m, spread, dtype):
 @pytest.mark.parametrize("weighted", [False, True])
 def test_squared_error_deltas_match_reference(hidden, output, n_out, weighted, dtype):
     """The squared error's output delta and loss, and the hidden deltas of activations
-    whose derivative comes from A (_pointwise.h), against the reference: over output
+    whose derivative comes from A (pointwise.inc), against the reference: over output
     widths below, at and past the 64-column blocks of the loss's partial sums, with and
     without sample weights. relu outputs take the general loop (their derivative needs Z)."""
     sizes = (5, 9, n_out)
@@ -839,7 +839,7 @@ def test_guard_proves_ordinary_steps_safe(optimizer, dtype):
 
 @pytest.fixture(params=["vector", "general"])
 def one_row_products(request):
-    """Products of one-row batches through _vector_products.h or the general routes."""
+    """Products of one-row batches through vector_products.inc or the general routes."""
     yield from _switched_route(request, "vector", _kernels.vector_products_available,
                                "vector_products",
                                "the one-row vector products need AVX-512")
@@ -886,11 +886,11 @@ def test_per_sample_fit_on_each_product_route(one_row_products, first_layer, opt
     _fit_matches_reference(sizes, acts, dtype, optimizer, 1, epochs=2, rows=19, seed=7)
 
 
-# ---- _panel_gemm.h: mid-sized products, unpacked, over threads --------------------------
+# ---- panel_gemm.inc: mid-sized products, unpacked, over threads --------------------------
 
 @pytest.fixture(params=["panel", "blas"])
 def panel_products(request):
-    """Mid-sized products through _panel_gemm.h (on two threads, whatever the BLAS's own
+    """Mid-sized products through panel_gemm.inc (on two threads, whatever the BLAS's own
     count) or through BLAS."""
     if request.param == "panel" and not _kernels.panel_gemm_available():
         pytest.skip("the panel kernel needs AVX-512")
@@ -1023,7 +1023,7 @@ def test_panel_products_with_changing_part_counts():
 
 def test_panel_pool_has_no_data_race(tmp_path):
     """tests/c/panel_pool_stress.c, built with ThreadSanitizer against the package's
-    _panel_gemm.h: 200,000 products with changing thread counts and shapes, no race
+    C sources (bpfast/_core/src): 200,000 products with changing thread counts and shapes, no race
     reported and every checked entry right. It found one: a helper that read one task's
     part count while holding another task's generation could claim, for that
     generation, a part the task did not have, run it on the next task's job and count
@@ -1035,14 +1035,16 @@ def test_panel_pool_has_no_data_race(tmp_path):
 
     here = os.path.dirname(os.path.abspath(__file__))
     source = os.path.join(here, "c", "panel_pool_stress.c")
-    headers = os.path.join(here, os.pardir, "bpfast")
+    headers = os.path.join(here, os.pardir, "bpfast", "_core", "src")
     compiler = shutil.which("gcc") or shutil.which("cc")
-    if compiler is None or not os.path.exists(os.path.join(headers, "_panel_gemm.h")):
-        pytest.skip("needs a C compiler and the source tree's headers")
+    if compiler is None or not os.path.exists(os.path.join(headers, "panel.h")):
+        pytest.skip("needs a C compiler and the source tree's C sources")
+    kernels = [os.path.join(headers, name) for name in sorted(os.listdir(headers))
+               if name.endswith(".c")]
     binary = str(tmp_path / "panel_pool_stress")
     build = subprocess.run([compiler, "-O1", "-g", "-fsanitize=thread", "-I", headers,
-                            source, "-o", binary, "-lpthread"], capture_output=True,
-                           text=True)
+                            source, *kernels, "-o", binary, "-lpthread", "-lm"],
+                           capture_output=True, text=True)
     if build.returncode != 0:
         pytest.skip(f"cannot build with ThreadSanitizer here: {build.stderr[-300:]}")
     run = subprocess.run([binary, "200000"], capture_output=True, text=True, timeout=300,

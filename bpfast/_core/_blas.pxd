@@ -1,12 +1,12 @@
 # cython: language_level=3
 """Row-major GEMM: a Fortran BLAS found at run time (NumPy's OpenBLAS, or SciPy's
-``cython_blas``) for large products, plain vectorised loops (``_small_gemm.h``) for small
+``cython_blas``) for large products, plain vectorised loops (``small_gemm.inc``) for small
 ones and whenever no BLAS has been set, register loops for one-row products
-(``_vector_products.h``) and unpacked, threaded tiles for mid-sized ones
-(``_panel_gemm.h``) on processors with AVX-512."""
+(``vector_products.inc``) and unpacked, threaded tiles for mid-sized ones
+(``panel_gemm.inc``) on processors with AVX-512."""
 from cython cimport floating
 
-cdef extern from "_small_gemm.h" nogil:
+cdef extern from "kernels.h" nogil:
     void bpfast_small_dgemm(int trans_a, int trans_b, int m, int n, int k, double alpha,
                             const double* a, int lda, const double* b, int ldb,
                             double beta, double* c, int ldc)
@@ -78,15 +78,13 @@ cdef extern from *:
 
 # Products with m * n * k up to this many multiply-adds take the plain-loop path: OpenBLAS's
 # small-matrix kernels win above it (docs/performance.md has the figures).
-# Set from Python with bpfast._core.kernels.set_small_gemm_limit (tests force each path).
-cdef extern from *:
-    """
-    static long long bpfast_small_gemm_limit = 512;
-    """
+# Set from Python through bpfast.engine.tuning(small_gemm_limit=...) (tests force each
+# path); defined in _core/src/routes.c.
+cdef extern from "kernels.h":
     long long bpfast_small_gemm_limit
 
 
-cdef extern from "_vector_products.h" nogil:
+cdef extern from "kernels.h" nogil:
     long long BPFAST_VECTOR_PRODUCT_LIMIT
     int bpfast_vector_products_allowed
     int bpfast_vector_products()
@@ -104,7 +102,7 @@ cdef extern from "_vector_products.h" nogil:
                            float beta, float* C, int ldc)
 
 
-cdef extern from "_panel_gemm.h" nogil:
+cdef extern from "kernels.h" nogil:
     int bpfast_panel_route(int trans_b, int m, int n, int k, int size)
     int bpfast_panel_threads()
     void bpfast_panel_d(int trans_a, int m, int n, int k, double alpha, const double* A,
@@ -119,7 +117,7 @@ cdef inline bint vector_product(bint trans_a, bint trans_b, int m, int n, int k,
                                 floating alpha, const floating* a, const floating* b,
                                 int ldb, floating beta, floating* c,
                                 int ldc) noexcept nogil:
-    """gemm's one-row cases through _vector_products.h (a batch of one row: m = 1 for the
+    """gemm's one-row cases through vector_products.inc (a batch of one row: m = 1 for the
     forward product and dA, k = 1 for the weight update); False when not one of them."""
     if <long long>m * n * k > BPFAST_VECTOR_PRODUCT_LIMIT or not bpfast_vector_products():
         return False

@@ -109,14 +109,14 @@ cdef double output_delta(int loss, int code, int m, int n, const floating* A,
     cdef floating eps = FLT_EPSILON if floating is float else DBL_EPSILON
     cdef LogOfProduct factors = LogOfProduct(1.0, 0, 0)
     cdef int kind = -1 if code == IDENTITY else from_a_kind(code)
-    if loss == LOSS_MSE and (kind >= 0 or code == IDENTITY):  # _pointwise512.h's pass
+    if loss == LOSS_MSE and (kind >= 0 or code == IDENTITY):  # pointwise512.inc's pass
         if floating is double:
             return bpfast_pw_mse_delta_d(kind, m, n, A, Y, w, denom, Z, db)
         else:
             return bpfast_pw_mse_delta_f(kind, m, n, A, Y, w, denom, Z, db)
     if (loss == LOSS_CE or loss == LOSS_BCE) and w == NULL:
         # dZ = (A - Y) / denom with its column sums is the identity's squared-error pass
-        # (its sum of squares unused); the loss from _pointwise.h's vectorised products
+        # (its sum of squares unused); the loss from pointwise.inc's vectorised products
         if floating is double:
             bpfast_pw_mse_delta_d(-1, m, n, A, Y, NULL, denom, Z, db)
             return bpfast_xent_loss_d(loss == LOSS_BCE, <Py_ssize_t>m * n, A, Y, eps)
@@ -217,7 +217,7 @@ cdef double backward(const Net* net, const floating* X, const Batch* batch,
     KEEP_GRADIENT leaves dW[l] and db[l] for the caller; PLAIN_SGD and OPTIMIZER_STEP
     step W[l] and b[l] with them (see :func:`layer_step`). dA[l-1] goes through the
     scratch buffer, except in an optimizer step of a small layer over a piecewise-linear
-    activation: then dZ[l-1] comes from one pass of _layer_forward.h's backward kernel.
+    activation: then dZ[l-1] comes from one pass of layer_forward.inc's backward kernel.
     Returns sum ||W||^2 of the new weights for OPTIMIZER_STEP, else 0.
     """
     cdef int l, m = batch.m
@@ -251,7 +251,7 @@ cdef inline void delta_below(const Net* net, int m, int l, floating** A) noexcep
 
 cdef inline void tile_delta_below(const Net* net, int m, int l,
                                   floating** A) noexcept nogil:
-    """:func:`delta_below` in one pass of _layer_forward.h's backward kernel, which takes
+    """:func:`delta_below` in one pass of layer_forward.inc's backward kernel, which takes
     g' of a piecewise-linear activation from the signs of A[l-1]."""
     cdef const int* sizes = net.sizes
     cdef floating** Z = <floating**>net.Z

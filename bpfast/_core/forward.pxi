@@ -2,7 +2,7 @@
 # in one pass where the processor allows), over a batch or in blocks of rows.
 
 
-cdef extern from "_vmath.h" nogil:
+cdef extern from "kernels.h" nogil:
     void bpfast_exp_row_d(Py_ssize_t n, const double* z, double* a)
     void bpfast_exp_row_f(Py_ssize_t n, const float* z, float* a)
     void bpfast_tanh_row_d(Py_ssize_t n, const double* z, double* a)
@@ -18,14 +18,14 @@ cdef extern from "_vmath.h" nogil:
 
 
 cdef inline floating vsigmoid(floating z) noexcept nogil:
-    """The vectorisable sigmoid of _vmath.h (within a few ulp of 1 / (1 + e^-z))."""
+    """The vectorisable sigmoid of vmath.h (within a few ulp of 1 / (1 + e^-z))."""
     if floating is double:
         return bp_sigmoid_d(z)
     else:
         return bp_sigmoid_f(z)
 
 
-cdef extern from "_pointwise.h" nogil:
+cdef extern from "kernels.h" nogil:
     void bpfast_bias_pwl_d(int kind, Py_ssize_t m, Py_ssize_t n, const double* b,
                            double* Z, double* A)
     void bpfast_bias_pwl_f(int kind, Py_ssize_t m, Py_ssize_t n, const float* b,
@@ -42,9 +42,9 @@ cdef extern from "_pointwise.h" nogil:
                               float eps)
 
 
-# The smooth activations' passes: _pointwise512.h's on processors with AVX-512 (bias and
-# activation in one pass; column sums in registers), else _pointwise.h's loops.
-cdef extern from "_pointwise512.h" nogil:
+# The smooth activations' passes: pointwise512.inc's on processors with AVX-512 (bias and
+# activation in one pass; column sums in registers), else pointwise.inc's loops.
+cdef extern from "kernels.h" nogil:
     int BPFAST_ACT_SIGMOID, BPFAST_ACT_TANH, BPFAST_ACT_EXP, BPFAST_ACT_SILU
     void bpfast_pw_bias_act_d(int act, Py_ssize_t m, Py_ssize_t n, const double* b,
                               double* Z, double* A)
@@ -63,7 +63,7 @@ cdef extern from "_pointwise512.h" nogil:
 
 
 cdef inline int from_a_kind(int code) noexcept nogil:
-    """_pointwise.h's BPFAST_FROM_A_* kind for an activation whose derivative comes from
+    """pointwise.inc's BPFAST_FROM_A_* kind for an activation whose derivative comes from
     a = g(z) alone (sigmoid, tanh, exp), or -1."""
     if code == SIGMOID:
         return 0
@@ -75,7 +75,7 @@ cdef inline int from_a_kind(int code) noexcept nogil:
 
 
 cdef inline int pwl_kind(int code) noexcept nogil:
-    """_pointwise.h's kind for a piecewise-linear activation code, or -1."""
+    """pointwise.inc's kind for a piecewise-linear activation code, or -1."""
     if code == IDENTITY:
         return 0
     if code == RELU:
@@ -85,7 +85,7 @@ cdef inline int pwl_kind(int code) noexcept nogil:
     return -1
 
 
-cdef extern from "_softmax.h" nogil:
+cdef extern from "kernels.h" nogil:
     int BPFAST_SOFTMAX_MAX_N
     void bpfast_softmax_rows_d(Py_ssize_t m, Py_ssize_t n, const double* b, double* Z,
                                double* A)
@@ -136,8 +136,8 @@ cdef void bias_activate(int code, int m, int n, const floating* b,
                         floating* Z, floating* A) noexcept nogil:
     """Z += 1 b^T and A = g(Z).
 
-    Piecewise-linear activations: _pointwise.h's loops. Sigmoid, tanh, silu and exp:
-    _pointwise512.h's single pass (or, without AVX-512, the bias add and then the
+    Piecewise-linear activations: pointwise.inc's loops. Sigmoid, tanh, silu and exp:
+    pointwise512.inc's single pass (or, without AVX-512, the bias add and then the
     vectorised function once over the whole m x n block: one call per row would pay the
     call and the vector loop's ragged tail once per row, which dominates for narrow
     layers). Softmax: across rows when narrow, else its exponentials over the block. The
@@ -219,7 +219,7 @@ cdef void forward_pass(const Net* net, int m, const floating* X,
     """Z[l] = A[l-1] W[l]^T + b[l], A[l] = g_l(Z[l]) for l = 0..L-1, with A[-1] = X.
 
     ``X_rows`` (with W[0] stored transposed, on processors with the tile kernels): row p
-    of X is X_rows[p], and the first layer is _layer_forward.h's product with its bias
+    of X is X_rows[p], and the first layer is layer_forward.inc's product with its bias
     and piecewise-linear activation fused in; ``X`` is not read. Then Z[0] is not written
     when only the backward kernel of an optimizer step would read it (it takes the signs
     from A[0]).
@@ -272,7 +272,7 @@ cdef void blocked_forward(const Net* net, const floating* X, Py_ssize_t n, int b
         start += mb
 
 
-cdef extern from "_layer_forward.h" nogil:
+cdef extern from "kernels.h" nogil:
     void bpfast_layer_forward_d(int m, int n_in, int n, const double** rows,
                                 const double* W, Py_ssize_t ldw, const double* b,
                                 double* Z, double* A, Py_ssize_t ldz, int kind,

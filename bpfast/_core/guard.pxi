@@ -2,7 +2,7 @@
 # (update_is_safe), the measured bounds it starts from, and the data's magnitudes.
 
 
-cdef extern from "_reduce.h" nogil:
+cdef extern from "kernels.h" nogil:
     double bpfast_sumsq_d(const double* x, Py_ssize_t n)
     double bpfast_sumsq_f(const float* x, Py_ssize_t n)
     double bpfast_max_abs_d(const double* x, Py_ssize_t n)
@@ -288,7 +288,7 @@ cdef bint guard_bounds(const Net* net, double* bound, floating** W) noexcept nog
     return finite
 
 
-cdef extern from "_parallel_reduce.h" nogil:
+cdef extern from "kernels.h" nogil:
     double bpfast_max_abs_parallel(const void* x, Py_ssize_t n, int size)
 
 

@@ -14,6 +14,8 @@ pointer is taken, then run the whole pass without the GIL and without allocating
 
 The body is split into include files along the derivation:
 
+    cpu.pxi        the kernels' dispatch, chosen once at import from the processor's
+                   features (cpu_features())
     arguments.pxi  the passes' arguments grouped in structs (network, batch, settings,
                    step policy, guard, epoch)
     forward.pxi    z = a_prev W^T + b, a = g(z)
@@ -26,10 +28,10 @@ The body is split into include files along the derivation:
     switches.pxi   the set_* switches for tests and benchmarks
     blas.pxi       the BLAS found at run time, and probes of gemm's routes
 
-They make one extension module rather than several on purpose: the C kernels are
-header-only, so each module would compile its own copy of their state (the thread pool,
-the BLAS pointers, the switches) and a switch set through one would not reach the
-others; and in one translation unit the C compiler inlines across the steps (a forward
+They make one extension module rather than several on purpose: every module would link
+its own copy of the C kernels' state (the dispatch table, the thread pool, the BLAS
+pointers, the switches), and a switch set through one would not reach the others; and in
+one translation unit the C compiler inlines the Cython steps into each other (a forward
 pass into a training step, a layer's update into the backward loop).
 """
 from libc.stdlib cimport malloc, calloc, free
@@ -60,6 +62,7 @@ cdef enum:
 
 cnp.import_array()
 
+include "cpu.pxi"
 include "arguments.pxi"
 include "forward.pxi"
 include "backward.pxi"

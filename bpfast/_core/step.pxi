@@ -3,7 +3,7 @@
 # blocks of rows for large ones), and one batch's whole step.
 
 
-cdef extern from "_update.h" nogil:
+cdef extern from "kernels.h" nogil:
     double bpfast_update_d(Py_ssize_t n, double* P, const double* G, double* V, double* S,
                            int adam, double lr, double mu, int nesterov, double beta1,
                            double beta2, double eps, double lr_t, double l2)
@@ -31,11 +31,11 @@ cdef inline double update(const StepPolicy* policy, Py_ssize_t N, floating* p,
                                <float>s.beta2, <float>s.epsilon, <float>policy.lr_t, l2)
 
 
-cdef extern from "_tiles.h" nogil:
+cdef extern from "kernels.h" nogil:
     int bpfast_tiles_available()
 
 
-cdef extern from "_grad_update.h" nogil:
+cdef extern from "kernels.h" nogil:
     double bpfast_grad_update_d(int m, int R, int C, const double* A, Py_ssize_t lda,
                                 const double** arows, const double* B, Py_ssize_t ldb,
                                 double* P, Py_ssize_t ldp, double* V,
@@ -50,7 +50,7 @@ cdef extern from "_grad_update.h" nogil:
 
 
 # Layers whose weight gradient takes at most this many multiply-adds (batch x n^l x
-# n^(l-1)) are stepped by _grad_update.h's fused kernel, the gradient never stored;
+# n^(l-1)) are stepped by grad_update.inc's fused kernel, the gradient never stored;
 # larger ones take a BLAS product into dW and the update pass, which wins once the
 # product is large (docs/performance.md). 0 where the processor lacks AVX-512.
 cdef long long bpfast_fused_update_limit = (1LL << 19) if bpfast_tiles_available() else 0
@@ -58,7 +58,7 @@ cdef long long bpfast_fused_update_limit = (1LL << 19) if bpfast_tiles_available
 
 cdef inline bint tile_backward(int m, int n_above, int n_below,
                               int code_below) noexcept nogil:
-    """Whether an optimizer step takes a layer's delta from _layer_forward.h's backward
+    """Whether an optimizer step takes a layer's delta from layer_forward.inc's backward
     kernel: a piecewise-linear activation below, and a product small enough for the tile
     kernels. That kernel reads only A below, so forward_pass may then skip Z."""
     return (pwl_kind(code_below) >= 0
@@ -69,7 +69,7 @@ cdef inline double grad_update(const Net* net, int m, int l, const floating* pre
                                const floating** prev_rows,
                                const StepPolicy* policy) noexcept nogil:
     """W[l] stepped as :func:`update` with dW = dZ[l]^T prev (n_out x n_in; its transpose
-    for W stored transposed) in _grad_update.h's register tiles, the gradient never
+    for W stored transposed) in grad_update.inc's register tiles, the gradient never
     stored; returns sum W^2 of the new values.
 
     ``prev_rows`` (W stored transposed only): row p of prev is prev_rows[p], and ``prev``

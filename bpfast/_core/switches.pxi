@@ -37,7 +37,7 @@ def set_first_transpose_limit(long long limit):
 
 
 def fused_update_available():
-    """Whether this processor runs _grad_update.h's fused kernel (it needs AVX-512)."""
+    """Whether this processor runs grad_update.inc's fused kernel (it needs AVX-512)."""
     return bool(bpfast_tiles_available())
 
 
@@ -66,13 +66,13 @@ def avx512_vector_math():
     return bool(bpfast_vmath_avx512())
 
 
-cdef extern from "_vector_products.h" nogil:
+cdef extern from "kernels.h" nogil:
     int bpfast_vector_products_allowed "bpfast_vector_products_allowed"
     int vector_products_on "bpfast_vector_products"()
 
 
 def set_vector_products(bint enabled):
-    """Whether one-row products (batches of one row) may take _vector_products.h's
+    """Whether one-row products (batches of one row) may take vector_products.inc's
     AVX-512 loops rather than BLAS; returns the old setting. For benchmarks and tests."""
     global bpfast_vector_products_allowed
     old = bool(bpfast_vector_products_allowed)
@@ -81,11 +81,11 @@ def set_vector_products(bint enabled):
 
 
 def vector_products_available():
-    """Whether one-row products run _vector_products.h's loops on this processor."""
+    """Whether one-row products run vector_products.inc's loops on this processor."""
     return bool(vector_products_on())
 
 
-cdef extern from "_panel_gemm.h" nogil:
+cdef extern from "kernels.h" nogil:
     long long BPFAST_PANEL_MIN
     void bpfast_set_panel_scope(int on)
     int bpfast_panel_fits(int trans_b, int m, int n, int k, int size)
@@ -98,7 +98,7 @@ cdef extern from "_panel_gemm.h" nogil:
 
 
 def set_panel_gemm(bint enabled, int threads=0):
-    """Whether mid-sized products may take _panel_gemm.h's threaded kernel rather than
+    """Whether mid-sized products may take panel_gemm.inc's threaded kernel rather than
     BLAS, and on how many threads (0: the BLAS's own count); returns the old
     (enabled, threads). For benchmarks and tests."""
     global bpfast_panel_allowed, bpfast_panel_thread_override
@@ -111,12 +111,12 @@ def set_panel_gemm(bint enabled, int threads=0):
 
 
 def panel_gemm_available():
-    """Whether this processor runs _panel_gemm.h's kernel."""
+    """Whether this processor runs panel_gemm.inc's kernel."""
     return bool(panel_available())
 
 
 def panel_gemm_calls():
-    """Products _panel_gemm.h's kernel has taken so far in this process (for tests)."""
+    """Products panel_gemm.inc's kernel has taken so far in this process (for tests)."""
     return bpfast_panel_calls
 
 

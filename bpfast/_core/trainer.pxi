@@ -334,7 +334,7 @@ cdef inline Batch whole_batch(int m, const void* Y, const void* w) noexcept nogi
 cdef bint panel_network(int L, const int* sizes, int m, bint first_t,
                         int itemsize) noexcept nogil:
     """Whether every product of a training step at batch m that OpenBLAS would thread
-    (more than BPFAST_PANEL_MIN multiply-adds) fits _panel_gemm.h's kernel: forward
+    (more than BPFAST_PANEL_MIN multiply-adds) fits panel_gemm.inc's kernel: forward
     Z = A W^T (W stored n^l x n^(l-1), or transposed for the first layer with
     ``first_t``), dA = dZ W and the weight update; see bpfast_panel_scope."""
     cdef int l, n_in, n_out
@@ -475,7 +475,7 @@ cdef class Trainer(Layers):
     transposed copies, n^0 x n^1, copied in at the start and back at the end: the forward
     product X W^T then runs as a non-transposed GEMM, which OpenBLAS's small-matrix
     kernels take faster than the transposed form. Mid-sized first layers
-    whose forward product _panel_gemm.h takes (it reads B by rows) are transposed too.
+    whose forward product panel_gemm.inc takes (it reads B by rows) are transposed too.
     The first layer's dA is never needed, so its transposed layout costs nothing but the
     copies.
     """

@@ -1,18 +1,20 @@
 /* Many panel products in a row, with thread counts and shapes that change from one to
  * the next, each checked against a plain triple loop. Built by tests/test_kernel_paths.py
  * with ThreadSanitizer: the pool's hand-over must have no data race.
+ * Linked with the package's C sources (bpfast/_core/src/*.c).
  * Usage: panel_pool_stress ITERATIONS; exit status 0 when every checked entry matched,
  * 1 when one did not, 77 when this processor has no AVX-512 (nothing to test). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
-#include "_panel_gemm.h"
+#include "kernels.h"
 
 int main(int argc, char **argv)
 {
     static double A[64 * 64], B[64 * 64], C[64 * 64];
     long iterations = argc > 1 ? atol(argv[1]) : 100000, it, bad = 0;
     int i;
+    bpfast_dispatch_init();
     if (!bpfast_panel_available())
         return 77;
     for (i = 0; i < 64 * 64; i++) {

@@ -1,4 +1,4 @@
-/* The largest magnitude of a large array (_reduce.h's max_abs: the training data's bound
+/* The largest magnitude of a large array (max_abs.inc: the training data's bound
  * and finiteness check) split over the panel kernel's thread pool.
  *
  * Before every fit the trainer takes max |X| over the whole data: a pass from memory that
@@ -6,12 +6,8 @@
  * takes a contiguous range of whole 64-byte lines; the maximum does not depend on how
  * the array is split, so the result is the one-thread result exactly.
  */
-#ifndef BPFAST_PARALLEL_REDUCE_H
-#define BPFAST_PARALLEL_REDUCE_H
-
 #include <stddef.h>
-#include "_reduce.h"
-#include "_panel_gemm.h"
+#include "kernels.h"
 
 /* Arrays of fewer bytes stay on one thread; from this size on, the pass costs far more
  * than handing a part to a helper, even one that has to be woken. */
@@ -44,15 +40,13 @@ static void bpfast_max_abs_part(void *arg, int part, int parts)
 /* max_k |x[k]| over n doubles (size 8) or floats (size 4), +inf if any is not finite:
    on the BLAS's thread count for large arrays where the pool runs, else on this
    thread */
-static double bpfast_max_abs_parallel(const void *x, ptrdiff_t n, int size)
+double bpfast_max_abs_parallel(const void *x, ptrdiff_t n, int size)
 {
     bpfast_max_abs_job job;
     double best = 0;
     int threads = 1, p;
-#if BPFAST_HAVE_PANEL
     if ((long long)n * size >= BPFAST_PARALLEL_MAX_ABS_BYTES && bpfast_panel_available())
         threads = bpfast_panel_threads();
-#endif
     if (threads <= 1)
         return size == 8 ? bpfast_max_abs_d((const double *)x, n)
                          : bpfast_max_abs_f((const float *)x, n);
@@ -63,13 +57,9 @@ static double bpfast_max_abs_parallel(const void *x, ptrdiff_t n, int size)
     job.size = size;
     for (p = 0; p < BPFAST_POOL_MAX; p++)
         job.top[p] = 0;
-#if BPFAST_HAVE_PANEL
     /* with the pool busy (another caller) this is part 0 of 1: the whole array */
     bpfast_pool_run(bpfast_max_abs_part, &job, threads);
-#endif
     for (p = 0; p < BPFAST_POOL_MAX; p++)
         best = job.top[p] > best ? job.top[p] : best;  /* +inf stays +inf */
     return best;
 }
-
-#endif

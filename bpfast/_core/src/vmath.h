@@ -2,12 +2,12 @@
  *
  * libm's exp and tanh are scalar calls, and the loops that call them cannot vectorise; these
  * branch-free versions (Cody-Waite range reduction, Taylor polynomials on |r| <= ln2/2,
- * selects instead of branches) can, and the array functions pick AVX2 or AVX-512 code at run
- * time. Accuracy: within a few units in the last place of the correctly rounded results
+ * selects instead of branches) can. This header: the scalar functions, inline wherever
+ * they are used; vmath_rows.inc: the array functions, compiled per target. Accuracy: within a few units in the last place of the correctly rounded results
  * over the whole range (checked against libm in the tests); subnormal results are built
  * by scaling in two steps (off by at most one unit of the smallest subnormal); +inf past
  * overflow; NaN propagates. On processors with AVX-512F the array functions run
- * _vmath_avx512.h's versions: the same bits wherever the result is a normal number,
+ * vmath_avx512.inc's versions: the same bits wherever the result is a normal number,
  * in about half the time.
  */
 #ifndef BPFAST_VMATH_H
@@ -17,14 +17,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <stddef.h>
-#include "_vmath_avx512.h"
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__INTEL_COMPILER) && \
-    !defined(BPFAST_NO_TARGET_CLONES)
-#define BPFAST_VTARGETS __attribute__((target_clones("avx512f", "avx2,fma", "default")))
-#else
-#define BPFAST_VTARGETS
-#endif
+#include "platform.h"
 
 /* ---- double ---------------------------------------------------------------------- */
 
@@ -182,45 +175,7 @@ static inline float bp_sigmoid_f(float x)
     return (x >= 0 ? 1.0f : e) / (1.0f + e);
 }
 
-/* ---- array versions: a[j] = f(z[j]) --------------------------------------------- */
-
-/* The portable loops (AVX2 or plain, picked at run time) are NAME_generic; NAME takes
- * _vmath_avx512.h's version of the same function where the processor has AVX-512F. */
-#define BPFAST_DEFINE_ROW(NAME, T, F, F512)                                             \
-BPFAST_VTARGETS static void NAME##_generic(ptrdiff_t n, const T *z, T *a)               \
-{                                                                                       \
-    ptrdiff_t j;                                                                        \
-    for (j = 0; j < n; j++)                                                             \
-        a[j] = F(z[j]);                                                                 \
-}                                                                                       \
-static void NAME(ptrdiff_t n, const T *z, T *a)                                         \
-{                                                                                       \
-    BPFAST_ROW512_CALL(F512, n, z, a);                                                  \
-    NAME##_generic(n, z, a);                                                            \
-}
-
-#if BPFAST_VMATH_AVX512
-#define BPFAST_ROW512_CALL(F512, n, z, a)                                               \
-    do {                                                                                \
-        if (bpfast_vmath_avx512()) {                                                    \
-            F512(n, z, a);                                                              \
-            return;                                                                     \
-        }                                                                               \
-    } while (0)
-#else
-#define BPFAST_ROW512_CALL(F512, n, z, a) do { } while (0)
-#endif
-
 static inline double bp_silu_d(double x) { return x * bp_sigmoid_d(x); }
 static inline float bp_silu_f(float x) { return x * bp_sigmoid_f(x); }
-
-BPFAST_DEFINE_ROW(bpfast_exp_row_d, double, bp_exp_d, bpfast_exp_row512_d)
-BPFAST_DEFINE_ROW(bpfast_exp_row_f, float, bp_exp_f, bpfast_exp_row512_f)
-BPFAST_DEFINE_ROW(bpfast_tanh_row_d, double, bp_tanh_d, bpfast_tanh_row512_d)
-BPFAST_DEFINE_ROW(bpfast_tanh_row_f, float, bp_tanh_f, bpfast_tanh_row512_f)
-BPFAST_DEFINE_ROW(bpfast_sigmoid_row_d, double, bp_sigmoid_d, bpfast_sigmoid_row512_d)
-BPFAST_DEFINE_ROW(bpfast_sigmoid_row_f, float, bp_sigmoid_f, bpfast_sigmoid_row512_f)
-BPFAST_DEFINE_ROW(bpfast_silu_row_d, double, bp_silu_d, bpfast_silu_row512_d)
-BPFAST_DEFINE_ROW(bpfast_silu_row_f, float, bp_silu_f, bpfast_silu_row512_f)
 
 #endif

@@ -1,0 +1,113 @@
+/* The one table of kernels that dispatch.c fills at import, and what the kernels and their
+ * callers agree on (activation codes, size limits).
+ *
+ * Each kernel family is written once (the *.inc sources) and compiled once per target by
+ * a wrapper translation unit (dispatch_baseline.c, dispatch_avx2.c, dispatch_avx512.c),
+ * whose copies are static; each wrapper exports only a function that fills the table
+ * with its copies. BPFAST_KERNELS lists the kernels every target has, BPFAST_KERNELS_AVX512
+ * (and BPFAST_KERNELS_PANEL) those that exist only for AVX-512 (left NULL elsewhere:
+ * callers check their availability functions first). X(return type, name, parameter list).
+ */
+#ifndef BPFAST_KERNEL_TABLE_H
+#define BPFAST_KERNEL_TABLE_H
+
+#include <stddef.h>
+
+/* piecewise-linear activations (pointwise.inc) */
+enum { BPFAST_PWL_IDENTITY = 0, BPFAST_PWL_RELU = 1, BPFAST_PWL_LEAKY = 2 };
+/* activations whose derivative is a function of a = g(z) alone:
+ *   sigmoid: a (1 - a);  tanh: 1 - a^2;  exp: a */
+enum { BPFAST_FROM_A_SIGMOID = 0, BPFAST_FROM_A_TANH = 1, BPFAST_FROM_A_EXP = 2 };
+/* the activations of the fused bias pass (bpfast_pw_bias_act_*) */
+enum { BPFAST_ACT_SIGMOID = 0, BPFAST_ACT_TANH = 1, BPFAST_ACT_EXP = 2, BPFAST_ACT_SILU = 3 };
+
+/* widest row softmax_rows takes (the caller checks) */
+#define BPFAST_SOFTMAX_MAX_N 16
+/* one-row products of at most this many multiply-adds take the vector-product kernels */
+#define BPFAST_VECTOR_PRODUCT_LIMIT 65536
+
+#define BPFAST_KERNELS_OF(X, T, SFX)                                                       \
+    X(void, bpfast_bias_pwl_##SFX, (int kind, ptrdiff_t m, ptrdiff_t n, const T *b, T *Z,  \
+                                 T *A))                                                    \
+    X(void, bpfast_delta_pwl_##SFX, (int kind, ptrdiff_t m, ptrdiff_t n, const T *dA,      \
+                                  T *Z, T *db))                                            \
+    X(void, bpfast_bias_add_##SFX, (ptrdiff_t m, ptrdiff_t n, const T *b, T *Z))           \
+    X(void, bpfast_delta_from_a_##SFX, (int kind, ptrdiff_t m, ptrdiff_t n, const T *dA,   \
+                                     const T *A, T *Z, T *db))                             \
+    X(double, bpfast_mse_delta_##SFX, (int kind, ptrdiff_t m, ptrdiff_t n, const T *A,     \
+                                    const T *Y, const T *w, T denom, T *Z, T *db))         \
+    X(double, bpfast_xent_loss_##SFX, (int binary, ptrdiff_t N, const T *A, const T *Y,    \
+                                    T eps))                                                \
+    X(double, bpfast_max_abs_##SFX, (const T *x, ptrdiff_t n))                             \
+    X(double, bpfast_update_##SFX, (ptrdiff_t n, T *P, const T *G, T *V, T *S, int adam,   \
+                                 T lr, T mu, int nesterov, T beta1, T beta2, T eps,        \
+                                 T lr_t, T l2))                                            \
+    X(void, bpfast_exp_row_##SFX, (ptrdiff_t n, const T *z, T *a))                         \
+    X(void, bpfast_tanh_row_##SFX, (ptrdiff_t n, const T *z, T *a))                        \
+    X(void, bpfast_sigmoid_row_##SFX, (ptrdiff_t n, const T *z, T *a))                     \
+    X(void, bpfast_silu_row_##SFX, (ptrdiff_t n, const T *z, T *a))                        \
+    X(void, bpfast_softmax_rows_##SFX, (ptrdiff_t m, ptrdiff_t n, const T *b, T *Z, T *A)) \
+    X(void, bpfast_pw_bias_act_##SFX, (int act, ptrdiff_t m, ptrdiff_t n, const T *b,      \
+                                    T *Z, T *A))                                           \
+    X(void, bpfast_pw_delta_from_a_##SFX, (int kind, ptrdiff_t m, ptrdiff_t n,             \
+                                        const T *dA, const T *A, T *Z, T *db))             \
+    X(double, bpfast_pw_mse_delta_##SFX, (int kind, ptrdiff_t m, ptrdiff_t n, const T *A,  \
+                                       const T *Y, const T *w, T denom, T *Z, T *db))
+
+#define BPFAST_KERNELS(X)                                                               \
+    BPFAST_KERNELS_OF(X, double, d)                                                     \
+    BPFAST_KERNELS_OF(X, float, f)                                                      \
+    X(void, bpfast_small_dgemm, (int trans_a, int trans_b, int m, int n, int k,         \
+                                 double alpha, const double *a, int lda, const double *b,\
+                                 int ldb, double beta, double *c, int ldc))             \
+    X(void, bpfast_small_sgemm, (int trans_a, int trans_b, int m, int n, int k,         \
+                                 float alpha, const float *a, int lda, const float *b,  \
+                                 int ldb, float beta, float *c, int ldc))
+
+#define BPFAST_KERNELS_AVX512_OF(X, T, SFX)                                             \
+    X(void, bpfast_layer_forward_##SFX, (int m, int n_in, int n, const T *const *rows,  \
+                                      const T *W, ptrdiff_t ldw, const T *b, T *Z,      \
+                                      T *A, ptrdiff_t ldz, int kind, int store_z))      \
+    X(void, bpfast_layer_forward_##SFX##_back, (int m, int n_in, int n, const T *dZ,    \
+                                             const T *W, ptrdiff_t ldw, const T *Ap,    \
+                                             T *Zp, ptrdiff_t ldz, T *db, int kind))    \
+    X(double, bpfast_grad_update_##SFX, (int m, int R, int C, const T *A, ptrdiff_t lda,   \
+                                      const T *const *arows, const T *B, ptrdiff_t ldb, \
+                                      T *P, ptrdiff_t ldp, T *V, T *S, int adam, T lr,  \
+                                      T mu, int nesterov, T beta1, T beta2, T eps,      \
+                                      T lr_t, T l2))                                    \
+    X(void, bpfast_vp_##SFX##_vecmat, (int n, int k, T alpha, const T *a, const T *B,   \
+                                    int ldb, T beta, T *c))                             \
+    X(void, bpfast_vp_##SFX##_matvec, (int n, int k, T alpha, const T *a, const T *B,   \
+                                    int ldb, T beta, T *c))                             \
+    X(void, bpfast_vp_##SFX##_rank1, (int m, int n, T alpha, const T *x, const T *y,    \
+                                   T beta, T *C, int ldc))
+
+#define BPFAST_KERNELS_PANEL_OF(X, T, SFX)                                             \
+    X(void, bpfast_panel_##SFX, (int trans_a, int m, int n, int k, T alpha, const T *A,    \
+                              int lda, const T *B, int ldb, T beta, T *C, int ldc,     \
+                              int threads))
+
+#define BPFAST_KERNELS_AVX512(X)                                                        \
+    BPFAST_KERNELS_AVX512_OF(X, double, d)                                              \
+    BPFAST_KERNELS_AVX512_OF(X, float, f)
+
+/* the panel kernel: AVX-512 and its thread pool (BPFAST_HAVE_PANEL, panel.h) */
+#define BPFAST_KERNELS_PANEL(X)                                                         \
+    BPFAST_KERNELS_PANEL_OF(X, double, d)                                               \
+    BPFAST_KERNELS_PANEL_OF(X, float, f)
+
+#define BPFAST_TABLE_FIELD(R, NAME, PARAMS) R (*NAME) PARAMS;
+typedef struct {
+    BPFAST_KERNELS(BPFAST_TABLE_FIELD)
+    BPFAST_KERNELS_AVX512(BPFAST_TABLE_FIELD)
+    BPFAST_KERNELS_PANEL(BPFAST_TABLE_FIELD)
+} bpfast_kernel_table;
+#undef BPFAST_TABLE_FIELD
+
+/* Each wrapper translation unit's filler: its copies into the table. */
+void bpfast_fill_table_baseline(bpfast_kernel_table *t);
+void bpfast_fill_table_avx2(bpfast_kernel_table *t);
+void bpfast_fill_table_avx512(bpfast_kernel_table *t);
+
+#endif

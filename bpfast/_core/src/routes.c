@@ -1,0 +1,6 @@
+/* The route switches of routes.h: one definition each. */
+#include "routes.h"
+
+long long bpfast_small_gemm_limit = 512;
+int bpfast_vmath_avx512_allowed = 1;
+int bpfast_vector_products_allowed = 1;

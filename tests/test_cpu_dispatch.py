@@ -1,0 +1,122 @@
+"""The kernels' CPU-feature layer and dispatch: bpfast.cpu_features(), the
+BPFAST_DISABLE_CPU_FEATURES override, and a built module without IFUNC relocations."""
+import glob
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import bpfast
+from bpfast._core import kernels as _kernels
+
+KNOWN = {"avx2", "fma", "avx512f", "neon"}
+
+
+def processor_flags():
+    """The processor's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def run_with(disabled, code):
+    """Run `code` in a fresh interpreter with BPFAST_DISABLE_CPU_FEATURES=disabled."""
+    env = dict(os.environ, BPFAST_DISABLE_CPU_FEATURES=disabled)
+    return subprocess.run([sys.executable, "-W", "always", "-c", code], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cpu_features_is_a_subset_of_the_processors():
+    features = bpfast.cpu_features()
+    assert isinstance(features, list) and set(features) <= KNOWN
+    assert features == _kernels.cpu_features()
+    flags = processor_flags()
+    if flags:
+        # /proc/cpuinfo spells NEON "asimd" on ARM64
+        have = {name for name in KNOWN if name in flags or (name == "neon" and "asimd" in flags)}
+        assert set(features) <= have
+    if "avx512f" in features:
+        assert {"avx2", "fma"} <= set(features)
+
+
+def test_availability_follows_the_features():
+    tiles = "avx512f" in bpfast.cpu_features()
+    assert _kernels.fused_update_available() == tiles
+    assert _kernels.vector_products_available() == tiles
+    if not tiles:
+        assert not _kernels.avx512_vector_math()
+        assert not _kernels.panel_gemm_available()
+    assert _kernels.kernel_target() in ("avx512f", "avx2", "baseline")
+
+
+REFERENCE_CHECK = """
+import numpy as np, bpfast, bpfast._core.kernels as k
+from bpfast import reference
+print(";".join([",".join(bpfast.cpu_features()), k.kernel_target(),
+                str(k.fused_update_available()), str(k.avx512_vector_math()),
+                str(k.vector_products_available()), str(k.panel_gemm_available())]))
+rng = np.random.default_rng(0)
+for dtype, tol in ((np.float64, 1e-10), (np.float32, 2e-4)):
+    for acts, m in ((["relu", "tanh"], 33), (["sigmoid", "exp"], 17), (["silu", "identity"], 1)):
+        net = bpfast.Network([7, 40, 5], activations=acts, seed=1, dtype=dtype)
+        X = rng.standard_normal((m, 7)).astype(dtype)
+        Y = rng.random((m, 5)).astype(dtype)
+        Y /= Y.sum(axis=1, keepdims=True)
+        E, dW, db = bpfast.backprop(net.weights, net.biases, net.activations, X, Y)
+        E0, dW0, db0 = reference.backprop(net.weights, net.biases, net.activations, X, Y)
+        assert abs(E - E0) <= tol * max(1.0, abs(E0)), (dtype, acts, E, E0)
+        for a, b in zip(list(dW) + list(db), list(dW0) + list(db0)):
+            np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("disabled", ["avx2", "avx512f", "avx512f,avx2"])
+def test_disabled_features_leave_the_reference_results(disabled):
+    run = run_with(disabled, REFERENCE_CHECK)
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    first, last = run.stdout.split("\n")[0], run.stdout.strip().split("\n")[-1]
+    names, target, *available = first.split(";")
+    features = set(names.split(",")) - {""}
+    assert last == "ok"
+    assert not features & ({"avx512f"} | set(disabled.split(",")))
+    assert available == ["False"] * 4  # no AVX-512 route, whatever the processor
+    if "avx2" in disabled:
+        assert not features & {"avx2", "avx512f"} and target == "baseline"
+    else:
+        assert target in ("avx2", "baseline")
+    assert "RuntimeWarning" not in run.stderr
+
+
+def test_unknown_feature_name_warns():
+    run = run_with("avx512f, sse9", "import bpfast; print(bpfast.cpu_features())")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "RuntimeWarning" in run.stderr
+    assert "sse9" in run.stderr and "avx512f, neon" in run.stderr
+    assert "avx512f" not in run.stdout
+
+
+def test_feature_names_ignore_case_and_spaces():
+    run = run_with(" AVX2 ", "import bpfast; print(bpfast.cpu_features())")
+    assert run.returncode == 0 and "RuntimeWarning" not in run.stderr, run.stderr
+    assert "avx2" not in run.stdout and "avx512f" not in run.stdout
+
+
+def test_module_has_no_ifunc_relocations():
+    """target_clones left IRELATIVE relocations that musl's loader rejects."""
+    readelf = shutil.which("readelf")
+    if readelf is None or not sys.platform.startswith("linux"):
+        pytest.skip("needs readelf and an ELF module")
+    modules = glob.glob(os.path.join(os.path.dirname(_kernels.__file__), "_kernels*.so"))
+    assert modules
+    for module in modules:
+        relocations = subprocess.run([readelf, "-r", module], capture_output=True,
+                                     text=True, check=True).stdout
+        assert "IRELATIV" not in relocations, module
