@@ -1,6 +1,7 @@
 """Instruction counts of training epochs for two builds of bpfast, under callgrind.
 
     python bench/callgrind_epoch.py BEFORE_TREE AFTER_TREE [--case S32] [--epochs 3]
+        [--dtype float32]
 
 Timings on a shared machine are noisy; the instructions executed are not. Each tree (a
 source tree with its extension built in place) runs, under ``valgrind --tool=callgrind``
@@ -29,9 +30,9 @@ SCRIPT = """
 import numpy as np, bpfast
 sizes, acts, rows, batch, loss, opt = {case!r}
 rng = np.random.default_rng(0)
-X = rng.standard_normal((rows, sizes[0]))
-Y = np.eye(sizes[-1])[rng.integers(0, sizes[-1], rows)]
-net = bpfast.Network(sizes, activations=list(acts), seed=0)
+X = rng.standard_normal((rows, sizes[0])).astype({dtype!r})
+Y = np.eye(sizes[-1], dtype={dtype!r})[rng.integers(0, sizes[-1], rows)]
+net = bpfast.Network(sizes, activations=list(acts), dtype={dtype!r}, seed=0)
 kw = dict(batch_size=batch, learning_rate=0.01, optimizer=opt, loss=loss, shuffle=False)
 net.fit(X, Y, epochs=1, **kw)
 if {epochs}:
@@ -39,12 +40,12 @@ if {epochs}:
 """
 
 
-def instructions(tree, case, epochs):
+def instructions(tree, case, epochs, dtype):
     """Total instructions of the script under callgrind, importing bpfast from tree."""
     with tempfile.TemporaryDirectory() as tmp:
         script = os.path.join(tmp, "run.py")
         with open(script, "w") as f:
-            f.write(SCRIPT.format(case=CASES[case], epochs=epochs))
+            f.write(SCRIPT.format(case=CASES[case], epochs=epochs, dtype=dtype))
         env = dict(os.environ, PYTHONPATH=tree, OPENBLAS_NUM_THREADS="1")
         out = subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out",
@@ -59,12 +60,13 @@ def main(argv=None):
     p.add_argument("--case", action="append", choices=sorted(CASES),
                    help="a case (repeatable; default: all)")
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     args = p.parse_args(argv)
     for case in args.case or list(CASES):
         counts = []
         for tree in args.trees:
-            counts.append(instructions(tree, case, args.epochs)
-                          - instructions(tree, case, 0))
+            counts.append(instructions(tree, case, args.epochs, args.dtype)
+                          - instructions(tree, case, 0, args.dtype))
         print(f"{case:18s} before {counts[0]:>14,d}  after {counts[1]:>14,d}  "
               f"after/before {counts[1] / counts[0]:.4f}", flush=True)
 
