@@ -98,8 +98,6 @@ class ReleaseBuildExt(build_ext):
         for ext in self.extensions:
             ext.extra_compile_args = ext.extra_compile_args + (
                 GNU_ARGS if gnu else MSVC_ARGS if kind == "msvc" else [])
-            if kind == "msvc":  # M_LN2 and friends, which Cython's libc.math offers
-                ext.define_macros = ext.define_macros + [("_USE_MATH_DEFINES", None)]
             if portable:
                 ext.sources = [s for s in ext.sources
                                if os.path.basename(s) not in TARGET_C]

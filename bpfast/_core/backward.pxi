@@ -85,7 +85,7 @@ cdef inline void log_product_times(LogOfProduct* f, double x) noexcept nogil:
 
 cdef inline double log_product_value(const LogOfProduct* f) noexcept nogil:
     """log of the product: log(mantissa) + exponent log 2."""
-    return log(f.mantissa) + f.exponent * M_LN2
+    return log(f.mantissa) + f.exponent * BPFAST_LN2
 
 
 cdef double output_delta(int loss, int code, int m, int n, const floating* A,

@@ -13,10 +13,8 @@ cdef long long bpfast_signal_work = 1LL << 22
 cdef double bpfast_signal_interval = 0.05
 
 
-cdef inline double monotonic_seconds() noexcept nogil:
-    cdef timespec now
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return now.tv_sec + now.tv_nsec * 1e-9
+cdef extern from "clock.h" nogil:
+    double monotonic_seconds "bpfast_monotonic_seconds"()
 
 
 cdef extern from "Python.h":

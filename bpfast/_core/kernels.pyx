@@ -36,10 +36,12 @@ pass into a training step, a layer's update into the backward loop).
 """
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset, memcpy
-from libc.math cimport sqrt, pow, isfinite, log, logf, frexp, HUGE_VAL, M_LN2, NAN
+from libc.math cimport sqrt, pow, isfinite, log, logf, frexp, HUGE_VAL, NAN
 from libc.float cimport FLT_EPSILON, DBL_EPSILON, FLT_MAX, DBL_MAX
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from cython cimport floating
+
+cdef extern from "platform.h":
+    double BPFAST_LN2  # ln 2 (M_LN2 is not standard C)
 
 cimport numpy as cnp
 import threading
