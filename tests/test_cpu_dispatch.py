@@ -117,3 +117,37 @@ def test_module_has_no_ifunc_relocations():
         relocations = subprocess.run([readelf, "-r", module], capture_output=True,
                                      text=True, check=True).stdout
         assert "IRELATIV" not in relocations, module
+
+
+SOURCES = os.path.join(os.path.dirname(__file__), os.pardir, "bpfast", "_core", "src")
+
+
+@pytest.fixture(scope="module")
+def musl_smoke(tmp_path_factory):
+    """tests/c/kernels_smoke.c linked against the C kernels built as a shared library by
+    musl-gcc (built once for the module)."""
+    musl_gcc = shutil.which("musl-gcc")
+    if musl_gcc is None or not os.path.isdir(SOURCES):
+        pytest.skip("needs musl-gcc and the source tree's C kernels")
+    where = tmp_path_factory.mktemp("musl")
+    c_files = sorted(os.path.join(SOURCES, f) for f in os.listdir(SOURCES) if f.endswith(".c"))
+    flags = ["-O2", "-fopenmp-simd", "-fno-trapping-math", "-fno-math-errno", f"-I{SOURCES}"]
+    library = where / "libbpfastkernels.so"
+    subprocess.run([musl_gcc, *flags, "-fPIC", "-shared", *c_files, "-o", str(library),
+                    "-lm", "-lpthread"], check=True, capture_output=True)
+    smoke = where / "smoke"
+    subprocess.run([musl_gcc, *flags, os.path.join(os.path.dirname(__file__), "c",
+                                                    "kernels_smoke.c"),
+                    f"-L{where}", "-lbpfastkernels", f"-Wl,-rpath,{where}",
+                    "-o", str(smoke), "-lm"], check=True, capture_output=True)
+    return smoke
+
+
+@pytest.mark.parametrize("disabled", ["", "avx512f", "avx2"])
+def test_kernels_load_and_run_under_musl(musl_smoke, disabled):
+    """The C kernels under musl's loader, which has no IFUNC: the dispatch table fills and
+    the kernels give the formulas' values, on every target the processor allows."""
+    env = dict(os.environ, BPFAST_DISABLE_CPU_FEATURES=disabled)
+    run = subprocess.run([str(musl_smoke)], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.endswith(": ok\n")
