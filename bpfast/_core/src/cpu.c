@@ -10,8 +10,9 @@ static const struct {
     unsigned bit;
     unsigned needs;  /* features this one is built on: disabling them disables it */
 } bpfast_cpu_table[] = {
-    {"avx2", BPFAST_CPU_AVX2, 0},
-    {"fma", BPFAST_CPU_FMA, 0},
+    /* the AVX2 copy is compiled for both at once, so neither is used without the other */
+    {"avx2", BPFAST_CPU_AVX2, BPFAST_CPU_FMA},
+    {"fma", BPFAST_CPU_FMA, BPFAST_CPU_AVX2},
     {"avx512f", BPFAST_CPU_AVX512F, BPFAST_CPU_AVX2 | BPFAST_CPU_FMA},
     {"neon", BPFAST_CPU_NEON, 0},
 };
