@@ -837,6 +837,27 @@ def _bench(args):
         raise CLIError(str(err)) from None
 
 
+def _blas(args):
+    """Print what bpfast computes with here: the BLAS for large products and its thread
+    count, and the processor features the kernels use (after
+    BPFAST_DISABLE_CPU_FEATURES)."""
+    import bpfast
+
+    info = bpfast.blas_info()
+    print(f"BLAS: {info['backend']} ({info.get('library') or 'not found'})")
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        print("BLAS threads: unknown (install threadpoolctl to see them)")
+    else:
+        for pool in threadpool_info():
+            if pool.get("user_api") == "blas":
+                print(f"BLAS threads: {pool['num_threads']} "
+                      f"({pool.get('internal_api')}, {pool.get('filepath')})")
+    print("CPU features: " + (", ".join(bpfast.cpu_features()) or "none (portable kernels)"))
+    return 0
+
+
 # --------------------------------------------------------------------------------------
 # the parser
 # --------------------------------------------------------------------------------------
@@ -967,6 +988,12 @@ def build_parser():
     )
     benchmarks.add_arguments(bench)
     bench.set_defaults(run=_bench)
+
+    blas = sub.add_parser(
+        "blas", help="print the BLAS, its threads and the CPU features the kernels use",
+        description=_blas.__doc__,
+    )
+    blas.set_defaults(run=_blas)
     return parser
 
 

@@ -110,12 +110,23 @@ def test_version(tmp_path):
     assert r.stdout.strip() == f"bpfast {bpfast.__version__}"
 
 
-@pytest.mark.parametrize("command", [None, "check", "demo", "train", "predict", "bench"])
+@pytest.mark.parametrize("command", [None, "check", "demo", "train", "predict", "bench",
+                                     "blas"])
 def test_help(tmp_path, command):
     r = run(tmp_path, *([command] if command else []), "--help")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("usage: bpfast" + (f" {command}" if command else ""))
     assert "--help" in r.stdout
+
+
+def test_blas_names_the_blas_and_the_kernels_features(tmp_path):
+    r = run(tmp_path, "blas")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == (f"BLAS: {bpfast.blas_info()['backend']} "
+                        f"({bpfast.blas_info().get('library') or 'not found'})")
+    features = ", ".join(bpfast.cpu_features()) or "none (portable kernels)"
+    assert lines[-1] == f"CPU features: {features}"
 
 
 def test_no_command_prints_help(tmp_path):
