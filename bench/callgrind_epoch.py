@@ -19,6 +19,7 @@ import tempfile
 
 #: name -> (sizes, activations, rows, batch, loss, optimizer)
 CASES = {
+    "S1": ((64, 32, 10), ("sigmoid", "sigmoid"), 1797, 1, "mse", "sgd"),
     "S32": ((64, 32, 10), ("sigmoid", "sigmoid"), 1797, 32, "mse", "sgd"),
     "S32 adam": ((64, 32, 10), ("sigmoid", "sigmoid"), 1797, 32, "mse", "adam"),
     "M small": ((784, 128, 10), ("tanh", "sigmoid"), 1000, 64, "mse", "sgd"),
