@@ -28,8 +28,11 @@ def processor_flags():
 def run_with(disabled, code):
     """Run `code` in a fresh interpreter with BPFAST_DISABLE_CPU_FEATURES=disabled."""
     env = dict(os.environ, BPFAST_DISABLE_CPU_FEATURES=disabled)
+    # started beside the bpfast this process imported, so that the child imports the same
+    # one (an installed package, not the source tree the tests run from)
+    beside = os.path.dirname(os.path.dirname(os.path.abspath(bpfast.__file__)))
     return subprocess.run([sys.executable, "-W", "always", "-c", code], env=env,
-                          capture_output=True, text=True, timeout=300)
+                          cwd=beside, capture_output=True, text=True, timeout=300)
 
 
 def test_cpu_features_is_a_subset_of_the_processors():
