@@ -52,7 +52,7 @@ cdef extern from "kernels.h" nogil:
 # Layers whose weight gradient takes at most this many multiply-adds (batch x n^l x
 # n^(l-1)) are stepped by grad_update.inc's fused kernel, the gradient never stored;
 # larger ones take a BLAS product into dW and the update pass, which wins once the
-# product is large (docs/performance.md). 0 where the processor lacks AVX-512.
+# product is large (docs/performance.md). 0 where the processor has no tile kernels.
 cdef long long bpfast_fused_update_limit = (1LL << 19) if bpfast_tiles_available() else 0
 
 

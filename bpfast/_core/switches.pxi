@@ -37,7 +37,7 @@ def set_first_transpose_limit(long long limit):
 
 
 def fused_update_available():
-    """Whether this processor runs grad_update.inc's fused kernel (it needs AVX-512)."""
+    """Whether this processor runs the register-tile kernels (AVX2 with FMA, or AVX-512)."""
     return bool(bpfast_tiles_available())
 
 
@@ -128,7 +128,7 @@ def panel_gemm_threads():
 def set_fused_update_limit(long long limit):
     """Layers with batch * n^l * n^(l-1) <= limit take the fused gradient-and-update
     kernel in momentum and Adam steps (0: never); returns the old limit. For benchmarks
-    and tests. Ignored (always 0) where the processor lacks AVX-512."""
+    and tests. Ignored (always 0) where the processor has no tile kernels."""
     global bpfast_fused_update_limit
     old = bpfast_fused_update_limit
     bpfast_fused_update_limit = limit if bpfast_tiles_available() else 0

@@ -15,6 +15,7 @@
 #pragma GCC target("avx2,fma")
 #endif
 
+#define BPFAST_TARGET_AVX2 1
 #define BPFAST_TABLE_FILL bpfast_fill_table_avx2
 #include "dispatch_families.inc"
 

@@ -4,9 +4,10 @@
  * Each kernel family is written once (the *.inc sources) and compiled once per target by
  * a wrapper translation unit (dispatch_baseline.c, dispatch_avx2.c, dispatch_avx512.c),
  * whose copies are static; each wrapper exports only a function that fills the table
- * with its copies. BPFAST_KERNELS lists the kernels every target has, BPFAST_KERNELS_AVX512
- * (and BPFAST_KERNELS_PANEL) those that exist only for AVX-512 (left NULL elsewhere:
- * callers check their availability functions first). X(return type, name, parameter list).
+ * with its copies. BPFAST_KERNELS lists the kernels every target has,
+ * BPFAST_KERNELS_TILES the register-tile kernels of the AVX2 and AVX-512 targets, and
+ * BPFAST_KERNELS_AVX512 (with BPFAST_KERNELS_PANEL) those written for AVX-512 alone (each
+ * left NULL where not compiled: callers check their availability functions first). X(return type, name, parameter list).
  */
 #ifndef BPFAST_KERNEL_TABLE_H
 #define BPFAST_KERNEL_TABLE_H
@@ -64,7 +65,7 @@ enum { BPFAST_ACT_SIGMOID = 0, BPFAST_ACT_TANH = 1, BPFAST_ACT_EXP = 2, BPFAST_A
                                  float alpha, const float *a, int lda, const float *b,  \
                                  int ldb, float beta, float *c, int ldc))
 
-#define BPFAST_KERNELS_AVX512_OF(X, T, SFX)                                             \
+#define BPFAST_KERNELS_TILES_OF(X, T, SFX)                                              \
     X(void, bpfast_layer_forward_##SFX, (int m, int n_in, int n, const T *const *rows,  \
                                       const T *W, ptrdiff_t ldw, const T *b, T *Z,      \
                                       T *A, ptrdiff_t ldz, int kind, int store_z))      \
@@ -75,7 +76,9 @@ enum { BPFAST_ACT_SIGMOID = 0, BPFAST_ACT_TANH = 1, BPFAST_ACT_EXP = 2, BPFAST_A
                                       const T *const *arows, const T *B, ptrdiff_t ldb, \
                                       T *P, ptrdiff_t ldp, T *V, T *S, int adam, T lr,  \
                                       T mu, int nesterov, T beta1, T beta2, T eps,      \
-                                      T lr_t, T l2))                                    \
+                                      T lr_t, T l2))
+
+#define BPFAST_KERNELS_AVX512_OF(X, T, SFX)                                             \
     X(void, bpfast_vp_##SFX##_vecmat, (int n, int k, T alpha, const T *a, const T *B,   \
                                     int ldb, T beta, T *c))                             \
     X(void, bpfast_vp_##SFX##_matvec, (int n, int k, T alpha, const T *a, const T *B,   \
@@ -87,6 +90,10 @@ enum { BPFAST_ACT_SIGMOID = 0, BPFAST_ACT_TANH = 1, BPFAST_ACT_EXP = 2, BPFAST_A
     X(void, bpfast_panel_##SFX, (int trans_a, int m, int n, int k, T alpha, const T *A,    \
                               int lda, const T *B, int ldb, T beta, T *C, int ldc,     \
                               int threads))
+
+#define BPFAST_KERNELS_TILES(X)                                                         \
+    BPFAST_KERNELS_TILES_OF(X, double, d)                                               \
+    BPFAST_KERNELS_TILES_OF(X, float, f)
 
 #define BPFAST_KERNELS_AVX512(X)                                                        \
     BPFAST_KERNELS_AVX512_OF(X, double, d)                                              \
@@ -100,6 +107,7 @@ enum { BPFAST_ACT_SIGMOID = 0, BPFAST_ACT_TANH = 1, BPFAST_ACT_EXP = 2, BPFAST_A
 #define BPFAST_TABLE_FIELD(R, NAME, PARAMS) R (*NAME) PARAMS;
 typedef struct {
     BPFAST_KERNELS(BPFAST_TABLE_FIELD)
+    BPFAST_KERNELS_TILES(BPFAST_TABLE_FIELD)
     BPFAST_KERNELS_AVX512(BPFAST_TABLE_FIELD)
     BPFAST_KERNELS_PANEL(BPFAST_TABLE_FIELD)
 } bpfast_kernel_table;

@@ -49,7 +49,7 @@
 
 static inline int bpfast_panel_available(void)
 {
-    return BPFAST_HAVE_PANEL && bpfast_tiles_available();
+    return BPFAST_HAVE_PANEL && bpfast_avx512_available();
 }
 
 /* Routing (gemm in _blas.pxd): products of at least BPFAST_PANEL_MIN multiply-adds whose

@@ -21,13 +21,13 @@ extern int bpfast_vector_products_allowed;
 /* Whether the array functions run vmath_avx512.inc's versions. */
 static inline int bpfast_vmath_avx512(void)
 {
-    return bpfast_tiles_available() && bpfast_vmath_avx512_allowed;
+    return bpfast_avx512_available() && bpfast_vmath_avx512_allowed;
 }
 
 /* Whether gemm takes the vector-product kernels (vector_products.inc). */
 static inline int bpfast_vector_products(void)
 {
-    return bpfast_tiles_available() && bpfast_vector_products_allowed;
+    return bpfast_avx512_available() && bpfast_vector_products_allowed;
 }
 
 #endif

@@ -1,12 +1,17 @@
 /* What the register-tile kernels (grad_update.inc, layer_forward.inc) share: the
  * availability check, the tile shape and the vector types.
  *
- * A tile is 4 rows by 4 vectors of 64 bytes (4 x 32 doubles, 4 x 64 floats): 16
- * accumulators, which needs AVX-512's 32 vector registers. The kernels are compiled for
- * AVX-512 only (dispatch_avx512.c); bpfast_tiles_available() says whether they run here
- * (the processor has AVX-512F and BPFAST_DISABLE_CPU_FEATURES leaves it), and elsewhere
- * (or in a portable build, where they are not compiled at all) the callers keep BLAS and
- * the separate passes.
+ * A tile is BPFAST_TILE_NR rows by BPFAST_TILE_NV vectors of BPFAST_TILE_BYTES, its
+ * accumulators held in registers: 4 x 4 vectors of 64 bytes for AVX-512 (16 of its 32
+ * registers), 4 x 3 vectors of 32 bytes for AVX2 (12 of its 16, leaving room for the
+ * loaded row and the broadcast). The same source is compiled for both targets
+ * (dispatch_avx512.c, dispatch_avx2.c); bpfast_tiles_available() says whether either runs
+ * here (after BPFAST_DISABLE_CPU_FEATURES). The baseline copy and the portable build have
+ * no tiles: their callers keep BLAS and the separate passes.
+ *
+ * BPFAST_AVX2_TILE_BYTES=64 (a compile definition, e.g. CFLAGS) gives the AVX2 copy the
+ * AVX-512 copy's vectors and tile, lowered to pairs of AVX2 instructions: the AVX-512
+ * kernels' arithmetic, tails and masks then run, and are tested, on an AVX2 processor.
  */
 #ifndef BPFAST_TILES_H
 #define BPFAST_TILES_H
@@ -20,17 +25,56 @@
 
 static inline int bpfast_tiles_available(void)
 {
-    return BPFAST_HAVE_TILES && bpfast_cpu_has(BPFAST_CPU_AVX512F);
+    return BPFAST_HAVE_TILES && (bpfast_cpu_has(BPFAST_CPU_AVX512F) ||
+                                 bpfast_cpu_has(BPFAST_CPU_AVX2 | BPFAST_CPU_FMA));
 }
 
-#define BPFAST_TILE_NR 4 /* rows per tile */
-#define BPFAST_TILE_NV 4 /* vectors of columns per tile */
+/* Whether the kernels written for AVX-512 alone run here (vmath_avx512.inc,
+ * vector_products.inc, panel_gemm.inc). */
+static inline int bpfast_avx512_available(void)
+{
+    return BPFAST_X86_DISPATCH && bpfast_cpu_has(BPFAST_CPU_AVX512F);
+}
 
-#ifdef BPFAST_TARGET_AVX512
-typedef double bpfast_tile_vd __attribute__((vector_size(64)));
-typedef float bpfast_tile_vf __attribute__((vector_size(64)));
-typedef long long bpfast_tile_md __attribute__((vector_size(64)));  /* lane masks */
-typedef int bpfast_tile_mf __attribute__((vector_size(64)));
+#ifndef BPFAST_AVX2_TILE_BYTES
+#define BPFAST_AVX2_TILE_BYTES 32
+#endif
+
+#define BPFAST_TILE_NR 4 /* rows per tile */
+
+#if defined(BPFAST_TARGET_AVX512)
+#define BPFAST_TILE_BYTES 64
+#define BPFAST_TILE_NV 4
+#elif defined(BPFAST_TARGET_AVX2)
+#define BPFAST_TILE_BYTES BPFAST_AVX2_TILE_BYTES
+#define BPFAST_TILE_NV (BPFAST_TILE_BYTES == 64 ? 4 : 3)
+#endif
+
+#ifdef BPFAST_TILE_BYTES
+typedef double bpfast_tile_vd __attribute__((vector_size(BPFAST_TILE_BYTES)));
+typedef float bpfast_tile_vf __attribute__((vector_size(BPFAST_TILE_BYTES)));
+typedef long long bpfast_tile_md __attribute__((vector_size(BPFAST_TILE_BYTES))); /* masks */
+typedef int bpfast_tile_mf __attribute__((vector_size(BPFAST_TILE_BYTES)));
+/* half a float vector, widened to a double one (sums of squares are taken in double) */
+typedef float bpfast_tile_vf_half __attribute__((vector_size(BPFAST_TILE_BYTES / 2)));
+
+/* lane-wise square roots: a loop the compiler turns into one vector instruction per
+ * register (sqrt sets no errno under the build's -fno-math-errno) */
+BPFAST_ALWAYS_INLINE bpfast_tile_vd bpfast_tile_sqrt_d(bpfast_tile_vd x)
+{
+    int i;
+    for (i = 0; i < (int)(BPFAST_TILE_BYTES / sizeof(double)); i++)
+        x[i] = __builtin_sqrt(x[i]);
+    return x;
+}
+
+BPFAST_ALWAYS_INLINE bpfast_tile_vf bpfast_tile_sqrt_f(bpfast_tile_vf x)
+{
+    int i;
+    for (i = 0; i < (int)(BPFAST_TILE_BYTES / sizeof(float)); i++)
+        x[i] = __builtin_sqrtf(x[i]);
+    return x;
+}
 #endif
 
 #endif
