@@ -27,18 +27,24 @@ CASES = {
     "S32 adam": ((64, 32, 10), ("sigmoid", "sigmoid"), 1797, 32, "mse", "adam"),
     "M": ((784, 128, 10), ("tanh", "sigmoid"), 10000, 64, "mse", "sgd"),
     "M softmax/CE": ((784, 128, 10), ("relu", "softmax"), 10000, 64, "cross_entropy", "sgd"),
+    # scikit-learn's defaults (relu, Adam): the register-tile kernels' routes
+    "S32 relu adam": ((64, 32, 10), ("relu", "softmax"), 1797, 32, "cross_entropy", "adam"),
+    "digits relu adam": ((64, 100, 10), ("relu", "softmax"), 1797, 200, "cross_entropy",
+                         "adam"),
+    "M relu adam": ((784, 128, 10), ("relu", "softmax"), 10000, 64, "cross_entropy", "adam"),
 }
 
 
-def _worker(dtype, repeats):
-    """Time every case in this process; print {case: [seconds per epoch, ...]}."""
+def _worker(dtype, repeats, cases):
+    """Time the cases in this process; print {case: [seconds per epoch, ...]}."""
     import numpy as np
 
     import bpfast
 
     rng = np.random.default_rng(0)
     out = {}
-    for name, (sizes, acts, rows, batch, loss, opt) in CASES.items():
+    for name in cases:
+        sizes, acts, rows, batch, loss, opt = CASES[name]
         X = rng.standard_normal((rows, sizes[0])).astype(dtype)
         Y = np.eye(sizes[-1], dtype=dtype)[rng.integers(0, sizes[-1], rows)]
         net = bpfast.Network(sizes, activations=list(acts), dtype=dtype, seed=0)
@@ -61,10 +67,13 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5, help="timed fits per case per round")
     p.add_argument("--threads", type=int, default=None, help="OPENBLAS_NUM_THREADS")
     p.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    p.add_argument("--case", action="append", choices=list(CASES),
+                   help="a case (repeatable; default: all)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    cases = args.case or list(CASES)
     if args.worker:
-        return _worker(args.dtype, args.repeats)
+        return _worker(args.dtype, args.repeats, cases)
     env = dict(os.environ)
     if args.threads:
         env["OPENBLAS_NUM_THREADS"] = env["OMP_NUM_THREADS"] = str(args.threads)
@@ -74,7 +83,8 @@ def main(argv=None):
             run_env = dict(env, PYTHONPATH=os.path.abspath(tree))
             res = subprocess.run(
                 [sys.executable, os.path.abspath(__file__), *args.trees, "--worker",
-                 "--dtype", args.dtype, "--repeats", str(args.repeats)],
+                 "--dtype", args.dtype, "--repeats", str(args.repeats),
+                 *[a for c in cases for a in ("--case", c)]],
                 env=run_env, cwd=os.path.abspath(tree), capture_output=True, text=True,
                 check=True)
             for case, times in json.loads(res.stdout.splitlines()[-1]).items():
@@ -82,7 +92,7 @@ def main(argv=None):
     print(f"{args.dtype}, threads={args.threads or 'default'}, rounds={args.rounds}, "
           f"repeats={args.repeats}: median ms per epoch")
     print(f"{'case':16} {'before':>10} {'after':>10} {'after/before':>13}")
-    for case in CASES:
+    for case in cases:
         b = statistics.median(samples[0][case]) * 1e3
         a = statistics.median(samples[1][case]) * 1e3
         print(f"{case:16} {b:10.3f} {a:10.3f} {a / b:13.3f}")

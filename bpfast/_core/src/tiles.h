@@ -3,8 +3,8 @@
  *
  * A tile is BPFAST_TILE_NR rows by BPFAST_TILE_NV vectors of BPFAST_TILE_BYTES, its
  * accumulators held in registers: 4 x 4 vectors of 64 bytes for AVX-512 (16 of its 32
- * registers), 4 x 3 vectors of 32 bytes for AVX2 (12 of its 16, leaving room for the
- * loaded row and the broadcast). The same source is compiled for both targets
+ * registers), 4 x 2 vectors of 32 bytes for AVX2 (8 of its 16: the shape that measured
+ * fastest there, docs/performance.md). The same source is compiled for both targets
  * (dispatch_avx512.c, dispatch_avx2.c); bpfast_tiles_available() says whether either runs
  * here (after BPFAST_DISABLE_CPU_FEATURES). The baseline copy and the portable build have
  * no tiles: their callers keep BLAS and the separate passes.
@@ -47,7 +47,7 @@ static inline int bpfast_avx512_available(void)
 #define BPFAST_TILE_NV 4
 #elif defined(BPFAST_TARGET_AVX2)
 #define BPFAST_TILE_BYTES BPFAST_AVX2_TILE_BYTES
-#define BPFAST_TILE_NV (BPFAST_TILE_BYTES == 64 ? 4 : 3)
+#define BPFAST_TILE_NV (BPFAST_TILE_BYTES == 64 ? 4 : 2)
 #endif
 
 #ifdef BPFAST_TILE_BYTES
