@@ -77,7 +77,7 @@ SWITCHES = {
         "exp, tanh, sigmoid, silu and the pointwise passes may take their AVX-512 versions"),
     "vector_products": _Switch(
         "set_vector_products", 0, _flag,
-        "one-row products may take the AVX-512 vector kernels rather than the BLAS"),
+        "one-row products skip the BLAS: the AVX-512 vector kernels, or the plain loops"),
     "signal_work": _Switch(
         "set_signal_check", 0, _positive_count,
         "training reads the clock after this many multiply-adds"),

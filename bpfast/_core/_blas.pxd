@@ -113,14 +113,25 @@ cdef extern from "kernels.h" nogil:
                         int threads)
 
 
-cdef inline bint vector_product(bint trans_a, bint trans_b, int m, int n, int k,
-                                floating alpha, const floating* a, const floating* b,
-                                int ldb, floating beta, floating* c,
-                                int ldc) noexcept nogil:
-    """gemm's one-row cases through vector_products.inc (a batch of one row: m = 1 for the
-    forward product and dA, k = 1 for the weight update); False when not one of them."""
-    if <long long>m * n * k > BPFAST_VECTOR_PRODUCT_LIMIT or not bpfast_vector_products():
+cdef inline bint one_row_product(bint trans_a, bint trans_b, int m, int n, int k,
+                                 floating alpha, const floating* a, int lda,
+                                 const floating* b, int ldb, floating beta, floating* c,
+                                 int ldc) noexcept nogil:
+    """gemm's one-row cases (a batch of one row: m = 1 for the forward product and dA,
+    k = 1 for the weight update) through vector_products.inc where AVX-512 runs, else
+    through small_gemm.inc's loops compiled for the processor: either way without a
+    BLAS call, whose set-up outweighs these products; False when not taken."""
+    if (<long long>m * n * k > BPFAST_VECTOR_PRODUCT_LIMIT
+            or not bpfast_vector_products_allowed):
         return False
+    if not bpfast_vector_products():
+        if floating is double:
+            bpfast_small_dgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                               ldc)
+        else:
+            bpfast_small_sgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                               ldc)
+        return True
     if m == 1 and not trans_a:
         if trans_b:  # c = alpha a B^T + beta c
             if floating is double:
@@ -151,8 +162,8 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating 
     """
     cdef char ta = b'T' if trans_b else b'N'
     cdef char tb = b'T' if trans_a else b'N'
-    if (m == 1 or k == 1) and vector_product(trans_a, trans_b, m, n, k, alpha, a, b, ldb,
-                                             beta, c, ldc):
+    if (m == 1 or k == 1) and one_row_product(trans_a, trans_b, m, n, k, alpha, a, lda, b,
+                                              ldb, beta, c, ldc):
         return
     if bpfast_panel_route(trans_b, m, n, k, sizeof(floating)):  # mid-sized, in cache
         if floating is double:

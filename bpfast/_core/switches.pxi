@@ -72,8 +72,9 @@ cdef extern from "kernels.h" nogil:
 
 
 def set_vector_products(bint enabled):
-    """Whether one-row products (batches of one row) may take vector_products.inc's
-    AVX-512 loops rather than BLAS; returns the old setting. For benchmarks and tests."""
+    """Whether one-row products (batches of one row) may take their own route rather than
+    BLAS: vector_products.inc's AVX-512 loops where they run, small_gemm.inc's loops
+    elsewhere; returns the old setting. For benchmarks and tests."""
     global bpfast_vector_products_allowed
     old = bool(bpfast_vector_products_allowed)
     bpfast_vector_products_allowed = enabled
@@ -81,7 +82,8 @@ def set_vector_products(bint enabled):
 
 
 def vector_products_available():
-    """Whether one-row products run vector_products.inc's loops on this processor."""
+    """Whether one-row products run vector_products.inc's AVX-512 loops on this processor
+    (elsewhere their route is small_gemm.inc's loops)."""
     return bool(vector_products_on())
 
 
