@@ -4,12 +4,30 @@
 
 
 cdef extern from "kernels.h" nogil:
+    ctypedef struct bpfast_step_rule:
+        int adam
+        int nesterov
+        double lr, mu, beta1, beta2, eps, lr_t, l2
     double bpfast_update_d(Py_ssize_t n, double* P, const double* G, double* V, double* S,
-                           int adam, double lr, double mu, int nesterov, double beta1,
-                           double beta2, double eps, double lr_t, double l2)
+                           const bpfast_step_rule* rule)
     double bpfast_update_f(Py_ssize_t n, float* P, const float* G, float* V, float* S,
-                           int adam, float lr, float mu, int nesterov, float beta1,
-                           float beta2, float eps, float lr_t, float l2)
+                           const bpfast_step_rule* rule)
+
+
+cdef inline bpfast_step_rule step_rule(const StepPolicy* policy, double l2) noexcept nogil:
+    """The kernels' form of this step's optimizer settings, with L2 coefficient ``l2``."""
+    cdef const Settings* s = policy.settings
+    cdef bpfast_step_rule rule
+    rule.adam = s.optimizer == OPT_ADAM
+    rule.nesterov = s.nesterov
+    rule.lr = s.lr
+    rule.mu = s.momentum
+    rule.beta1 = s.beta1
+    rule.beta2 = s.beta2
+    rule.eps = s.epsilon
+    rule.lr_t = policy.lr_t
+    rule.l2 = l2
+    return rule
 
 
 cdef inline double update(const StepPolicy* policy, Py_ssize_t N, floating* p,
@@ -21,14 +39,11 @@ cdef inline double update(const StepPolicy* policy, Py_ssize_t N, floating* p,
     sgd: p -= lr g, or with momentum v = mu v - lr g and p += v (nesterov: p += mu v - lr g).
     adam: m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2, p += -lr_t m / (sqrt(v) + eps).
     """
-    cdef const Settings* s = policy.settings
+    cdef bpfast_step_rule rule = step_rule(policy, l2)
     if floating is double:
-        return bpfast_update_d(N, p, g, s1, s2, s.optimizer == OPT_ADAM, s.lr, s.momentum,
-                               s.nesterov, s.beta1, s.beta2, s.epsilon, policy.lr_t, l2)
+        return bpfast_update_d(N, p, g, s1, s2, &rule)
     else:
-        return bpfast_update_f(N, p, g, s1, s2, s.optimizer == OPT_ADAM, <float>s.lr,
-                               <float>s.momentum, s.nesterov, <float>s.beta1,
-                               <float>s.beta2, <float>s.epsilon, <float>policy.lr_t, l2)
+        return bpfast_update_f(N, p, g, s1, s2, &rule)
 
 
 cdef extern from "kernels.h" nogil:
@@ -38,15 +53,12 @@ cdef extern from "kernels.h" nogil:
 cdef extern from "kernels.h" nogil:
     double bpfast_grad_update_d(int m, int R, int C, const double* A, Py_ssize_t lda,
                                 const double** arows, const double* B, Py_ssize_t ldb,
-                                double* P, Py_ssize_t ldp, double* V,
-                                double* S, int adam, double lr, double mu, int nesterov,
-                                double beta1, double beta2, double eps, double lr_t,
-                                double l2)
+                                double* P, Py_ssize_t ldp, double* V, double* S,
+                                const bpfast_step_rule* rule)
     double bpfast_grad_update_f(int m, int R, int C, const float* A, Py_ssize_t lda,
                                 const float** arows, const float* B, Py_ssize_t ldb,
-                                float* P, Py_ssize_t ldp, float* V,
-                                float* S, int adam, float lr, float mu, int nesterov,
-                                float beta1, float beta2, float eps, float lr_t, float l2)
+                                float* P, Py_ssize_t ldp, float* V, float* S,
+                                const bpfast_step_rule* rule)
 
 
 # Layers whose weight gradient takes at most this many multiply-adds (batch x n^l x
@@ -74,7 +86,6 @@ cdef inline double grad_update(const Net* net, int m, int l, const floating* pre
 
     ``prev_rows`` (W stored transposed only): row p of prev is prev_rows[p], and ``prev``
     is not read."""
-    cdef const Settings* s = policy.settings
     cdef bint transposed = net.first_t and l == 0
     cdef int n_out = net.sizes[l + 1], n_in = net.sizes[l]
     cdef const floating* dZ = (<floating**>net.Z)[l]
@@ -85,17 +96,11 @@ cdef inline double grad_update(const Net* net, int m, int l, const floating* pre
     cdef const floating* bb = dZ if transposed else prev
     cdef int R = n_in if transposed else n_out
     cdef int C = n_out if transposed else n_in
+    cdef bpfast_step_rule rule = step_rule(policy, policy.l2)
     if floating is double:
-        return bpfast_grad_update_d(m, R, C, a, R, prev_rows, bb, C, W, C, s1, s2,
-                                    s.optimizer == OPT_ADAM, s.lr, s.momentum,
-                                    s.nesterov, s.beta1, s.beta2, s.epsilon, policy.lr_t,
-                                    policy.l2)
+        return bpfast_grad_update_d(m, R, C, a, R, prev_rows, bb, C, W, C, s1, s2, &rule)
     else:
-        return bpfast_grad_update_f(m, R, C, a, R, prev_rows, bb, C, W, C, s1, s2,
-                                    s.optimizer == OPT_ADAM, <float>s.lr,
-                                    <float>s.momentum, s.nesterov, <float>s.beta1,
-                                    <float>s.beta2, <float>s.epsilon, <float>policy.lr_t,
-                                    <float>policy.l2)
+        return bpfast_grad_update_f(m, R, C, a, R, prev_rows, bb, C, W, C, s1, s2, &rule)
 
 
 # A large layer's weight gradient is taken this many entries (rows of W) at a time, each

@@ -22,6 +22,16 @@ enum { BPFAST_FROM_A_SIGMOID = 0, BPFAST_FROM_A_TANH = 1, BPFAST_FROM_A_EXP = 2 
 /* the activations of the fused bias pass (bpfast_pw_bias_act_*) */
 enum { BPFAST_ACT_SIGMOID = 0, BPFAST_ACT_TANH = 1, BPFAST_ACT_EXP = 2, BPFAST_ACT_SILU = 3 };
 
+/* One optimizer step's rule and coefficients (update.inc's formulas), built once per
+ * layer by the caller; float kernels round each coefficient to float once. */
+typedef struct {
+    int adam;      /* Adam, else SGD (with momentum when there is a velocity array) */
+    int nesterov;  /* Nesterov's momentum */
+    double lr, mu, beta1, beta2, eps;
+    double lr_t;   /* Adam's bias-corrected step size at this step */
+    double l2;     /* the L2 term's coefficient in the gradient (0 for biases) */
+} bpfast_step_rule;
+
 /* widest row softmax_rows takes (the caller checks) */
 #define BPFAST_SOFTMAX_MAX_N 16
 /* one-row products of at most this many multiply-adds take the vector-product kernels */
@@ -40,9 +50,8 @@ enum { BPFAST_ACT_SIGMOID = 0, BPFAST_ACT_TANH = 1, BPFAST_ACT_EXP = 2, BPFAST_A
     X(double, bpfast_xent_loss_##SFX, (int binary, ptrdiff_t N, const T *A, const T *Y,    \
                                     T eps))                                                \
     X(double, bpfast_max_abs_##SFX, (const T *x, ptrdiff_t n))                             \
-    X(double, bpfast_update_##SFX, (ptrdiff_t n, T *P, const T *G, T *V, T *S, int adam,   \
-                                 T lr, T mu, int nesterov, T beta1, T beta2, T eps,        \
-                                 T lr_t, T l2))                                            \
+    X(double, bpfast_update_##SFX, (ptrdiff_t n, T *P, const T *G, T *V, T *S,             \
+                                 const bpfast_step_rule *rule))                            \
     X(void, bpfast_exp_row_##SFX, (ptrdiff_t n, const T *z, T *a))                         \
     X(void, bpfast_tanh_row_##SFX, (ptrdiff_t n, const T *z, T *a))                        \
     X(void, bpfast_sigmoid_row_##SFX, (ptrdiff_t n, const T *z, T *a))                     \
@@ -74,9 +83,8 @@ enum { BPFAST_ACT_SIGMOID = 0, BPFAST_ACT_TANH = 1, BPFAST_ACT_EXP = 2, BPFAST_A
                                              T *Zp, ptrdiff_t ldz, T *db, int kind))    \
     X(double, bpfast_grad_update_##SFX, (int m, int R, int C, const T *A, ptrdiff_t lda,   \
                                       const T *const *arows, const T *B, ptrdiff_t ldb, \
-                                      T *P, ptrdiff_t ldp, T *V, T *S, int adam, T lr,  \
-                                      T mu, int nesterov, T beta1, T beta2, T eps,      \
-                                      T lr_t, T l2))
+                                      T *P, ptrdiff_t ldp, T *V, T *S,                  \
+                                      const bpfast_step_rule *rule))
 
 #define BPFAST_KERNELS_AVX512_OF(X, T, SFX)                                             \
     X(void, bpfast_vp_##SFX##_vecmat, (int n, int k, T alpha, const T *a, const T *B,   \
