@@ -37,7 +37,8 @@ from bpfast._core import kernels as _kernels
 from bpfast.benchmarks import blas_limit, blas_threads, cpu_name
 from bpfast.engine import tuning
 
-#: Every product's m * n * k is below this: the plain loops take them all.
+#: Every product's m * n * k is below this: the plain loops (or the fused kernel) take
+#: them all.
 EVERYWHERE = 1 << 62
 
 
@@ -76,6 +77,10 @@ ROUTES = (
           (Case("16-16-4, batch 1", (16, 16, 4), ("sigmoid", "sigmoid"), 1797, 1),
            Case("64-32-10, batch 1", *S, 1),
            Case("64-32-10, batch 32", *S, 32))),
+    Route("plain loops up to the default 512", {"small_gemm_limit": 512},
+          {"small_gemm_limit": 0}, lambda: True,
+          (Case("16-16-4, batch 1", (16, 16, 4), ("sigmoid", "sigmoid"), 1797, 1),
+           Case("64-32-10, batch 1", *S, 1))),
     Route("AVX-512 pointwise passes", {"avx512_vector_math": True},
           {"avx512_vector_math": False}, _avx512_vector_math,
           (Case("S32 (64-32-10 sigmoid), batch 32", *S, 32),)),
@@ -131,8 +136,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=None,
                    help="hold the BLAS (and so bpfast's own pool) to this many threads")
-    p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--repeats", type=int, default=3, help="timed fits per side per round")
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--repeats", type=int, default=5, help="timed fits per side per round")
     p.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     p.add_argument("--route", action="append", choices=[r.name for r in ROUTES],
                    help="a route (repeatable; default: all)")
