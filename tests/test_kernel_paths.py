@@ -562,6 +562,22 @@ def test_guard_rejects_bad_bounds():
                           options=EpochOptions(guard=True, data_bound=(1.0, 2.0)))
 
 
+def test_epoch_records_named_in_errors():
+    """The compiled trainer reads its optimizer, the step's settings and the epoch's
+    options as records; anything else raises naming the argument."""
+    X, Y = make_data((3, 4, 2), 5, np.float64, seed=1)
+    W, b, trainer = _sgd_trainer((3, 4, 2), ["tanh", "identity"], np.float64, 5)
+    with pytest.raises(TypeError, match="step"):
+        trainer.epoch(X, Y, None, None, 0.1)
+    with pytest.raises(TypeError, match="options"):
+        trainer.epoch(X, Y, None, None, Step(0.1), 0, {"guard": True})
+    codes = bpfast.activations.activation_codes(["tanh", "identity"])
+    with pytest.raises(TypeError, match="optimizer"):
+        _kernels.Trainer(W, b, codes, 3, 5, 0, 0)
+    with pytest.raises(ValueError, match="optimizer"):
+        _kernels.Trainer(W, b, codes, 3, 5, 0, bpfast.registry.Optimizer(7, False, False))
+
+
 def test_magnitude_bound():
     x = np.array([[1.0, -7.5], [3.0, 0.25]])
     assert _kernels.magnitude_bound(x) == 7.5

@@ -461,13 +461,17 @@ cdef tuple optimizer_fields(object record):
 cdef int read_settings(Settings* s, object step, bint single) except -1:
     """Fill the optimizer step's numbers from ``step`` (read by attribute, see
     :meth:`Trainer.epoch`), each rounded to the network's dtype."""
-    s.lr = in_dtype(step.learning_rate, single)
-    s.momentum = in_dtype(step.momentum, single)
-    s.beta1 = in_dtype(step.beta1, single)
-    s.beta2 = in_dtype(step.beta2, single)
-    s.epsilon = in_dtype(step.epsilon, single)
-    s.alpha = in_dtype(step.l2, single)
-    s.loss_scale = in_dtype(step.loss_scale, single)
+    try:
+        s.lr = in_dtype(step.learning_rate, single)
+        s.momentum = in_dtype(step.momentum, single)
+        s.beta1 = in_dtype(step.beta1, single)
+        s.beta2 = in_dtype(step.beta2, single)
+        s.epsilon = in_dtype(step.epsilon, single)
+        s.alpha = in_dtype(step.l2, single)
+        s.loss_scale = in_dtype(step.loss_scale, single)
+    except AttributeError as e:
+        raise TypeError(f"step: expected the engine's Step (or a record with its "
+                        f"fields), got {type(step).__name__}: {e}") from None
     return 0
 
 
@@ -735,9 +739,13 @@ cdef class Trainer(Layers):
         cdef bint guard = False, skip_weightless = False
         data_bound = None
         if options is not None:
-            guard = options.guard
-            data_bound = options.data_bound
-            skip_weightless = options.skip_weightless
+            try:
+                guard = options.guard
+                data_bound = options.data_bound
+                skip_weightless = options.skip_weightless
+            except AttributeError as e:
+                raise TypeError(f"options: expected the engine's EpochOptions, or None; "
+                                f"got {type(options).__name__}: {e}") from None
         cdef Py_ssize_t n = X.shape[0] if cnp.PyArray_Check(X) else -1
         if n < 1:
             raise ValueError("X: expected a non-empty 2-D array")
