@@ -5,6 +5,7 @@
 names into the compiled core's codes and groups each step's settings in :class:`Step`.
 """
 from dataclasses import dataclass
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -13,7 +14,7 @@ from ._core import kernels as _kernels
 from .activations import activation_codes
 from .registry import LOSSES, OPTIMIZERS
 
-__all__ = ["Step", "Trainer"]
+__all__ = ["EpochOptions", "Step", "Trainer"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,15 @@ class Step:
     epsilon: float = 1e-8
     l2: float = 0.0
     loss_scale: float = 1.0
+
+
+class EpochOptions(NamedTuple):
+    """How an epoch guards its steps and treats weightless batches (see
+    :meth:`Trainer.epoch`, whose keywords these are): what the compiled epoch reads."""
+
+    guard: bool = False
+    data_bound: Optional[Tuple[float, float, float]] = None
+    skip_weightless: bool = False
 
 
 class Trainer:
@@ -63,7 +73,6 @@ class Trainer:
                  optimizer="sgd", n_inputs=None):
         self._args = self._kernel_args(weights, biases, activations, batch_size, loss,
                                        optimizer, n_inputs)
-        self._nesterov = OPTIMIZERS[optimizer].nesterov
         self._core = _kernels.Trainer(*self._args)
         # the BLAS threads a batch's products are worth (see _blas_threads)
         sizes = [self._args[3]] + [np.shape(w)[0] for w in weights]
@@ -76,11 +85,10 @@ class Trainer:
         if optimizer not in OPTIMIZERS:
             raise ValueError(
                 f"optimizer: expected one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
-        opt = OPTIMIZERS[optimizer]
         if n_inputs is None:
             n_inputs = np.shape(weights[0])[1]
         return (weights, biases, activation_codes(activations), n_inputs, batch_size,
-                LOSSES[loss].code, opt.code, opt.velocity)
+                LOSSES[loss].code, OPTIMIZERS[optimizer])
 
     def reuse(self, weights, biases, activations, batch_size, loss="mse",
               optimizer="sgd", n_inputs=None):
@@ -109,11 +117,9 @@ class Trainer:
         over batches of zero total weight. Signals are handled between batches (a
         KeyboardInterrupt leaves the parameters of the last batch done).
         """
+        options = EpochOptions(guard, data_bound, skip_weightless)
         with _blas_threads.for_call(self._batch_work):
-            return self._core.epoch(
-                X, Y, sample_weight, order, step.learning_rate, step.momentum,
-                self._nesterov, step.beta1, step.beta2, step.epsilon, step.l2,
-                step.loss_scale, t, guard, data_bound, skip_weightless=skip_weightless)
+            return self._core.epoch(X, Y, sample_weight, order, step, t, options)
 
     def gradient(self, X, Y, sample_weight=None, l2=0.0, loss_scale=1.0):
         """The loss of all rows of ``(X, Y)`` (at most ``batch_size``) with the L2 term

@@ -13,14 +13,14 @@ import numpy as np
 from . import _blas_threads
 from ._core import kernels as _kernels
 from ._core.shuffle import shuffle_like_random_state
-from ._engine_trainer import Step, Trainer
+from ._engine_trainer import EpochOptions, Step, Trainer
 from ._tuning import SWITCHES, tuning
 from ._typing import Activations, ArrayLike, Gradient, Params
 from ._validation import check_inputs
 from .activations import activation_codes
 
 __all__ = ["forward", "loss", "backprop", "backprop_arrays", "magnitude_bound", "Step",
-           "Trainer", "tuning", "SWITCHES", "shuffle_like_random_state"]
+           "EpochOptions", "Trainer", "tuning", "SWITCHES", "shuffle_like_random_state"]
 
 
 #: Workspaces up to this many bytes are kept for the next call of the same shape.

@@ -6,7 +6,7 @@ import pytest
 import bpfast
 from bpfast import _blas_backend, reference
 from bpfast._core import kernels as _kernels
-from bpfast.engine import tuning
+from bpfast.engine import EpochOptions, Step, tuning
 
 from bpfast.activations import activation_codes
 from conftest import assert_close, make_data, make_params, rtol_for
@@ -432,8 +432,8 @@ def test_results_do_not_depend_on_where_buffers_sit(sizes, m, dtype):
 def _sgd_trainer(sizes, acts, dtype, batch_size, seed=0, optimizer="sgd"):
     W, b = make_params(sizes, dtype, seed=seed)
     codes = bpfast.activations.activation_codes(acts)
-    opt_code, velocity, _ = bpfast.training.OPTIMIZERS[optimizer]
-    return W, b, _kernels.Trainer(W, b, codes, sizes[0], batch_size, 0, opt_code, velocity)
+    return W, b, _kernels.Trainer(W, b, codes, sizes[0], batch_size, 0,
+                                  bpfast.training.OPTIMIZERS[optimizer])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -476,7 +476,8 @@ def test_trainer_reusable_only_for_what_it_was_built_for():
     sizes, acts = (5, 7, 3), ["tanh", "sigmoid"]
     W, b, trainer = _sgd_trainer(sizes, acts, np.float64, 4, optimizer="momentum")
     codes = bpfast.activations.activation_codes(acts)
-    args = [W, b, codes, 5, 4, 0, 0, True]
+    OPTIMIZERS = bpfast.training.OPTIMIZERS
+    args = [W, b, codes, 5, 4, 0, OPTIMIZERS["momentum"]]
     bias_address = b[0].ctypes.data
     assert trainer.reusable(*args)
     assert trainer.nbytes > 0
@@ -487,8 +488,9 @@ def test_trainer_reusable_only_for_what_it_was_built_for():
         "n_inputs": (3, 6),
         "batch_size": (4, 5),
         "loss": (5, 2),
-        "optimizer": (6, 1),
-        "no velocity": (7, False),
+        "optimizer": (6, OPTIMIZERS["adam"]),
+        "no velocity": (6, OPTIMIZERS["sgd"]),
+        "nesterov": (6, OPTIMIZERS["nesterov"]),
         "fewer layers": (0, W[:1]),
     }
     for what, (k, value) in changes.items():
@@ -507,7 +509,7 @@ def test_trainer_reusable_only_for_what_it_was_built_for():
     assert trainer.reusable(*args)
     # reset zeroes the optimizer state a fit left behind
     X, Y = make_data(sizes, 9, np.float64, seed=2)
-    trainer.epoch(X, Y, None, None, 0.1, 0.9)
+    trainer.epoch(X, Y, None, None, Step(0.1, 0.9))
     assert any(np.any(state != 0) for state in trainer.state)
     trainer.reset()
     assert all(np.all(state == 0) for state in trainer.state)
@@ -535,14 +537,14 @@ def test_guard_changes_no_result(acts, dtype, force_careful, optimizer):
     X = X * 0.5
     W, b, plain = _sgd_trainer(sizes, acts, dtype, 4, optimizer=optimizer)
     W2, b2, guarded = _sgd_trainer(sizes, acts, dtype, 4, optimizer=optimizer)
-    nesterov = optimizer == "nesterov"
     bounds = (np.inf, np.inf, 1.0) if force_careful else None
+    step = Step(0.05, 0.9, l2=0.01)
     t = u = 0
     for epoch in range(3):
         order = np.random.default_rng(epoch).permutation(23).astype(np.intp)
-        a = plain.epoch(X, Y, None, order, 0.05, 0.9, nesterov, alpha=0.01, t=t)
-        g = guarded.epoch(X, Y, None, order, 0.05, 0.9, nesterov, alpha=0.01, t=u,
-                          guard=True, data_bound=bounds)
+        a = plain.epoch(X, Y, None, order, step, t)
+        g = guarded.epoch(X, Y, None, order, step, u,
+                          EpochOptions(guard=True, data_bound=bounds))
         assert a == g and not guarded.overflowed
         t, u = a[1], g[1]
     for p, q in zip(W + b + plain.state, W2 + b2 + guarded.state):
@@ -556,7 +558,24 @@ def test_guard_rejects_bad_bounds():
         *_, trainer = _sgd_trainer((3, 4, 2), ["tanh", "identity"], np.float64, 5,
                                    optimizer=optimizer)
         with pytest.raises((TypeError, ValueError)):
-            trainer.epoch(X, Y, None, None, 0.1, guard=True, data_bound=(1.0, 2.0))
+            trainer.epoch(X, Y, None, None, Step(0.1),
+                          options=EpochOptions(guard=True, data_bound=(1.0, 2.0)))
+
+
+def test_epoch_records_named_in_errors():
+    """The compiled trainer reads its optimizer, the step's settings and the epoch's
+    options as records; anything else raises naming the argument."""
+    X, Y = make_data((3, 4, 2), 5, np.float64, seed=1)
+    W, b, trainer = _sgd_trainer((3, 4, 2), ["tanh", "identity"], np.float64, 5)
+    with pytest.raises(TypeError, match="step"):
+        trainer.epoch(X, Y, None, None, 0.1)
+    with pytest.raises(TypeError, match="options"):
+        trainer.epoch(X, Y, None, None, Step(0.1), 0, {"guard": True})
+    codes = bpfast.activations.activation_codes(["tanh", "identity"])
+    with pytest.raises(TypeError, match="optimizer"):
+        _kernels.Trainer(W, b, codes, 3, 5, 0, 0)
+    with pytest.raises(ValueError, match="optimizer"):
+        _kernels.Trainer(W, b, codes, 3, 5, 0, bpfast.registry.Optimizer(7, False, False))
 
 
 def test_magnitude_bound():
@@ -808,8 +827,8 @@ def test_squared_error_deltas_match_reference(hidden, output, n_out, weighted, d
          if weighted else None)
     acts = [hidden, output]
     trainer = _kernels.Trainer([x.copy() for x in W], [x.copy() for x in b],
-                               bpfast.activations.activation_codes(acts), sizes[0], m, 0, 0,
-                               False)
+                               bpfast.activations.activation_codes(acts), sizes[0], m, 0,
+                               bpfast.training.OPTIMIZERS["sgd"])
     E = trainer.gradient(X, Y, w)
     dW, db = trainer.gradients
     E_ref, dW_ref, db_ref = reference.loss_gradient(W, b, tuple(acts), X, Y, "mse", w)
@@ -831,8 +850,8 @@ def test_guard_proves_ordinary_steps_safe(optimizer, dtype):
                                optimizer=optimizer)
     t = 0
     for epoch in range(6):
-        _, t, bad = trainer.epoch(X, Y, None, None, 0.01 if optimizer == "adam" else 0.1,
-                                  0.9, optimizer == "nesterov", t=t, guard=True)
+        step = Step(0.01 if optimizer == "adam" else 0.1, 0.9)
+        _, t, bad = trainer.epoch(X, Y, None, None, step, t, EpochOptions(guard=True))
         assert bad == -1
     assert trainer.careful_steps == 0
 
@@ -1111,7 +1130,8 @@ def test_trainer_takes_the_panel_only_when_blas_would_not_thread(sizes, batch_si
     with _panel_threads(2):
         net = bpfast.Network(list(sizes), "tanh")
         trainer = _kernels.Trainer(net.weights, net.biases, activation_codes(net.activations),
-                                   sizes[0], batch_size, 0, 0, False)
+                                   sizes[0], batch_size, 0,
+                                   bpfast.training.OPTIMIZERS["sgd"])
         assert trainer.panel == expected
         if expected and sizes[0] * sizes[1] * batch_size > 2**18:
             assert trainer.first_transposed  # the panel reads W by rows

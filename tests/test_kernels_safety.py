@@ -442,5 +442,5 @@ def test_parameters_finite_finds_any_non_finite_parameter(dtype, where, bad):
         b[0][3] = bad
     elif where == "last-weight":
         W[1][16, 4] = bad
-    trainer = _kernels.Trainer(W, b, [1, 0], 3, 4, 0, 0, False)
+    trainer = _kernels.Trainer(W, b, [1, 0], 3, 4, 0, bpfast.training.OPTIMIZERS["sgd"])
     assert trainer.parameters_finite() is (where == "none")

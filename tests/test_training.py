@@ -1130,7 +1130,7 @@ def test_trainer_gradient_equals_reference(loss, dtype, weighted, l2):
     net = make_net(sizes, list(names), dtype, seed=3)
     before = [p.copy() for p in net.weights + net.biases]
     trainer = _kernels.Trainer(net.weights, net.biases, activation_codes(names), sizes[0], m,
-                               LOSS_CODES[loss][0], 0, False)
+                               LOSS_CODES[loss][0], training.OPTIMIZERS["sgd"])
     E = trainer.gradient(X, Y, sw, l2)
     dW, db = trainer.gradients
     E_ref, dW_ref, db_ref = reference.loss_gradient(
@@ -1166,7 +1166,7 @@ def test_cross_entropy_loss_of_saturated_outputs(loss, m, dtype):
     net = make_net(sizes, list(names), dtype, seed=4)
     net.weights[1][...] *= 40  # saturated outputs: most factors clipped at eps
     trainer = _kernels.Trainer(net.weights, net.biases, activation_codes(names), sizes[0],
-                               m, LOSS_CODES[loss][0], 0, False)
+                               m, LOSS_CODES[loss][0], training.OPTIMIZERS["sgd"])
     E = trainer.gradient(X, Y)
     E_ref, _, _ = reference.loss_gradient(net.weights, net.biases, names, X, Y, loss)
     assert np.isfinite(E) and E > 1

@@ -445,6 +445,36 @@ cdef void** pointer_list(list arrays, str name, int typenum, object shapes,
     return out
 
 
+cdef tuple optimizer_fields(object record):
+    """An optimizer record's ``(code, velocity, nesterov)``, read by attribute (the
+    registry's ``Optimizer``; the core imports nothing from the layers above it)."""
+    try:
+        code, velocity, nesterov = record.code, record.velocity, record.nesterov
+    except AttributeError:
+        raise TypeError("optimizer: expected a record with code, velocity and nesterov "
+                        f"(bpfast.registry.OPTIMIZERS), got {type(record).__name__}") from None
+    if code not in (OPT_SGD, OPT_ADAM):
+        raise ValueError(f"optimizer: unknown optimizer code {code}")
+    return int(code), bool(velocity), bool(nesterov)
+
+
+cdef int read_settings(Settings* s, object step, bint single) except -1:
+    """Fill the optimizer step's numbers from ``step`` (read by attribute, see
+    :meth:`Trainer.epoch`), each rounded to the network's dtype."""
+    try:
+        s.lr = in_dtype(step.learning_rate, single)
+        s.momentum = in_dtype(step.momentum, single)
+        s.beta1 = in_dtype(step.beta1, single)
+        s.beta2 = in_dtype(step.beta2, single)
+        s.epsilon = in_dtype(step.epsilon, single)
+        s.alpha = in_dtype(step.l2, single)
+        s.loss_scale = in_dtype(step.loss_scale, single)
+    except AttributeError as e:
+        raise TypeError(f"step: expected the engine's Step (or a record with its "
+                        f"fields), got {type(step).__name__}: {e}") from None
+    return 0
+
+
 cdef class Trainer(Layers):
     """Buffers and optimizer state for training one network with one batch size.
 
@@ -458,8 +488,10 @@ cdef class Trainer(Layers):
     loss : int
         0 the seed's squared error, 1 cross-entropy (softmax output),
         2 binary cross-entropy (sigmoid output), 3 Poisson (exp output).
-    optimizer : int
-        0 sgd (with ``momentum`` state when ``momentum_state``), 1 adam.
+    optimizer_record : object
+        The optimizer, read by attribute (the registry's ``Optimizer``): ``code``, 0 sgd
+        or 1 adam; ``velocity``, whether sgd keeps a velocity (momentum); ``nesterov``,
+        whether that velocity's step looks ahead.
 
     Attributes
     ----------
@@ -480,6 +512,7 @@ cdef class Trainer(Layers):
     copies.
     """
     cdef readonly int loss, optimizer, batch_size
+    cdef readonly bint nesterov
     cdef readonly list state
     cdef object own
     cdef readonly list buffers
@@ -526,11 +559,12 @@ cdef class Trainer(Layers):
         self.rows = NULL
 
     def __init__(self, list weights, list biases, codes, int n_inputs, int batch_size,
-                 int loss, int optimizer, bint momentum_state):
+                 int loss, optimizer_record):
         if loss not in (LOSS_MSE, LOSS_CE, LOSS_BCE, LOSS_POISSON):
             raise ValueError(f"loss: unknown loss code {loss}")
-        if optimizer not in (OPT_SGD, OPT_ADAM):
-            raise ValueError(f"optimizer: unknown optimizer code {optimizer}")
+        cdef int optimizer
+        cdef bint momentum_state, nesterov
+        optimizer, momentum_state, nesterov = optimizer_fields(optimizer_record)
         if batch_size < 1:
             raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
         dtype = np.asarray(weights[0]).dtype
@@ -547,6 +581,7 @@ cdef class Trainer(Layers):
                 raise ValueError(f"weights[{l}] and biases[{l}]: training needs writable arrays")
         self.loss = loss
         self.optimizer = optimizer
+        self.nesterov = nesterov
         self.batch_size = batch_size
         widest = max(sizes[1:self.L], default=1)
         scratch = aligned_empty(batch_size * widest, dtype)
@@ -616,14 +651,18 @@ cdef class Trainer(Layers):
         self.ready = True
 
     def reusable(self, list weights, list biases, codes, int n_inputs, int batch_size,
-                 int loss, int optimizer, bint momentum_state):
+                 int loss, optimizer_record):
         """Whether this trainer, after :meth:`reset`, is what ``Trainer(weights, biases,
-        codes, n_inputs, batch_size, loss, optimizer, momentum_state)`` would build: the
-        very same parameter arrays, still writable, C-contiguous, of their shapes and with
-        their data where it was (``resize(..., refcheck=False)`` can move it), and the
-        same activations, batch size, loss and optimizer."""
+        codes, n_inputs, batch_size, loss, optimizer_record)`` would build: the very same
+        parameter arrays, still writable, C-contiguous, of their shapes and with their
+        data where it was (``resize(..., refcheck=False)`` can move it), and the same
+        activations, batch size, loss and optimizer."""
         cdef Py_ssize_t l
+        cdef int optimizer
+        cdef bint momentum_state, nesterov
+        optimizer, momentum_state, nesterov = optimizer_fields(optimizer_record)
         if (not self.ready or loss != self.loss or optimizer != self.optimizer
+                or nesterov != self.nesterov
                 or batch_size != self.batch_size or n_inputs != self.sizes[0]
                 or (self.sW1 != NULL) != (optimizer == OPT_ADAM or momentum_state)
                 or len(weights) != self.L or len(biases) != self.L
@@ -664,16 +703,19 @@ cdef class Trainer(Layers):
         free(self.rows)
         free(self.backup)
 
-    def epoch(self, X, Y, sample_weight, order, double lr, double momentum=0,
-              bint nesterov=False, double beta1=0.9, double beta2=0.999,
-              double epsilon=1e-8, double alpha=0, double loss_scale=1, long long t=0,
-              bint guard=False, data_bound=None, bint skip_weightless=False):
+    def epoch(self, X, Y, sample_weight, order, step, long long t=0, options=None):
         """Run one epoch over (X, Y) in batches; returns (loss_sum, t, bad_batch).
 
         ``order`` (an intp array holding a permutation of the rows, or None for data
-        order) decides the batches. ``loss_sum`` adds each batch's loss times its rows.
-        ``bad_batch`` is -1, or the index of the batch whose loss was not finite: training
-        stopped there before updating.
+        order) decides the batches. ``step`` holds the optimizer step's settings, read by
+        attribute (the engine's ``Step``): ``learning_rate``, ``momentum``, ``beta1``,
+        ``beta2``, ``epsilon``, ``l2`` (the L2 term's alpha) and ``loss_scale``. ``t``:
+        the optimizer steps taken before (Adam's bias correction). ``loss_sum`` adds each
+        batch's loss times its rows. ``bad_batch`` is -1, or the index of the batch whose
+        loss was not finite: training stopped there before updating.
+
+        ``options`` (None for the defaults, all off), read by attribute (the engine's
+        ``EpochOptions``):
 
         ``guard``: also stop at a batch whose update would leave a parameter (or an
         optimizer state entry) that is not finite, with the parameters from before that
@@ -694,6 +736,16 @@ cdef class Trainer(Layers):
         """
         self.check_ready()
         self.overflowed = False
+        cdef bint guard = False, skip_weightless = False
+        data_bound = None
+        if options is not None:
+            try:
+                guard = options.guard
+                data_bound = options.data_bound
+                skip_weightless = options.skip_weightless
+            except AttributeError as e:
+                raise TypeError(f"options: expected the engine's EpochOptions, or None; "
+                                f"got {type(options).__name__}: {e}") from None
         cdef Py_ssize_t n = X.shape[0] if cnp.PyArray_Check(X) else -1
         if n < 1:
             raise ValueError("X: expected a non-empty 2-D array")
@@ -718,18 +770,11 @@ cdef class Trainer(Layers):
         data.rows = <const void**>self.rows
         data.skip_weightless = skip_weightless
         data.interruptible = threading.current_thread() is threading.main_thread()
-        cdef bint single = self.typenum == cnp.NPY_FLOAT
         cdef Settings settings
         settings.loss = self.loss
         settings.optimizer = self.optimizer
-        settings.nesterov = nesterov
-        settings.loss_scale = in_dtype(loss_scale, single)
-        settings.lr = in_dtype(lr, single)
-        settings.momentum = in_dtype(momentum, single)
-        settings.beta1 = in_dtype(beta1, single)
-        settings.beta2 = in_dtype(beta2, single)
-        settings.epsilon = in_dtype(epsilon, single)
-        settings.alpha = in_dtype(alpha, single)
+        settings.nesterov = self.nesterov
+        read_settings(&settings, step, self.typenum == cnp.NPY_FLOAT)
         cdef double bounds[3]
         cdef Guard checks
         memset(&checks, 0, sizeof(Guard))
