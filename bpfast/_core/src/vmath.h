@@ -3,7 +3,8 @@
  * libm's exp and tanh are scalar calls, and the loops that call them cannot vectorise; these
  * branch-free versions (Cody-Waite range reduction, Taylor polynomials on |r| <= ln2/2,
  * selects instead of branches) can. This header: the scalar functions, inline wherever
- * they are used; vmath_rows.inc: the array functions, compiled per target. Accuracy: within a few units in the last place of the correctly rounded results
+ * they are used; vmath_rows.inc: the array functions, compiled per target. Accuracy:
+ * within a few units in the last place of the correctly rounded results
  * over the whole range (checked against libm in the tests); subnormal results are built
  * by scaling in two steps (off by at most one unit of the smallest subnormal); +inf past
  * overflow; NaN propagates. On processors with AVX-512F the array functions run
@@ -80,31 +81,6 @@ static inline double bp_exp_d(double x)
     return x != x ? x : y;
 }
 
-/* e^y - 1 for y <= 0, accurate near 0 (relative error a few ulp everywhere) */
-static inline double bp_expm1_neg_d(double y)
-{
-    double yc = y < -40.0 ? -40.0 : y;         /* e^-40 - 1 rounds to -1 */
-    double n, r = bp_reduce_d(yc, &n);
-    double s = bp_pow2_d(n);
-    double out = s * bp_expm1_poly_d(r) + (s - 1.0);
-    return y != y ? y : out;
-}
-
-static inline double bp_tanh_d(double x)
-{
-    double ax = x < 0 ? -x : x;
-    double e = bp_expm1_neg_d(-2.0 * ax);      /* e^-2|x| - 1, in (-1, 0] */
-    double t = -e / (2.0 + e);
-    return x < 0 ? -t : t;
-}
-
-static inline double bp_sigmoid_d(double x)
-{
-    double ax = x < 0 ? -x : x;
-    double e = bp_exp_d(-ax);
-    return (x >= 0 ? 1.0 : e) / (1.0 + e);
-}
-
 /* ---- float ----------------------------------------------------------------------- */
 
 static inline float bp_pow2_f(float n)     /* 2^n for integral n in [-126, 127] */
@@ -151,31 +127,38 @@ static inline float bp_exp_f(float x)
     return x != x ? x : y;
 }
 
-static inline float bp_expm1_neg_f(float y)
-{
-    float yc = y < -20.0f ? -20.0f : y;
-    float n, r = bp_reduce_f(yc, &n);
-    float s = bp_pow2_f(n);
-    float out = s * bp_expm1_poly_f(r) + (s - 1.0f);
-    return y != y ? y : out;
-}
+/* ---- both: the functions built on exp, written once --------------------------------- */
 
-static inline float bp_tanh_f(float x)
-{
-    float ax = x < 0 ? -x : x;
-    float e = bp_expm1_neg_f(-2.0f * ax);
-    float t = -e / (2.0f + e);
-    return x < 0 ? -t : t;
-}
+/* bp_expm1_neg: e^y - 1 for y <= 0, accurate near 0 (relative error a few ulp
+ * everywhere; below FLOOR, e^y - 1 rounds to -1); bp_tanh, bp_sigmoid, bp_silu */
+#define BPFAST_DEFINE_VMATH_FROM_EXP(T, SFX, FLOOR)                                     \
+static inline T bp_expm1_neg_##SFX(T y)                                                 \
+{                                                                                       \
+    T yc = y < (T)(FLOOR) ? (T)(FLOOR) : y;                                             \
+    T n, r = bp_reduce_##SFX(yc, &n);                                                   \
+    T s = bp_pow2_##SFX(n);                                                             \
+    T out = s * bp_expm1_poly_##SFX(r) + (s - (T)1);                                    \
+    return y != y ? y : out;                                                            \
+}                                                                                       \
+                                                                                        \
+static inline T bp_tanh_##SFX(T x)                                                      \
+{                                                                                       \
+    T ax = x < 0 ? -x : x;                                                              \
+    T e = bp_expm1_neg_##SFX((T)-2 * ax);         /* e^-2|x| - 1, in (-1, 0] */         \
+    T t = -e / ((T)2 + e);                                                              \
+    return x < 0 ? -t : t;                                                              \
+}                                                                                       \
+                                                                                        \
+static inline T bp_sigmoid_##SFX(T x)                                                   \
+{                                                                                       \
+    T ax = x < 0 ? -x : x;                                                              \
+    T e = bp_exp_##SFX(-ax);                                                            \
+    return (x >= 0 ? (T)1 : e) / ((T)1 + e);                                            \
+}                                                                                       \
+                                                                                        \
+static inline T bp_silu_##SFX(T x) { return x * bp_sigmoid_##SFX(x); }
 
-static inline float bp_sigmoid_f(float x)
-{
-    float ax = x < 0 ? -x : x;
-    float e = bp_exp_f(-ax);
-    return (x >= 0 ? 1.0f : e) / (1.0f + e);
-}
-
-static inline double bp_silu_d(double x) { return x * bp_sigmoid_d(x); }
-static inline float bp_silu_f(float x) { return x * bp_sigmoid_f(x); }
+BPFAST_DEFINE_VMATH_FROM_EXP(double, d, -40.0)
+BPFAST_DEFINE_VMATH_FROM_EXP(float, f, -20.0f)
 
 #endif
