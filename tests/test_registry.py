@@ -1,5 +1,5 @@
-"""The registry against the compiled side: the Cython enums, and every name run through
-the compiled path equal to the NumPy reference."""
+"""The registry against the compiled side: the Cython enums and the C kernels' activation
+codes, and every name run through the compiled path equal to the NumPy reference."""
 import pathlib
 import re
 
@@ -42,8 +42,36 @@ def _cython_enums():
     return members
 
 
+KERNEL_TABLE = PACKAGE / "_core" / "src" / "kernel_table.h"
+
+
+def _c_activation_codes():
+    """The ``BPFAST_NAME = value`` members of kernel_table.h's activation enum, by NAME,
+    and the Cython names bound to them (``NAME "BPFAST_NAME"`` in an extern enum)."""
+    if not KERNEL_TABLE.exists():
+        pytest.skip("needs the source tree's C kernels")
+    text = KERNEL_TABLE.read_text()
+    block = re.search(r"enum\s*\{([^}]*BPFAST_IDENTITY[^}]*)\}", text)
+    assert block, "kernel_table.h has no activation enum"
+    codes = {m[1]: int(m[2]) for m in re.finditer(r"BPFAST_([A-Z_]+)\s*=\s*(\d+)", block[1])}
+    bound = {}
+    for path in PACKAGE.glob("**/*.pxd"):
+        for m in re.finditer(r'^\s+([A-Z][A-Z0-9_]*)\s+"BPFAST_([A-Z_]+)"\s*$',
+                             path.read_text(), re.M):
+            bound[m[1]] = m[2]
+    return codes, bound
+
+
+def test_c_activation_codes_are_the_registry_codes():
+    codes, bound = _c_activation_codes()
+    assert codes == {name.upper(): code for name, code in registry.ACTIVATION_CODES.items()}
+    # every Cython activation constant is the C constant of the same name
+    assert {name: name for name in codes} == {k: v for k, v in bound.items() if v in codes}
+
+
 def test_registry_matches_the_cython_enums():
     enums = _cython_enums()
+    enums.update(_c_activation_codes()[0])
     for name, code in registry.KERNEL_ENUM.items():
         assert name in enums, f"{name} is in the registry but in no cdef enum"
         assert enums[name] == code, f"{name}: registry {code}, Cython {enums[name]}"

@@ -1,22 +1,24 @@
 # cython: language_level=3
 """Each activation g and its derivative g' as inline nogil functions over float/double.
 
-Codes follow ``bpfast.activations.ACTIVATIONS``. The formulas match ``bpfast.reference``
+Codes follow ``bpfast.registry.ACTIVATIONS``. The formulas match ``bpfast.reference``
 term for term, so that compiled and reference results agree to rounding.
 """
 from cython cimport floating
 from libc.math cimport exp, expf, tanh, tanhf, log1p, log1pf, fabs, fabsf
 
-cdef enum:
-    IDENTITY = 0
-    SIGMOID = 1
-    TANH = 2
-    RELU = 3
-    LEAKY_RELU = 4
-    SOFTPLUS = 5
-    SILU = 6
-    SOFTMAX = 7  # output layer only: a_j = e^(z_j) / sum_k e^(z_k) over one sample
-    EXP = 8      # a = e^z (the Poisson loss's canonical output)
+# The activation codes, defined once in C (kernel_table.h) under the registry's numbers.
+cdef extern from "kernel_table.h":
+    cdef enum:
+        IDENTITY "BPFAST_IDENTITY"
+        SIGMOID "BPFAST_SIGMOID"
+        TANH "BPFAST_TANH"
+        RELU "BPFAST_RELU"
+        LEAKY_RELU "BPFAST_LEAKY_RELU"
+        SOFTPLUS "BPFAST_SOFTPLUS"
+        SILU "BPFAST_SILU"
+        SOFTMAX "BPFAST_SOFTMAX"
+        EXP "BPFAST_EXP"
 
 
 cdef inline floating _exp(floating x) noexcept nogil:

@@ -45,7 +45,6 @@ cdef extern from "kernels.h" nogil:
 # The smooth activations' passes: pointwise512.inc's on processors with AVX-512 (bias and
 # activation in one pass; column sums in registers), else pointwise.inc's loops.
 cdef extern from "kernels.h" nogil:
-    int BPFAST_ACT_SIGMOID, BPFAST_ACT_TANH, BPFAST_ACT_EXP, BPFAST_ACT_SILU
     void bpfast_pw_bias_act_d(int act, Py_ssize_t m, Py_ssize_t n, const double* b,
                               double* Z, double* A)
     void bpfast_pw_bias_act_f(int act, Py_ssize_t m, Py_ssize_t n, const float* b,
@@ -63,26 +62,14 @@ cdef extern from "kernels.h" nogil:
 
 
 cdef inline int from_a_kind(int code) noexcept nogil:
-    """pointwise.inc's BPFAST_FROM_A_* kind for an activation whose derivative comes from
-    a = g(z) alone (sigmoid, tanh, exp), or -1."""
-    if code == SIGMOID:
-        return 0
-    if code == TANH:
-        return 1
-    if code == EXP:
-        return 2
-    return -1
+    """``code`` if its activation's derivative comes from a = g(z) alone (sigmoid, tanh,
+    exp: the kernels' "from A" family), else -1."""
+    return code if code == SIGMOID or code == TANH or code == EXP else -1
 
 
 cdef inline int pwl_kind(int code) noexcept nogil:
-    """pointwise.inc's kind for a piecewise-linear activation code, or -1."""
-    if code == IDENTITY:
-        return 0
-    if code == RELU:
-        return 1
-    if code == LEAKY_RELU:
-        return 2
-    return -1
+    """``code`` if its activation is piecewise linear (identity, relu, leaky relu), else -1."""
+    return code if code == IDENTITY or code == RELU or code == LEAKY_RELU else -1
 
 
 cdef extern from "kernels.h" nogil:
@@ -147,7 +134,7 @@ cdef void bias_activate(int code, int m, int n, const floating* b,
     cdef floating* z
     cdef floating* a
     cdef floating top, total
-    cdef int act, kind = pwl_kind(code)
+    cdef int kind = pwl_kind(code)
     if kind >= 0:
         if floating is double:
             bpfast_bias_pwl_d(kind, m, n, b, Z, A)
@@ -161,12 +148,10 @@ cdef void bias_activate(int code, int m, int n, const floating* b,
             bpfast_softmax_rows_f(m, n, b, Z, A)
         return
     if code == SIGMOID or code == TANH or code == SILU or code == EXP:
-        act = (BPFAST_ACT_SIGMOID if code == SIGMOID else BPFAST_ACT_TANH if code == TANH
-               else BPFAST_ACT_SILU if code == SILU else BPFAST_ACT_EXP)
         if floating is double:
-            bpfast_pw_bias_act_d(act, m, n, b, Z, A)
+            bpfast_pw_bias_act_d(code, m, n, b, Z, A)
         else:
-            bpfast_pw_bias_act_f(act, m, n, b, Z, A)
+            bpfast_pw_bias_act_f(code, m, n, b, Z, A)
         return
     if code == SOFTMAX:
         if floating is double:

@@ -14,13 +14,23 @@
 
 #include <stddef.h>
 
-/* piecewise-linear activations (pointwise.inc) */
-enum { BPFAST_PWL_IDENTITY = 0, BPFAST_PWL_RELU = 1, BPFAST_PWL_LEAKY = 2 };
-/* activations whose derivative is a function of a = g(z) alone:
- *   sigmoid: a (1 - a);  tanh: 1 - a^2;  exp: a */
-enum { BPFAST_FROM_A_SIGMOID = 0, BPFAST_FROM_A_TANH = 1, BPFAST_FROM_A_EXP = 2 };
-/* the activations of the fused bias pass (bpfast_pw_bias_act_*) */
-enum { BPFAST_ACT_SIGMOID = 0, BPFAST_ACT_TANH = 1, BPFAST_ACT_EXP = 2, BPFAST_ACT_SILU = 3 };
+/* The activations, under the codes of bpfast/registry.py (tests/test_registry.py checks
+ * them; the compiled core's Cython names are these constants). A kernel that applies one
+ * of a family takes its code, or -1 for none: the piecewise-linear ones (identity, relu,
+ * leaky relu: pointwise.inc, layer_forward.inc), those whose derivative is a function of
+ * a = g(z) alone (sigmoid: a (1 - a); tanh: 1 - a^2; exp: a), and those of the fused
+ * bias passes (sigmoid, tanh, exp, silu: pointwise512.inc). */
+enum {
+    BPFAST_IDENTITY = 0,
+    BPFAST_SIGMOID = 1,
+    BPFAST_TANH = 2,
+    BPFAST_RELU = 3,
+    BPFAST_LEAKY_RELU = 4,
+    BPFAST_SOFTPLUS = 5,
+    BPFAST_SILU = 6,
+    BPFAST_SOFTMAX = 7, /* output layer only: a_j = e^(z_j) / sum_k e^(z_k) over one row */
+    BPFAST_EXP = 8
+};
 
 /* One optimizer step's rule and coefficients (update.inc's formulas), built once per
  * layer by the caller; float kernels round each coefficient to float once. */
