@@ -67,20 +67,31 @@ def _avx512_vector_math():
 
 S = ((64, 32, 10), ("sigmoid", "sigmoid"), 1797)
 M = ((784, 128, 10), ("tanh", "sigmoid"), 4000)
+RELU = ("relu", "softmax")  # scikit-learn's default hidden activation, a classifier's output
 
 ROUTES = (
     Route("panel kernel for mid-sized products", {"panel_gemm": True},
           {"panel_gemm": False}, _kernels.panel_gemm_available,
           (Case("M (784-128-10), batch 64", *M, 64),)),
-    Route("plain loops for tiny products", {"small_gemm_limit": EVERYWHERE},
-          {"small_gemm_limit": 0}, lambda: True,
+    # the loops' limit on its own: one-row products kept off their own route (below)
+    Route("plain loops for tiny products",
+          {"small_gemm_limit": EVERYWHERE, "vector_products": False},
+          {"small_gemm_limit": 0, "vector_products": False}, lambda: True,
           (Case("16-16-4, batch 1", (16, 16, 4), ("sigmoid", "sigmoid"), 1797, 1),
            Case("64-32-10, batch 1", *S, 1),
            Case("64-32-10, batch 32", *S, 32))),
-    Route("plain loops up to the default 512", {"small_gemm_limit": 512},
-          {"small_gemm_limit": 0}, lambda: True,
+    Route("plain loops up to the default 512",
+          {"small_gemm_limit": 512, "vector_products": False},
+          {"small_gemm_limit": 0, "vector_products": False}, lambda: True,
           (Case("16-16-4, batch 1", (16, 16, 4), ("sigmoid", "sigmoid"), 1797, 1),
            Case("64-32-10, batch 1", *S, 1))),
+    Route("one-row products without the BLAS", {"vector_products": True},
+          {"vector_products": False}, lambda: True,
+          (Case("64-32-10, batch 1", *S, 1),
+           Case("64-128-10 relu, batch 1", (64, 128, 10), ("relu", "softmax"), 1797, 1,
+                "sgd", "cross_entropy"),
+           Case("256-256-10 relu, batch 1", (256, 256, 10), ("relu", "softmax"), 1797, 1,
+                "sgd", "cross_entropy"))),
     Route("AVX-512 pointwise passes", {"avx512_vector_math": True},
           {"avx512_vector_math": False}, _avx512_vector_math,
           (Case("S32 (64-32-10 sigmoid), batch 32", *S, 32),)),
@@ -90,6 +101,16 @@ ROUTES = (
            Case("nesterov 32 x 128 x 128", (128, 128, 10), S[1], 1797, 32, "nesterov"),
            Case("nesterov 64 x 128 x 128", (128, 128, 10), S[1], 1797, 64, "nesterov"),
            Case("nesterov 64 x 784 x 128", *M, 64, "nesterov"))),
+    Route("fused gradient-and-update up to the default 2^19",
+          {"fused_update_limit": 1 << 19}, {"fused_update_limit": 0},
+          _kernels.fused_update_available,
+          (Case("64-32-10 sigmoid, adam, batch 32", *S, 32, "adam"),
+           Case("64-32-10 relu, adam, batch 32", (64, 32, 10), RELU, 1797, 32, "adam",
+                "cross_entropy"),
+           Case("64-100-10 relu, adam, batch 200", (64, 100, 10), RELU, 1797, 200, "adam",
+                "cross_entropy"),
+           Case("64-128-10 relu, momentum, batch 32", (64, 128, 10), RELU, 1797, 32,
+                "momentum", "cross_entropy"))),
     Route("first layer stored transposed when small", {"first_transpose_limit": 1 << 20},
           {"first_transpose_limit": 0}, lambda: True,
           (Case("32 x 64 x 64 first layer (64-64-10), batch 32", (64, 64, 10), S[1],
@@ -150,17 +171,17 @@ def main(argv=None):
               f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')}")
     print(f"{args.dtype}, rounds={args.rounds}, repeats={args.repeats}: median ms per "
           "epoch, route on and off")
-    print(f"{'route':42} {'case':48} {'on':>9} {'off':>9} {'on/off':>7}")
+    print(f"{'route':50} {'case':48} {'on':>9} {'off':>9} {'on/off':>7}")
     for route in ROUTES:
         if args.route and route.name not in args.route:
             continue
         if not route.available():
-            print(f"{route.name:42} {'(every case)':48} not available here", flush=True)
+            print(f"{route.name:50} {'(every case)':48} not available here", flush=True)
             continue
         for case in route.cases:
             with blas_limit(args.threads):
                 on, off = measure(route, case, args.dtype, args.rounds, args.repeats)
-            print(f"{route.name:42} {case.label:48} {on * 1e3:9.3f} {off * 1e3:9.3f} "
+            print(f"{route.name:50} {case.label:48} {on * 1e3:9.3f} {off * 1e3:9.3f} "
                   f"{on / off:7.3f}", flush=True)
     return 0
 
