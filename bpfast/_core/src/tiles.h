@@ -36,18 +36,24 @@ static inline int bpfast_avx512_available(void)
     return BPFAST_X86_DISPATCH && bpfast_cpu_has(BPFAST_CPU_AVX512F);
 }
 
+/* Compile definitions for measuring other shapes (docs/performance.md); the defaults are
+ * the shipped ones. */
 #ifndef BPFAST_AVX2_TILE_BYTES
 #define BPFAST_AVX2_TILE_BYTES 32
 #endif
-
+#ifndef BPFAST_AVX2_TILE_NV
+#define BPFAST_AVX2_TILE_NV 2
+#endif
+#ifndef BPFAST_TILE_NR
 #define BPFAST_TILE_NR 4 /* rows per tile */
+#endif
 
 #if defined(BPFAST_TARGET_AVX512)
 #define BPFAST_TILE_BYTES 64
 #define BPFAST_TILE_NV 4
 #elif defined(BPFAST_TARGET_AVX2)
 #define BPFAST_TILE_BYTES BPFAST_AVX2_TILE_BYTES
-#define BPFAST_TILE_NV (BPFAST_TILE_BYTES == 64 ? 4 : 2)
+#define BPFAST_TILE_NV (BPFAST_TILE_BYTES == 64 ? 4 : BPFAST_AVX2_TILE_NV)
 #endif
 
 #ifdef BPFAST_TILE_BYTES
