@@ -42,7 +42,10 @@ def _cython_enums():
     return members
 
 
-KERNEL_TABLE = PACKAGE / "_core" / "src" / "kernel_table.h"
+# the C kernels' header in the source tree beside these tests (an installed wheel carries
+# only the compiled module)
+KERNEL_TABLE = pathlib.Path(__file__).parent.parent / "bpfast" / "_core" / "src" / "kernel_table.h"
+SOURCE_PACKAGE = KERNEL_TABLE.parent.parent.parent
 
 
 def _c_activation_codes():
@@ -55,7 +58,7 @@ def _c_activation_codes():
     assert block, "kernel_table.h has no activation enum"
     codes = {m[1]: int(m[2]) for m in re.finditer(r"BPFAST_([A-Z_]+)\s*=\s*(\d+)", block[1])}
     bound = {}
-    for path in PACKAGE.glob("**/*.pxd"):
+    for path in SOURCE_PACKAGE.glob("**/*.pxd"):
         for m in re.finditer(r'^\s+([A-Z][A-Z0-9_]*)\s+"BPFAST_([A-Z_]+)"\s*$',
                              path.read_text(), re.M):
             bound[m[1]] = m[2]
