@@ -38,33 +38,23 @@ cdef extern from *:
     static void *bpfast_sgemm_ptr = NULL;
     static int bpfast_blas_ilp64 = 0;
 
-    static void bpfast_ext_dgemm(char ta, char tb, int m, int n, int k, double alpha,
-                                 const double *a, int lda, const double *b, int ldb,
-                                 double beta, double *c, int ldc)
-    {
-        if (bpfast_blas_ilp64) {
-            int64_t M = m, N = n, K = k, LA = lda, LB = ldb, LC = ldc;
-            ((bpfast_dgemm64_t)bpfast_dgemm_ptr)(&ta, &tb, &M, &N, &K, &alpha, a, &LA, b,
-                                                 &LB, &beta, c, &LC);
-        } else {
-            ((bpfast_dgemm32_t)bpfast_dgemm_ptr)(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b,
-                                                 &ldb, &beta, c, &ldc);
-        }
+    /* NAME(...) calls the BLAS's ?gemm at PTR (of type T64 or T32) with 64-bit
+       integers (ILP64 builds) or 32-bit ones */
+    #define BPFAST_DEFINE_EXT_GEMM(T, NAME, PTR, T64, T32)                              \\
+    static void NAME(char ta, char tb, int m, int n, int k, T alpha, const T *a,        \\
+                     int lda, const T *b, int ldb, T beta, T *c, int ldc)               \\
+    {                                                                                   \\
+        if (bpfast_blas_ilp64) {                                                        \\
+            int64_t M = m, N = n, K = k, LA = lda, LB = ldb, LC = ldc;                  \\
+            ((T64)PTR)(&ta, &tb, &M, &N, &K, &alpha, a, &LA, b, &LB, &beta, c, &LC);    \\
+        } else {                                                                        \\
+            ((T32)PTR)(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc); \\
+        }                                                                               \\
     }
-
-    static void bpfast_ext_sgemm(char ta, char tb, int m, int n, int k, float alpha,
-                                 const float *a, int lda, const float *b, int ldb,
-                                 float beta, float *c, int ldc)
-    {
-        if (bpfast_blas_ilp64) {
-            int64_t M = m, N = n, K = k, LA = lda, LB = ldb, LC = ldc;
-            ((bpfast_sgemm64_t)bpfast_sgemm_ptr)(&ta, &tb, &M, &N, &K, &alpha, a, &LA, b,
-                                                 &LB, &beta, c, &LC);
-        } else {
-            ((bpfast_sgemm32_t)bpfast_sgemm_ptr)(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b,
-                                                 &ldb, &beta, c, &ldc);
-        }
-    }
+    BPFAST_DEFINE_EXT_GEMM(double, bpfast_ext_dgemm, bpfast_dgemm_ptr, bpfast_dgemm64_t,
+                           bpfast_dgemm32_t)
+    BPFAST_DEFINE_EXT_GEMM(float, bpfast_ext_sgemm, bpfast_sgemm_ptr, bpfast_sgemm64_t,
+                           bpfast_sgemm32_t)
     """
     void* bpfast_dgemm_ptr
     void* bpfast_sgemm_ptr
@@ -113,25 +103,22 @@ cdef extern from "kernels.h" nogil:
                         int threads)
 
 
-cdef inline bint one_row_product(bint trans_a, bint trans_b, int m, int n, int k,
-                                 floating alpha, const floating* a, int lda,
-                                 const floating* b, int ldb, floating beta, floating* c,
-                                 int ldc) noexcept nogil:
-    """gemm's one-row cases (a batch of one row: m = 1 for the forward product and dA,
-    k = 1 for the weight update) through vector_products.inc where AVX-512 runs, else
-    through small_gemm.inc's loops compiled for the processor: either way without a
-    BLAS call, whose set-up outweighs these products; False when not taken."""
-    if (<long long>m * n * k > BPFAST_VECTOR_PRODUCT_LIMIT
-            or not bpfast_vector_products_allowed):
-        return False
+cdef inline bint one_row(int m, int n, int k) noexcept nogil:
+    """Whether a product is one of a batch of one row (m = 1 for the forward product and
+    dA, k = 1 for the weight update) that skips the BLAS, whose set-up outweighs it: at
+    most BPFAST_VECTOR_PRODUCT_LIMIT multiply-adds, with the vector_products switch on."""
+    return ((m == 1 or k == 1) and bpfast_vector_products_allowed
+            and <long long>m * n * k <= BPFAST_VECTOR_PRODUCT_LIMIT)
+
+
+cdef inline bint vector_product(bint trans_a, bint trans_b, int m, int n, int k,
+                                floating alpha, const floating* a, const floating* b,
+                                int ldb, floating beta, floating* c,
+                                int ldc) noexcept nogil:
+    """A one-row product through vector_products.inc, where AVX-512 runs; False when not
+    taken (elsewhere small_gemm.inc's loops take it, see :func:`gemm`)."""
     if not bpfast_vector_products():
-        if floating is double:
-            bpfast_small_dgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
-                               ldc)
-        else:
-            bpfast_small_sgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
-                               ldc)
-        return True
+        return False
     if m == 1 and not trans_a:
         if trans_b:  # c = alpha a B^T + beta c
             if floating is double:
@@ -162,8 +149,9 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating 
     """
     cdef char ta = b'T' if trans_b else b'N'
     cdef char tb = b'T' if trans_a else b'N'
-    if (m == 1 or k == 1) and one_row_product(trans_a, trans_b, m, n, k, alpha, a, lda, b,
-                                              ldb, beta, c, ldc):
+    cdef bint one_row_product = one_row(m, n, k)
+    if one_row_product and vector_product(trans_a, trans_b, m, n, k, alpha, a, b, ldb, beta,
+                                          c, ldc):
         return
     if bpfast_panel_route(trans_b, m, n, k, sizeof(floating)):  # mid-sized, in cache
         if floating is double:
@@ -173,7 +161,8 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating 
             bpfast_panel_f(trans_a, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
                            bpfast_panel_threads())
         return
-    if <long long>m * n * k <= bpfast_small_gemm_limit or bpfast_dgemm_ptr == NULL:
+    if (<long long>m * n * k <= bpfast_small_gemm_limit or one_row_product
+            or bpfast_dgemm_ptr == NULL):
         if floating is double:
             bpfast_small_dgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
         else:
