@@ -39,10 +39,11 @@ if os.environ.get("BPFAST_NATIVE") == "1":
 MSVC_ARGS = ["/O2"]
 
 C_SOURCES = "bpfast/_core/src"
-# the kernels as translation units: the cpu layer, the dispatch table, the switches, the
-# panel kernel's pool and the parallel reduction, and the baseline copy of every family
-BASE_C = ["cpu.c", "dispatch.c", "routes.c", "panel.c", "parallel_reduce.c",
-          "dispatch_baseline.c"]
+# the kernels as translation units: the cpu layer, the dispatch table and its check, the
+# switches, the panel kernel's pool and the parallel reduction, and the baseline copy of
+# every family
+BASE_C = ["cpu.c", "dispatch.c", "kernel_check.c", "routes.c", "panel.c",
+          "parallel_reduce.c", "dispatch_baseline.c"]
 # the copies for wider x86-64 instruction sets (left out of a portable build)
 TARGET_C = ["dispatch_avx2.c", "dispatch_avx512.c"]
 PORTABLE = os.environ.get("BPFAST_PORTABLE") == "1"

@@ -60,8 +60,25 @@ def test_availability_follows_the_features():
     assert _kernels.vector_products_available() == avx512
     if not avx512:
         assert not _kernels.avx512_vector_math()
+    if _kernels.kernel_target() == "baseline":
         assert not _kernels.panel_gemm_available()
     assert _kernels.kernel_target() in ("avx512f", "avx2", "baseline")
+
+
+def test_every_available_route_has_its_kernels():
+    """No route that says it runs here calls an empty entry of the dispatch table (a
+    family left out of a copy's build would otherwise be a call through NULL)."""
+    missing = set(_kernels.missing_kernels())
+    groups = {"tiles": (_kernels.fused_update_available(), ("layer_forward", "grad_update")),
+              "vector products": (_kernels.vector_products_available(), ("bpfast_vp_",)),
+              "panel": (_kernels.panel_gemm_available(), ("bpfast_panel_",))}
+    for group, (available, prefixes) in groups.items():
+        names = {n for n in missing if any(p in n for p in prefixes)}
+        if available:
+            assert not names, f"{group} is available but {sorted(names)} are missing"
+    # every copy has the families that every copy compiles
+    assert all(any(p in n for p in ("layer_forward", "grad_update", "bpfast_vp_",
+                                    "bpfast_panel_")) for n in missing), sorted(missing)
 
 
 REFERENCE_CHECK = """
@@ -95,8 +112,10 @@ def test_disabled_features_leave_the_reference_results(disabled):
     features = set(names.split(",")) - {""}
     assert last == "ok"
     assert not features & ({"avx512f"} | set(disabled.split(",")))
-    assert available[1:] == ["False"] * 3  # no AVX-512 route, whatever the processor
-    assert available[0] == str(target == "avx2")  # the tiles of the AVX2 copy
+    assert available[1:3] == ["False"] * 2  # no AVX-512 route, whatever the processor
+    # the tiles and the panel kernel of the AVX2 copy
+    assert available[0] == str(target == "avx2")
+    assert available[3] == str(target == "avx2" and sys.platform.startswith("linux"))
     if "avx2" in disabled or "fma" in disabled:
         # the AVX2 copy needs both: neither is reported without the other
         assert not features & {"avx2", "fma", "avx512f"} and target == "baseline"

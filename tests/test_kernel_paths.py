@@ -55,7 +55,7 @@ def update_route(request):
     """Momentum and Adam steps through the fused gradient-and-update kernel for every
     layer, or the weight gradient into dW and then the update pass."""
     if request.param == "fused" and not _kernels.fused_update_available():
-        pytest.skip("the fused gradient-and-update kernel needs AVX-512")
+        pytest.skip("the fused gradient-and-update kernel needs AVX2 or AVX-512")
     with tuning(fused_update_limit=2**62 if request.param == "fused" else 0):
         yield request.param
 
@@ -911,7 +911,7 @@ def panel_products(request):
     """Mid-sized products through panel_gemm.inc (on two threads, whatever the BLAS's own
     count) or through BLAS."""
     if request.param == "panel" and not _kernels.panel_gemm_available():
-        pytest.skip("the panel kernel needs AVX-512")
+        pytest.skip("the panel kernel needs AVX2 or AVX-512, on Linux")
     with tuning(panel_gemm=request.param == "panel", panel_threads=2):
         yield request.param
 
@@ -923,7 +923,7 @@ def _panel_threads(threads):
     @contextlib.contextmanager
     def switched():
         if not _kernels.panel_gemm_available():
-            pytest.skip("the panel kernel needs AVX-512")
+            pytest.skip("the panel kernel needs AVX2 or AVX-512, on Linux")
         with tuning(panel_gemm=True, panel_threads=threads):
             yield
     return switched()
@@ -940,7 +940,7 @@ PANEL_SHAPES = [(64, 128, 784), (61, 37, 200), (6, 1000, 50), (7, 9, 5000),
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("shape", PANEL_SHAPES)
 @pytest.mark.parametrize("alpha, beta", [(1.0, 0.0), (-0.3, 1.0), (0.7, -1.5)])
-@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("threads", [1, 2, 3, 16])  # 16: blocks of rows and columns
 def test_panel_products_match_numpy(shape, trans_a, alpha, beta, threads, dtype):
     """C = alpha op(A) B + beta C through the panel kernel against NumPy in float64; beta
     = 0 must not read C (NaN there stays out)."""
@@ -965,14 +965,15 @@ def test_panel_products_match_numpy(shape, trans_a, alpha, beta, threads, dtype)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("trans_a", [False, True])
 def test_panel_results_do_not_depend_on_the_thread_count(trans_a, dtype):
-    """Each entry is one thread's sum in order: the same bits on 1, 2, 3 or 5 threads."""
+    """Each entry is one thread's sum in order: the same bits on 1 to 64 threads, split
+    by columns only or by columns and rows."""
     m, n, k = 61, 150, 300
     rng = np.random.default_rng(5)
     A = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
     B = rng.standard_normal((k, n)).astype(dtype)
     C0 = rng.standard_normal((m, n)).astype(dtype)
     results = []
-    for threads in (1, 2, 3, 5):
+    for threads in (1, 2, 3, 5, 8, 16, 24, 64):
         C = C0.copy()
         with _panel_threads(threads):
             _kernels.gemm_call(trans_a, False, -0.5, A, B, 1.0, C)
@@ -1068,7 +1069,7 @@ def test_panel_pool_has_no_data_race(tmp_path):
     run = subprocess.run([binary, "200000"], capture_output=True, text=True, timeout=300,
                          env=dict(os.environ, TSAN_OPTIONS="halt_on_error=1"))
     if run.returncode == 77:
-        pytest.skip("the panel kernel needs AVX-512")
+        pytest.skip("the panel kernel needs AVX2 or AVX-512, on Linux")
     assert "ThreadSanitizer" not in run.stderr, run.stderr[-3000:]
     assert run.returncode == 0, run.stdout + run.stderr[-2000:]
     assert run.stdout.strip() == "0 wrong entries"
@@ -1186,7 +1187,7 @@ def test_panel_pool_works_in_a_forked_child(tmp_path):
     import sys
 
     if not _kernels.panel_gemm_available():
-        pytest.skip("the panel kernel needs AVX-512")
+        pytest.skip("the panel kernel needs AVX2 or AVX-512, on Linux")
     script = tmp_path / "fork.py"
     script.write_text(_FORK_SCRIPT)
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,

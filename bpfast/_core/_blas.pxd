@@ -2,8 +2,8 @@
 """Row-major GEMM: a Fortran BLAS found at run time (NumPy's OpenBLAS, or SciPy's
 ``cython_blas``) for large products, plain vectorised loops (``small_gemm.inc``) for small
 ones and whenever no BLAS has been set, register loops for one-row products
-(``vector_products.inc``) and unpacked, threaded tiles for mid-sized ones
-(``panel_gemm.inc``) on processors with AVX-512."""
+(``vector_products.inc`` on processors with AVX-512) and unpacked, threaded tiles for
+mid-sized ones (``panel_gemm.inc`` on processors with AVX2 or AVX-512)."""
 from cython cimport floating
 
 cdef extern from "kernels.h" nogil:
@@ -94,7 +94,7 @@ cdef extern from "kernels.h" nogil:
 
 cdef extern from "kernels.h" nogil:
     int bpfast_panel_route(int trans_b, int m, int n, int k, int size)
-    int bpfast_panel_threads()
+    int bpfast_panel_threads_for(int m, int n, int k)
     void bpfast_panel_d(int trans_a, int m, int n, int k, double alpha, const double* A,
                         int lda, const double* B, int ldb, double beta, double* C, int ldc,
                         int threads)
@@ -156,10 +156,10 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating 
     if bpfast_panel_route(trans_b, m, n, k, sizeof(floating)):  # mid-sized, in cache
         if floating is double:
             bpfast_panel_d(trans_a, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-                           bpfast_panel_threads())
+                           bpfast_panel_threads_for(m, n, k))
         else:
             bpfast_panel_f(trans_a, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-                           bpfast_panel_threads())
+                           bpfast_panel_threads_for(m, n, k))
         return
     if (<long long>m * n * k <= bpfast_small_gemm_limit or one_row_product
             or bpfast_dgemm_ptr == NULL):

@@ -6,6 +6,7 @@ cdef extern from "kernels.h":
     const char* bpfast_cpu_known_names()
     const char* bpfast_cpu_feature_name(int index)
     unsigned bpfast_cpu_features
+    int bpfast_missing_kernels(const char** names, int cap)
 
 cdef bytes _unknown_cpu_features = bpfast_dispatch_init()
 if _unknown_cpu_features:
@@ -31,3 +32,11 @@ def kernel_target():
     """The copy of the kernels in use: ``'avx512f'``, ``'avx2'`` or ``'baseline'``."""
     return bpfast_dispatch_target().decode()
 
+
+
+def missing_kernels():
+    """The kernels the copy in use does not have (empty entries of its table), by name;
+    tests check that no available route calls one."""
+    cdef const char* names[256]
+    cdef int n = bpfast_missing_kernels(names, 256)
+    return [names[i].decode() for i in range(n)]

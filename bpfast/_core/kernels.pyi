@@ -14,3 +14,6 @@ def cpu_features() -> list[str]:
 
 def kernel_target() -> str:
     """The copy of the kernels in use: ``'avx512f'``, ``'avx2'`` or ``'baseline'``."""
+
+def missing_kernels() -> list[str]:
+    """The kernels the copy in use does not have (empty entries of its table)."""

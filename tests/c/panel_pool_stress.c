@@ -3,7 +3,7 @@
  * with ThreadSanitizer: the pool's hand-over must have no data race.
  * Linked with the package's C sources (bpfast/_core/src/*.c).
  * Usage: panel_pool_stress ITERATIONS; exit status 0 when every checked entry matched,
- * 1 when one did not, 77 when this processor has no AVX-512 (nothing to test). */
+ * 1 when one did not, 77 when this processor has no panel kernel (nothing to test). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>

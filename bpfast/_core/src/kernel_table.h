@@ -117,7 +117,7 @@ typedef struct {
     BPFAST_KERNELS_AVX512_OF(X, double, d)                                              \
     BPFAST_KERNELS_AVX512_OF(X, float, f)
 
-/* the panel kernel: AVX-512 and its thread pool (BPFAST_HAVE_PANEL, panel.h) */
+/* the panel kernel: the tile targets with its thread pool (BPFAST_HAVE_PANEL, panel.h) */
 #define BPFAST_KERNELS_PANEL(X)                                                         \
     BPFAST_KERNELS_PANEL_OF(X, double, d)                                               \
     BPFAST_KERNELS_PANEL_OF(X, float, f)

@@ -29,6 +29,10 @@ const char *bpfast_dispatch_init(void);
 /* The copy in use: "avx512f", "avx2" or "baseline". */
 const char *bpfast_dispatch_target(void);
 
+/* The table's empty entries (kernels the copy in use does not have), up to cap names;
+   returns how many (tests check them against the availability checks). */
+int bpfast_missing_kernels(const char **names, int cap);
+
 /* max_k |x[k]| over n doubles (size 8) or floats (size 4), +inf if any is not finite:
    on the BLAS's thread count for large arrays where the pool runs (parallel_reduce.c) */
 double bpfast_max_abs_parallel(const void *x, ptrdiff_t n, int size);

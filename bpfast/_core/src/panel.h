@@ -5,17 +5,21 @@
  * 784 x 128 layer at a batch of 64: the forward product X W and the update W += a X^T D,
  * W stored n^0 x n^1), OpenBLAS spends a third of its time packing operands that change
  * every batch and synchronising its threads (docs/performance.md has the figures). This
- * kernel reads the operands where they lie: a register tile of 6 rows by 4 vectors of
- * columns (24 accumulators) takes, for every p, 4 loads of row p of B and one broadcast
- * of op(A) per row, and the same tile serves op(A) = A and A^T through the element
- * strides. op(B) = B^T (a hidden layer's forward product, W stored n^l x n^(l-1)) is
- * left to BLAS: a tile of dot products along k needs its sums reduced across lanes at
- * the end, which made it slower than the BLAS.
+ * kernel reads the operands where they lie: a register tile of 6 rows by a few vectors
+ * of columns (tiles.h's vectors; 4 on AVX-512, 2 on AVX2: 24 or 12 accumulators) takes,
+ * for every p, one load of row p of B per vector and one broadcast of op(A) per row, and
+ * the same tile serves op(A) = A and A^T through the element strides. op(B) = B^T (a
+ * hidden layer's forward product, W stored n^l x n^(l-1)) is left to BLAS: a tile of dot
+ * products along k needs its sums reduced across lanes at the end, which made it slower
+ * than the BLAS.
  *
- * Threads split the columns of C into contiguous ranges, so a layer's weights (C of the
- * update, B of the forward product) keep the same half in the same core's cache from batch
- * to batch. Every entry is one thread's sum over p = 0..k-1 in order, one multiply-add
- * per term: the result does not depend on the thread count or the buffers' alignment.
+ * Threads split C into a grid of blocks (bpfast_panel_plan): contiguous ranges of column
+ * tiles first, so that a layer's weights (C of the update, B of the forward product) keep
+ * the same share in the same core's cache from batch to batch, then ranges of row tiles
+ * when there are more threads than column tiles (a 128-wide layer has 4 column tiles on
+ * AVX-512; 16 threads then take 4 x 4 blocks). Every entry is one thread's sum over
+ * p = 0..k-1 in order, one multiply-add per term: the result does not depend on the
+ * thread count or the buffers' alignment.
  *
  * The helpers are a process-wide pool (bpfast_pool_*), started at the first parallel call:
  * each spins briefly after a task (the next product of the same batch follows within
@@ -26,9 +30,9 @@
  * its own thread. A forked child starts a new pool.
  *
  * This header: the routing (which products take the kernel) and the pool's interface;
- * panel.c: the switches and the pool; panel_gemm.inc: the kernel, compiled for AVX-512
- * only (dispatch_avx512.c). Where unavailable, bpfast_panel_available() is 0 and the
- * callers keep BLAS.
+ * panel.c: the switches and the pool; panel_gemm.inc: the kernel, compiled for every
+ * target with register tiles (tiles.h: AVX2 and AVX-512). Where unavailable,
+ * bpfast_panel_available() is 0 and the callers keep BLAS.
  */
 #ifndef BPFAST_PANEL_H
 #define BPFAST_PANEL_H
@@ -44,12 +48,47 @@
 #endif
 
 #define BPFAST_PANEL_MR 6     /* rows of a register tile */
-#define BPFAST_PANEL_NV 4     /* vectors of columns of a register tile */
-#define BPFAST_POOL_MAX 16    /* threads at most, the caller included */
+#ifdef BPFAST_TILE_NV
+#define BPFAST_PANEL_NV BPFAST_TILE_NV  /* vectors of columns of a register tile */
+#endif
+#define BPFAST_POOL_MAX 128   /* threads at most, the caller included */
+/* Multiply-adds a thread's block gets at least: below it, a block costs about as much to
+   hand to a helper as to compute. */
+#define BPFAST_PANEL_PART_MIN (1LL << 16)
 
 static inline int bpfast_panel_available(void)
 {
-    return BPFAST_HAVE_PANEL && bpfast_avx512_available();
+    return BPFAST_HAVE_PANEL && bpfast_tiles_available();
+}
+
+/* How a product is cut for the threads: col_groups ranges of column tiles by row_groups
+   ranges of row tiles. */
+typedef struct {
+    int col_groups, row_groups;
+} bpfast_panel_split;
+
+/* The grid for C (m x n) = op(A) (m x k) B on at most `threads` threads, for tiles of
+   BPFAST_PANEL_MR rows by nv vectors of vl lanes: column ranges first (each thread keeps
+   its share of the weights), then row ranges. */
+static inline bpfast_panel_split bpfast_panel_plan(int m, int n, int k, int vl, int nv,
+                                                   int threads)
+{
+    bpfast_panel_split s;
+    long long units = ((long long)(n / vl) + nv - 1) / nv;
+    long long tiles = ((long long)m + BPFAST_PANEL_MR - 1) / BPFAST_PANEL_MR;
+    long long t = threads;
+    (void)k;
+    if (t > BPFAST_POOL_MAX)
+        t = BPFAST_POOL_MAX;
+    if (t < 1)
+        t = 1;
+    s.col_groups = (int)(units < 1 ? 1 : units < t ? units : t);
+    s.row_groups = (int)(t / s.col_groups);
+    if (s.row_groups > tiles)
+        s.row_groups = (int)tiles;
+    if (s.row_groups < 1)
+        s.row_groups = 1;
+    return s;
 }
 
 /* Routing (gemm in _blas.pxd): products of at least BPFAST_PANEL_MIN multiply-adds whose
@@ -77,6 +116,15 @@ extern long long bpfast_panel_calls;
 
 /* threads a mid-sized product takes now */
 int bpfast_panel_threads(void);
+
+/* threads for a product of m n k multiply-adds: the count above, but no more than it
+   has blocks of BPFAST_PANEL_PART_MIN */
+static inline int bpfast_panel_threads_for(int m, int n, int k)
+{
+    long long most = (long long)m * n * k / BPFAST_PANEL_PART_MIN;
+    int t = bpfast_panel_threads();
+    return most < 1 ? 1 : t > most ? (int)most : t;
+}
 
 /* Nonzero while this thread runs the steps of a network whose every product above
  * BPFAST_PANEL_MIN fits the panel kernel (set by the trainer for its epoch). Elsewhere

@@ -5,7 +5,8 @@
  * accumulators held in registers: 4 x 4 vectors of 64 bytes for AVX-512 (16 of its 32
  * registers), 4 x 2 vectors of 32 bytes for AVX2 (8 of its 16: the shape that measured
  * fastest there, docs/performance.md). The same source is compiled for both targets
- * (dispatch_avx512.c, dispatch_avx2.c); bpfast_tiles_available() says whether either runs
+ * (dispatch_avx512.c, dispatch_avx2.c), and so is the panel kernel (panel.h), whose
+ * tiles are wider; bpfast_tiles_available() says whether either runs
  * here (after BPFAST_DISABLE_CPU_FEATURES). The baseline copy and the portable build have
  * no tiles: their callers keep BLAS and the separate passes.
  *
@@ -30,7 +31,7 @@ static inline int bpfast_tiles_available(void)
 }
 
 /* Whether the kernels written for AVX-512 alone run here (vmath_avx512.inc,
- * vector_products.inc, panel_gemm.inc). */
+ * vector_products.inc). */
 static inline int bpfast_avx512_available(void)
 {
     return BPFAST_X86_DISPATCH && bpfast_cpu_has(BPFAST_CPU_AVX512F);
