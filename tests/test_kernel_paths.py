@@ -1159,7 +1159,9 @@ import os, sys
 import numpy as np
 from bpfast._core import kernels as _kernels
 from bpfast.engine import tuning
-tuning(panel_gemm=True, panel_threads=2).__enter__()  # for the rest of this process
+# for the rest of this process (kept: collected, the context would switch back)
+switched = tuning(panel_gemm=True, panel_threads=2)
+switched.__enter__()
 rng = np.random.default_rng(2)
 A, B = rng.standard_normal((64, 300)), rng.standard_normal((300, 130))
 def product():

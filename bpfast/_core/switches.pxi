@@ -102,7 +102,8 @@ cdef extern from "kernels.h" nogil:
 def set_panel_gemm(bint enabled, int threads=0):
     """Whether mid-sized products may take panel_gemm.inc's threaded kernel rather than
     BLAS, and on how many threads (0: the BLAS's own count); returns the old
-    (enabled, threads). For benchmarks and tests."""
+    (enabled, threads). Enabled by default only where the AVX-512 copy runs, the one
+    target where it beats the BLAS. For benchmarks and tests."""
     global bpfast_panel_allowed, bpfast_panel_thread_override
     if threads < 0:
         raise ValueError(f"threads: expected 0 or a positive count, got {threads}")

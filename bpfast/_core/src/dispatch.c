@@ -20,6 +20,10 @@ const char *bpfast_dispatch_init(void)
     if (bpfast_cpu_has(BPFAST_CPU_AVX512F)) {
         bpfast_fill_table_avx512(&bpfast_kernels);
         bpfast_target = "avx512f";
+        /* the panel kernel beats the BLAS's packed products only with AVX-512's
+           registers (docs/performance.md); elsewhere it runs when a test or a tuning
+           switch turns it on */
+        bpfast_panel_allowed = 1;
     } else if (bpfast_cpu_has(BPFAST_CPU_AVX2 | BPFAST_CPU_FMA)) {
         bpfast_fill_table_avx2(&bpfast_kernels);
         bpfast_target = "avx2";

@@ -2,7 +2,7 @@
 #include <stddef.h>
 #include "panel.h"
 
-int bpfast_panel_allowed = 1;
+int bpfast_panel_allowed = 0; /* on by default in the AVX-512 copy (dispatch.c) */
 int bpfast_panel_thread_override = 0;
 void *bpfast_blas_threads_ptr = NULL;
 long long bpfast_panel_calls = 0;

@@ -102,7 +102,8 @@ static inline bpfast_panel_split bpfast_panel_plan(int m, int n, int k, int vl, 
 #define BPFAST_PANEL_MIN (1LL << 18)
 #define BPFAST_PANEL_MAX_BYTES (1LL << 21)
 
-/* 0 keeps every product with BLAS (tests compare the routes) */
+/* 0 keeps every product with BLAS (tests compare the routes); 1 by default where the
+   AVX-512 copy runs, 0 elsewhere (dispatch.c) */
 extern int bpfast_panel_allowed;
 /* threads for a product: this many when > 0 (tests), else the BLAS's own thread count */
 extern int bpfast_panel_thread_override;
