@@ -859,7 +859,8 @@ def test_guard_proves_ordinary_steps_safe(optimizer, dtype):
 @pytest.fixture(params=["vector", "general"])
 def one_row_products(request):
     """Products of one-row batches through their own route (vector_products.inc where
-    AVX-512 runs, small_gemm.inc's loops elsewhere) or the general routes."""
+    the register-tile targets run, small_gemm.inc's loops elsewhere) or the general
+    routes."""
     yield from _switched_route(request, "vector", lambda: True, "vector_products", "")
 
 
@@ -867,12 +868,13 @@ def one_row_products(request):
 @pytest.mark.parametrize("form", ["vecmat", "matvec", "rank1"])
 @pytest.mark.parametrize("n", [1, 7, 8, 9, 16, 31, 32, 33, 64, 65, 100])
 @pytest.mark.parametrize("alpha, beta", [(1.0, 0.0), (-0.3, 1.0), (0.7, -1.5)])
-def test_one_row_products(one_row_products, form, n, alpha, beta, dtype):
+@pytest.mark.parametrize("k", [5, 13, 40])
+def test_one_row_products(one_row_products, form, n, k, alpha, beta, dtype):
     """c = alpha a B + beta c, c = alpha a B^T + beta c and C = alpha x^T y + beta C for
-    widths around the vector width (tails, one to five vectors, several blocks), against
-    NumPy; beta = 0 must not read C (NaN there stays out)."""
-    rng = np.random.default_rng(n)
-    k = 13
+    widths around the vector width (tails, one to five vectors, several blocks) and dot
+    products with and without ragged ends, against NumPy; beta = 0 must not read C (NaN
+    there stays out)."""
+    rng = np.random.default_rng(n * k)
     if form == "vecmat":
         A, B = rng.standard_normal((1, k)), rng.standard_normal((k, n))
         trans_a, trans_b, want = False, False, lambda: A @ B

@@ -17,7 +17,6 @@ int bpfast_missing_kernels(const char **names, int cap)
     int n = 0;
     BPFAST_KERNELS(BPFAST_NAME_IF_MISSING)
     BPFAST_KERNELS_TILES(BPFAST_NAME_IF_MISSING)
-    BPFAST_KERNELS_AVX512(BPFAST_NAME_IF_MISSING)
     BPFAST_KERNELS_PANEL(BPFAST_NAME_IF_MISSING)
     return n;
 }

@@ -5,9 +5,10 @@
  * a wrapper translation unit (dispatch_baseline.c, dispatch_avx2.c, dispatch_avx512.c),
  * whose copies are static; each wrapper exports only a function that fills the table
  * with its copies. BPFAST_KERNELS lists the kernels every target has,
- * BPFAST_KERNELS_TILES the register-tile kernels of the AVX2 and AVX-512 targets, and
- * BPFAST_KERNELS_AVX512 (with BPFAST_KERNELS_PANEL) those written for AVX-512 alone (each
- * left NULL where not compiled: callers check their availability functions first). X(return type, name, parameter list).
+ * BPFAST_KERNELS_TILES the register-tile kernels of the AVX2 and AVX-512 targets (tiles.h)
+ * and BPFAST_KERNELS_PANEL the panel kernel of those targets where its thread pool runs
+ * (panel.h); each left NULL where not compiled: callers check their availability
+ * functions first. X(return type, name, parameter list).
  */
 #ifndef BPFAST_KERNEL_TABLE_H
 #define BPFAST_KERNEL_TABLE_H
@@ -84,6 +85,7 @@ typedef struct {
                                  float alpha, const float *a, int lda, const float *b,  \
                                  int ldb, float beta, float *c, int ldc))
 
+/* register tiles: layer_forward.inc, grad_update.inc, vector_products.inc */
 #define BPFAST_KERNELS_TILES_OF(X, T, SFX)                                              \
     X(void, bpfast_layer_forward_##SFX, (int m, int n_in, int n, const T *const *rows,  \
                                       const T *W, ptrdiff_t ldw, const T *b, T *Z,      \
@@ -94,9 +96,7 @@ typedef struct {
     X(double, bpfast_grad_update_##SFX, (int m, int R, int C, const T *A, ptrdiff_t lda,   \
                                       const T *const *arows, const T *B, ptrdiff_t ldb, \
                                       T *P, ptrdiff_t ldp, T *V, T *S,                  \
-                                      const bpfast_step_rule *rule))
-
-#define BPFAST_KERNELS_AVX512_OF(X, T, SFX)                                             \
+                                      const bpfast_step_rule *rule))                    \
     X(void, bpfast_vp_##SFX##_vecmat, (int n, int k, T alpha, const T *a, const T *B,   \
                                     int ldb, T beta, T *c))                             \
     X(void, bpfast_vp_##SFX##_matvec, (int n, int k, T alpha, const T *a, const T *B,   \
@@ -113,10 +113,6 @@ typedef struct {
     BPFAST_KERNELS_TILES_OF(X, double, d)                                               \
     BPFAST_KERNELS_TILES_OF(X, float, f)
 
-#define BPFAST_KERNELS_AVX512(X)                                                        \
-    BPFAST_KERNELS_AVX512_OF(X, double, d)                                              \
-    BPFAST_KERNELS_AVX512_OF(X, float, f)
-
 /* the panel kernel: the tile targets with its thread pool (BPFAST_HAVE_PANEL, panel.h) */
 #define BPFAST_KERNELS_PANEL(X)                                                         \
     BPFAST_KERNELS_PANEL_OF(X, double, d)                                               \
@@ -126,7 +122,6 @@ typedef struct {
 typedef struct {
     BPFAST_KERNELS(BPFAST_TABLE_FIELD)
     BPFAST_KERNELS_TILES(BPFAST_TABLE_FIELD)
-    BPFAST_KERNELS_AVX512(BPFAST_TABLE_FIELD)
     BPFAST_KERNELS_PANEL(BPFAST_TABLE_FIELD)
 } bpfast_kernel_table;
 #undef BPFAST_TABLE_FIELD

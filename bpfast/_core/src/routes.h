@@ -27,7 +27,7 @@ static inline int bpfast_vmath_avx512(void)
 /* Whether gemm takes the vector-product kernels (vector_products.inc). */
 static inline int bpfast_vector_products(void)
 {
-    return bpfast_avx512_available() && bpfast_vector_products_allowed;
+    return bpfast_tiles_available() && bpfast_vector_products_allowed;
 }
 
 #endif

@@ -1,4 +1,5 @@
-/* What the register-tile kernels (grad_update.inc, layer_forward.inc) share: the
+/* What the register-tile kernels (grad_update.inc, layer_forward.inc,
+ * vector_products.inc) share: the
  * availability check, the tile shape and the vector types.
  *
  * A tile is BPFAST_TILE_NR rows by BPFAST_TILE_NV vectors of BPFAST_TILE_BYTES, its
@@ -30,8 +31,7 @@ static inline int bpfast_tiles_available(void)
                                  bpfast_cpu_has(BPFAST_CPU_AVX2 | BPFAST_CPU_FMA));
 }
 
-/* Whether the kernels written for AVX-512 alone run here (vmath_avx512.inc,
- * vector_products.inc). */
+/* Whether the kernels written for AVX-512 alone run here (vmath_avx512.inc). */
 static inline int bpfast_avx512_available(void)
 {
     return BPFAST_X86_DISPATCH && bpfast_cpu_has(BPFAST_CPU_AVX512F);
@@ -81,6 +81,29 @@ BPFAST_ALWAYS_INLINE bpfast_tile_vf bpfast_tile_sqrt_f(bpfast_tile_vf x)
     for (i = 0; i < (int)(BPFAST_TILE_BYTES / sizeof(float)); i++)
         x[i] = __builtin_sqrtf(x[i]);
     return x;
+}
+
+/* The first `bytes` (a multiple of 4, below BPFAST_TILE_BYTES) of src to dst, in pieces
+ * of fixed size: a partial vector's load or store without a call to memcpy. */
+BPFAST_ALWAYS_INLINE void bpfast_tile_copy_part(void *dst, const void *src, size_t bytes)
+{
+    size_t at = 0;
+#if BPFAST_TILE_BYTES == 64
+    if (bytes & 32) {
+        memcpy((char *)dst + at, (const char *)src + at, 32);
+        at += 32;
+    }
+#endif
+    if (bytes & 16) {
+        memcpy((char *)dst + at, (const char *)src + at, 16);
+        at += 16;
+    }
+    if (bytes & 8) {
+        memcpy((char *)dst + at, (const char *)src + at, 8);
+        at += 8;
+    }
+    if (bytes & 4)
+        memcpy((char *)dst + at, (const char *)src + at, 4);
 }
 #endif
 
