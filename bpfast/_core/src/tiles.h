@@ -22,6 +22,9 @@
 #include <string.h>
 #include "platform.h"
 #include "cpu.h"
+#if BPFAST_X86_DISPATCH
+#include <immintrin.h>
+#endif
 
 #define BPFAST_HAVE_TILES BPFAST_X86_DISPATCH
 
@@ -105,6 +108,48 @@ BPFAST_ALWAYS_INLINE void bpfast_tile_copy_part(void *dst, const void *src, size
     if (bytes & 4)
         memcpy((char *)dst + at, (const char *)src + at, 4);
 }
+
+/* Lanes [0, lanes) of a vector at p, the others 0, and their store: one masked
+ * instruction with AVX-512's masks, else the fixed-size pieces above (AVX2's VMASKMOV
+ * did not pay: docs/performance.md). 0 < lanes < the vector's lanes. */
+#if defined(BPFAST_TARGET_AVX512) && BPFAST_TILE_BYTES == 64
+#define BPFAST_TILE_MASK_D(lanes) ((__mmask8)((1u << (lanes)) - 1u))
+#define BPFAST_TILE_MASK_F(lanes) ((__mmask16)((1u << (lanes)) - 1u))
+#define BPFAST_TILE_LOAD_PART_D(p, lanes) \
+    ((bpfast_tile_vd)_mm512_maskz_loadu_pd(BPFAST_TILE_MASK_D(lanes), (p)))
+#define BPFAST_TILE_LOAD_PART_F(p, lanes) \
+    ((bpfast_tile_vf)_mm512_maskz_loadu_ps(BPFAST_TILE_MASK_F(lanes), (p)))
+#define BPFAST_TILE_STORE_PART_D(p, v, lanes) \
+    _mm512_mask_storeu_pd((p), BPFAST_TILE_MASK_D(lanes), (__m512d)(v))
+#define BPFAST_TILE_STORE_PART_F(p, v, lanes) \
+    _mm512_mask_storeu_ps((p), BPFAST_TILE_MASK_F(lanes), (__m512)(v))
+#endif
+
+#define BPFAST_DEFINE_TILE_PART(T, S, V)                                                \
+BPFAST_ALWAYS_INLINE V bpfast_tile_load_part_##S(const T *p, int lanes)                 \
+{                                                                                       \
+    V v = {0};                                                                          \
+    BPFAST_TILE_PART_LOAD(S, v, p, lanes);                                              \
+    return v;                                                                           \
+}                                                                                       \
+BPFAST_ALWAYS_INLINE void bpfast_tile_store_part_##S(T *p, V v, int lanes)              \
+{                                                                                       \
+    BPFAST_TILE_PART_STORE(S, p, v, lanes);                                             \
+}
+#ifdef BPFAST_TILE_LOAD_PART_D
+#define BPFAST_TILE_PART_LOAD(S, v, p, lanes) ((v) = BPFAST_TILE_LOAD_PART_##S(p, lanes))
+#else
+#define BPFAST_TILE_PART_LOAD(S, v, p, lanes) \
+    bpfast_tile_copy_part(&(v), (p), (size_t)(lanes) * sizeof *(p))
+#endif
+#ifdef BPFAST_TILE_STORE_PART_D
+#define BPFAST_TILE_PART_STORE(S, p, v, lanes) BPFAST_TILE_STORE_PART_##S(p, v, lanes)
+#else
+#define BPFAST_TILE_PART_STORE(S, p, v, lanes) \
+    bpfast_tile_copy_part((p), &(v), (size_t)(lanes) * sizeof *(p))
+#endif
+BPFAST_DEFINE_TILE_PART(double, D, bpfast_tile_vd)
+BPFAST_DEFINE_TILE_PART(float, F, bpfast_tile_vf)
 #endif
 
 #endif
