@@ -58,8 +58,9 @@ def test_availability_follows_the_features():
     # the register-tile kernels come with the AVX2 and the AVX-512 copies
     assert _kernels.fused_update_available() == (_kernels.kernel_target() != "baseline")
     assert _kernels.vector_products_available() == avx512
+    # so do the vector math and the fused pointwise passes (switched on by default)
+    assert _kernels.vector_math() == (_kernels.kernel_target() != "baseline")
     if not avx512:
-        assert not _kernels.avx512_vector_math()
         assert not _kernels.panel_gemm_available()
     assert _kernels.kernel_target() in ("avx512f", "avx2", "baseline")
 
@@ -68,7 +69,7 @@ REFERENCE_CHECK = """
 import numpy as np, bpfast, bpfast._core.kernels as k
 from bpfast import reference
 print(";".join([",".join(bpfast.cpu_features()), k.kernel_target(),
-                str(k.fused_update_available()), str(k.avx512_vector_math()),
+                str(k.fused_update_available()), str(k.vector_math()),
                 str(k.vector_products_available()), str(k.panel_gemm_available())]))
 rng = np.random.default_rng(0)
 for dtype, tol in ((np.float64, 1e-10), (np.float32, 2e-4)):
@@ -95,8 +96,9 @@ def test_disabled_features_leave_the_reference_results(disabled):
     features = set(names.split(",")) - {""}
     assert last == "ok"
     assert not features & ({"avx512f"} | set(disabled.split(",")))
-    assert available[1:] == ["False"] * 3  # no AVX-512 route, whatever the processor
-    assert available[0] == str(target == "avx2")  # the tiles of the AVX2 copy
+    assert available[2:] == ["False"] * 2  # no AVX-512 route, whatever the processor
+    # the tiles and the vector math of the AVX2 copy
+    assert available[:2] == [str(target == "avx2")] * 2
     if "avx2" in disabled or "fma" in disabled:
         # the AVX2 copy needs both: neither is reported without the other
         assert not features & {"avx2", "fma", "avx512f"} and target == "baseline"

@@ -1,5 +1,5 @@
 /* The kernel families compiled for AVX-512F, with the kernels that exist only there
- * (register tiles, one-row products, the panel kernel, vmath_avx512.inc's functions).
+ * (register tiles, one-row products, the panel kernel, VSCALEF in vmath_vec.inc).
  * dispatch.c picks this copy where the processor has AVX-512F. Empty unless the build
  * dispatches (platform.h). */
 #include "platform.h"

@@ -29,8 +29,8 @@ static inline int bpfast_tiles_available(void)
                                  bpfast_cpu_has(BPFAST_CPU_AVX2 | BPFAST_CPU_FMA));
 }
 
-/* Whether the kernels written for AVX-512 alone run here (vmath_avx512.inc,
- * vector_products.inc, panel_gemm.inc). */
+/* Whether the kernels written for AVX-512 alone run here (vector_products.inc,
+ * panel_gemm.inc). */
 static inline int bpfast_avx512_available(void)
 {
     return BPFAST_X86_DISPATCH && bpfast_cpu_has(BPFAST_CPU_AVX512F);
@@ -80,6 +80,24 @@ BPFAST_ALWAYS_INLINE bpfast_tile_vf bpfast_tile_sqrt_f(bpfast_tile_vf x)
     for (i = 0; i < (int)(BPFAST_TILE_BYTES / sizeof(float)); i++)
         x[i] = __builtin_sqrtf(x[i]);
     return x;
+}
+
+/* *ss += p^2, lane-wise in double (sums of squares are taken in double) */
+BPFAST_ALWAYS_INLINE void bpfast_tile_sq_d(bpfast_tile_vd *ss, const bpfast_tile_vd *p)
+{
+    *ss += *p * *p;
+}
+
+BPFAST_ALWAYS_INLINE void bpfast_tile_sq_f(bpfast_tile_vd *ss, const bpfast_tile_vf *p)
+{
+    bpfast_tile_vf_half half;
+    bpfast_tile_vd wide;
+    memcpy(&half, p, sizeof half);
+    wide = __builtin_convertvector(half, bpfast_tile_vd);
+    *ss += wide * wide;
+    memcpy(&half, (const char *)p + sizeof half, sizeof half);
+    wide = __builtin_convertvector(half, bpfast_tile_vd);
+    *ss += wide * wide;
 }
 #endif
 
