@@ -82,6 +82,29 @@ BPFAST_ALWAYS_INLINE bpfast_tile_vf bpfast_tile_sqrt_f(bpfast_tile_vf x)
     return x;
 }
 
+/* The first `bytes` (a multiple of 4, below BPFAST_TILE_BYTES) of src to dst, in pieces
+ * of fixed size: a partial vector's load or store without a call to memcpy. */
+BPFAST_ALWAYS_INLINE void bpfast_tile_copy_part(void *dst, const void *src, size_t bytes)
+{
+    size_t at = 0;
+#if BPFAST_TILE_BYTES == 64
+    if (bytes & 32) {
+        memcpy((char *)dst + at, (const char *)src + at, 32);
+        at += 32;
+    }
+#endif
+    if (bytes & 16) {
+        memcpy((char *)dst + at, (const char *)src + at, 16);
+        at += 16;
+    }
+    if (bytes & 8) {
+        memcpy((char *)dst + at, (const char *)src + at, 8);
+        at += 8;
+    }
+    if (bytes & 4)
+        memcpy((char *)dst + at, (const char *)src + at, 4);
+}
+
 /* *ss += p^2, lane-wise in double (sums of squares are taken in double) */
 BPFAST_ALWAYS_INLINE void bpfast_tile_sq_d(bpfast_tile_vd *ss, const bpfast_tile_vd *p)
 {
