@@ -60,9 +60,9 @@ class Route(NamedTuple):
     cases: tuple
 
 
-def _avx512_vector_math():
-    with tuning(avx512_vector_math=True):
-        return bool(_kernels.avx512_vector_math())
+def _vector_math():
+    with tuning(vector_math=True):
+        return bool(_kernels.vector_math())
 
 
 S = ((64, 32, 10), ("sigmoid", "sigmoid"), 1797)
@@ -92,9 +92,10 @@ ROUTES = (
                 "sgd", "cross_entropy"),
            Case("256-256-10 relu, batch 1", (256, 256, 10), ("relu", "softmax"), 1797, 1,
                 "sgd", "cross_entropy"))),
-    Route("AVX-512 pointwise passes", {"avx512_vector_math": True},
-          {"avx512_vector_math": False}, _avx512_vector_math,
-          (Case("S32 (64-32-10 sigmoid), batch 32", *S, 32),)),
+    Route("vector math and fused pointwise passes", {"vector_math": True},
+          {"vector_math": False}, _vector_math,
+          (Case("S32 (64-32-10 sigmoid), batch 32", *S, 32),
+           Case("M (784-128-10 tanh/sigmoid), batch 32", *M, 32))),
     Route("fused gradient-and-update", {"fused_update_limit": EVERYWHERE},
           {"fused_update_limit": 0}, _kernels.fused_update_available,
           (Case("nesterov 32 x 64 x 64", (64, 64, 10), S[1], 1797, 32, "nesterov"),

@@ -4,6 +4,7 @@ others."""
 import contextlib
 import math
 import numbers
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -72,9 +73,10 @@ SWITCHES = {
     "direct_rows": _Switch(
         "set_direct_rows", 0, _flag,
         "a small transposed first layer reads a shuffled batch's rows where they are"),
-    "avx512_vector_math": _Switch(
-        "set_avx512_vector_math", 0, _flag,
-        "exp, tanh, sigmoid, silu and the pointwise passes may take their AVX-512 versions"),
+    "vector_math": _Switch(
+        "set_vector_math", 0, _flag,
+        "exp, tanh, sigmoid, silu and the fused pointwise passes may take their vector "
+        "versions (AVX2+FMA or AVX-512)"),
     "vector_products": _Switch(
         "set_vector_products", 0, _flag,
         "one-row products skip the BLAS: the AVX-512 vector kernels, or the plain loops"),
@@ -85,6 +87,9 @@ SWITCHES = {
         "set_signal_check", 1, _seconds,
         "and then handles signals when this many seconds have passed"),
 }
+
+#: Old switch names still accepted, with a DeprecationWarning: old -> new.
+_RENAMED = {"avx512_vector_math": "vector_math"}
 
 #: Setters of several values, and arguments they always accept: set, they return the
 #: values in force, which fill the fields a :func:`tuning` call leaves out.
@@ -106,6 +111,10 @@ def tuning(**switches):
     """
     wanted = {}
     for name, value in switches.items():
+        if name in _RENAMED:
+            warnings.warn(f"tuning: the switch {name!r} is now {_RENAMED[name]!r} (its "
+                          "route runs on AVX2 too)", DeprecationWarning, stacklevel=3)
+            name = _RENAMED[name]
         switch = SWITCHES.get(name)
         if switch is None:
             raise TypeError(f"tuning: unknown switch {name!r}; the switches are "

@@ -58,8 +58,8 @@ def test_availability_follows_the_features():
     # the register-tile kernels come with the AVX2 and the AVX-512 copies
     assert _kernels.fused_update_available() == (_kernels.kernel_target() != "baseline")
     assert _kernels.vector_products_available() == (_kernels.kernel_target() != "baseline")
-    if not avx512:
-        assert not _kernels.avx512_vector_math()
+    # so do the vector math and the fused pointwise passes (switched on by default)
+    assert _kernels.vector_math() == (_kernels.kernel_target() != "baseline")
     if _kernels.kernel_target() == "baseline":
         assert not _kernels.panel_gemm_available()
     assert _kernels.kernel_target() in ("avx512f", "avx2", "baseline")
@@ -85,7 +85,7 @@ REFERENCE_CHECK = """
 import numpy as np, bpfast, bpfast._core.kernels as k
 from bpfast import reference
 print(";".join([",".join(bpfast.cpu_features()), k.kernel_target(),
-                str(k.fused_update_available()), str(k.avx512_vector_math()),
+                str(k.fused_update_available()), str(k.vector_math()),
                 str(k.vector_products_available()), str(k.panel_gemm_available())]))
 rng = np.random.default_rng(0)
 for dtype, tol in ((np.float64, 1e-10), (np.float32, 2e-4)):
@@ -112,9 +112,8 @@ def test_disabled_features_leave_the_reference_results(disabled):
     features = set(names.split(",")) - {""}
     assert last == "ok"
     assert not features & ({"avx512f"} | set(disabled.split(",")))
-    assert available[1] == "False"  # no AVX-512 route, whatever the processor
-    # the tiles, the vector products and the panel kernel of the AVX2 copy
-    assert available[0] == available[2] == str(target == "avx2")
+    # the tiles, the vector math, the vector products and the panel kernel of the AVX2 copy
+    assert available[:3] == [str(target == "avx2")] * 3
     assert available[3] == str(target == "avx2" and sys.platform.startswith("linux"))
     if "avx2" in disabled or "fma" in disabled:
         # the AVX2 copy needs both: neither is reported without the other

@@ -262,12 +262,11 @@ def _switched_route(request, fast, available, switch, why):
         yield request.param
 
 
-@pytest.fixture(params=["avx512", "portable"])
+@pytest.fixture(params=["vector", "portable"])
 def vector_math(request):
-    """exp, tanh, sigmoid and silu over arrays by vmath_avx512.inc or the portable loops."""
-    yield from _switched_route(request, "avx512", _kernels.avx512_vector_math,
-                               "avx512_vector_math",
-                               "the AVX-512 vector math needs AVX-512F")
+    """exp, tanh, sigmoid and silu over arrays by vmath_vec.inc or the portable loops."""
+    yield from _switched_route(request, "vector", _kernels.vector_math, "vector_math",
+                               "the vector math needs AVX2+FMA or AVX-512F")
 
 
 def _activation_points(dt):
@@ -302,16 +301,17 @@ def test_vectorised_activations_within_a_few_ulp(name, dtype, vector_math):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("name", ["sigmoid", "tanh", "silu", "exp"])
 @pytest.mark.parametrize("width", [1, 7, 8, 15, 16, 17, 33])
-def test_avx512_vector_math_matches_the_portable_loops(name, dtype, width):
-    """vmath_avx512.inc's functions against the portable loops: the same formulas, so the
-    same bits where the result is a normal number (float32: at most an ulp apart, as the
-    portable loops' vector epilogues contract a multiply-add differently from their main
-    loops, one ulp here and there), and at most one unit of the smallest subnormal below, where
-    they round once instead of twice. NaN and the infinities come through the same. And
-    the AVX-512 results do not depend on where in the array a value sits (every lane and
-    the masked tail run the same instructions)."""
-    if not _kernels.avx512_vector_math():
-        pytest.skip("the AVX-512 vector math needs AVX-512F")
+def test_vector_math_matches_the_portable_loops(name, dtype, width):
+    """vmath_vec.inc's functions against the portable loops, through the fused bias pass:
+    the same formulas, so the same bits where the result is a normal number (float32: at
+    most an ulp apart, as the portable loops' vector epilogues contract a multiply-add
+    differently from their main loops, one ulp here and there), and at most one unit of
+    the smallest subnormal below, where AVX-512's VSCALEF rounds once instead of twice.
+    NaN and the infinities come through the same. And the vector results do not depend
+    on where in the array a value sits (every lane and the partial tail run the same
+    instructions)."""
+    if not _kernels.vector_math():
+        pytest.skip("the vector math needs AVX2+FMA or AVX-512F")
     dt = np.dtype(dtype)
     z = np.resize(_activation_points(dt).astype(dt), (1000 + width - 1) // width * width)
     # NaN and the infinities come in through the bias (through X W^T they would spread)
@@ -319,7 +319,7 @@ def test_avx512_vector_math_matches_the_portable_loops(name, dtype, width):
     codes = bpfast.activations.activation_codes([name])
 
     def run(values, fast):
-        with tuning(avx512_vector_math=fast):
+        with tuning(vector_math=fast):
             rows = []
             for X, b in ((values.reshape(-1, width), np.zeros(width, dt)),
                          (np.zeros((1, width), dt), specials)):
@@ -347,20 +347,80 @@ def test_avx512_vector_math_matches_the_portable_loops(name, dtype, width):
     np.testing.assert_array_equal(np.roll(shifted[:z.size], -5), fast[:z.size])
 
 
+def _special_points(dt):
+    """Values where exp and the functions built on it change course: the signed zeros,
+    the infinities, NaN, subnormal and huge inputs, the ends of exp's range (results
+    near overflow and in the subnormals) and the floors of expm1."""
+    info = np.finfo(dt)
+    if dt == np.float64:
+        edges = [709.782712893384, 709.78, 709.7, 700.0, 693.0, -708.0, -709.0, -720.0,
+                 -740.0, -744.0, -745.1, -745.2, -745.3, -746.0, -40.0, -40.5, 20.0, -20.0]
+    else:
+        edges = [88.72283905, 88.7, 88.0, 83.0, -87.0, -88.0, -95.0, -100.0, -103.0,
+                 -103.9, -104.0, -104.1, -105.0, -20.0, -20.5, -10.0, 10.0, 9.0]
+    values = [0.0, np.inf, np.nan, info.tiny, info.tiny / 3, info.smallest_subnormal,
+              info.max, info.max / 7, 1e-30, 3e-5, 0.5, 1.0, 2.0, 1e4] + edges
+    points = np.array(values + [-v for v in values], dt)
+    assert np.signbit(points).sum() > 10  # -0.0 among them
+    return points
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", ["sigmoid", "tanh", "silu", "exp"])
+def test_vector_math_is_bitwise_the_scalar_math(name, dtype):
+    """vmath_vec.inc's array functions against the portable loops (vmath.h's scalar
+    functions) over the special values, at every length 0..3 vectors + 1 so that every
+    size of partial tail runs and every value sits in every lane: the same bits, signs
+    of zero and NaN included, where exp's 2^n is built from exponent bits as vmath.h
+    does (AVX2); on AVX-512, whose VSCALEF rounds subnormal results once instead of
+    twice, those may be one unit of the smallest subnormal apart."""
+    if not _kernels.vector_math():
+        pytest.skip("the vector math needs AVX2+FMA or AVX-512F")
+    dt = np.dtype(dtype)
+    code = int(activation_codes([name])[0])
+    points = _special_points(dt)
+    lanes = 64 // dt.itemsize  # the widest vectors of any build (64 bytes)
+    bits = np.uint64 if dt == np.float64 else np.uint32
+    scalef = _kernels.kernel_target() == "avx512f"
+    for length in range(3 * lanes + 2):
+        for shift in range(0, points.size, max(1, length)):
+            z = np.resize(np.roll(points, -shift), length)
+            with tuning(vector_math=True):
+                fast = _kernels.activation_rows(code, z)
+            with tuning(vector_math=False):
+                portable = _kernels.activation_rows(code, z)
+            np.testing.assert_array_equal(np.isnan(fast), np.isnan(portable))
+            tiny = np.abs(portable) < np.finfo(dt).tiny
+            exact = ~np.isnan(portable) & ~(tiny & scalef)
+            assert np.array_equal(fast[exact].view(bits), portable[exact].view(bits)), (
+                length, z[exact][fast[exact].view(bits) != portable[exact].view(bits)])
+            smallest = np.finfo(dt).smallest_subnormal
+            assert np.all(np.abs(fast[tiny] - portable[tiny]) <= smallest)
+
+
+def test_vector_math_switch_keeps_its_old_name():
+    """tuning's avx512_vector_math (the route ran on AVX-512 only) is vector_math now;
+    the old name still sets it, with a DeprecationWarning."""
+    with pytest.warns(DeprecationWarning, match="vector_math"):
+        with tuning(avx512_vector_math=False):
+            assert not _kernels.vector_math()
+    assert _kernels.vector_math() == (_kernels.kernel_target() != "baseline")
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("act", ["sigmoid", "tanh", "exp", "silu"])
 @pytest.mark.parametrize("m", [1, 3, 32])
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 10, 13, 16, 24, 31, 32, 33, 64, 65, 72, 127,
                                128, 129, 200])
 def test_smooth_passes_match_the_portable_loops(n, m, act, dtype):
-    """pointwise512.inc's passes (bias with activation, hidden delta, squared-error output
+    """pointwise_fused.inc's passes (bias with activation, hidden delta, squared-error output
     delta) against pointwise.inc's loops, through a whole backprop: widths that walk the
     block flat with every period of 1-8 vectors and a ragged last one, and row by row in
     blocks of 1-8 vectors. To rounding: the column sums are added in another order, and
     the portable loops' scalar epilogue (the last values of a block) can round an
     activation 1 ulp apart from the vector body."""
-    if not _kernels.avx512_vector_math():
-        pytest.skip("the AVX-512 passes need AVX-512F")
+    if not _kernels.vector_math():
+        pytest.skip("the vector passes need AVX2+FMA or AVX-512F")
     dt = np.dtype(dtype)
     rng = np.random.default_rng(n * 100 + m)
     sizes = (7, n, n)
@@ -373,7 +433,7 @@ def test_smooth_passes_match_the_portable_loops(n, m, act, dtype):
     Y = rng.uniform(0, 1, (m, n)).astype(dt)
 
     def run(fast):
-        with tuning(avx512_vector_math=fast):
+        with tuning(vector_math=fast):
             return bpfast.forward(W, b, acts, X), bpfast.backprop(W, b, acts, X, Y)
 
     (A_fast, (E_fast, dW_fast, db_fast)), (A_port, (E_port, dW_port, db_port)) = (

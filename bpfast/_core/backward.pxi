@@ -109,7 +109,7 @@ cdef double output_delta(int loss, int code, int m, int n, const floating* A,
     cdef floating eps = FLT_EPSILON if floating is float else DBL_EPSILON
     cdef LogOfProduct factors = LogOfProduct(1.0, 0, 0)
     cdef int kind = -1 if code == IDENTITY else from_a_kind(code)
-    if loss == LOSS_MSE and (kind >= 0 or code == IDENTITY):  # pointwise512.inc's pass
+    if loss == LOSS_MSE and (kind >= 0 or code == IDENTITY):  # pointwise_fused.inc's pass
         if floating is double:
             return bpfast_pw_mse_delta_d(kind, m, n, A, Y, w, denom, Z, db)
         else:

@@ -13,8 +13,8 @@ cdef extern from "kernels.h" nogil:
     void bpfast_silu_row_f(Py_ssize_t n, const float* z, float* a)
     double bp_sigmoid_d(double x)
     float bp_sigmoid_f(float x)
-    int bpfast_vmath_avx512_allowed
-    int bpfast_vmath_avx512()
+    int bpfast_vector_math_allowed
+    int bpfast_vector_math()
 
 
 cdef inline floating vsigmoid(floating z) noexcept nogil:
@@ -42,8 +42,9 @@ cdef extern from "kernels.h" nogil:
                               float eps)
 
 
-# The smooth activations' passes: pointwise512.inc's on processors with AVX-512 (bias and
-# activation in one pass; column sums in registers), else pointwise.inc's loops.
+# The smooth activations' passes: pointwise_fused.inc's on processors with AVX2+FMA or
+# AVX-512 (bias and activation in one pass; column sums in registers), else
+# pointwise.inc's loops.
 cdef extern from "kernels.h" nogil:
     void bpfast_pw_bias_act_d(int act, Py_ssize_t m, Py_ssize_t n, const double* b,
                               double* Z, double* A)
@@ -124,8 +125,8 @@ cdef void bias_activate(int code, int m, int n, const floating* b,
     """Z += 1 b^T and A = g(Z).
 
     Piecewise-linear activations: pointwise.inc's loops. Sigmoid, tanh, silu and exp:
-    pointwise512.inc's single pass (or, without AVX-512, the bias add and then the
-    vectorised function once over the whole m x n block: one call per row would pay the
+    pointwise_fused.inc's single pass (or, without AVX2 or AVX-512, the bias add and then
+    the vectorised function once over the whole m x n block: one call per row would pay the
     call and the vector loop's ragged tail once per row, which dominates for narrow
     layers). Softmax: across rows when narrow, else its exponentials over the block. The
     others go row by row while the row is in cache.

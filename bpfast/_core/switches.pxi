@@ -51,19 +51,44 @@ def set_direct_rows(bint enabled):
     return old
 
 
-def set_avx512_vector_math(bint enabled):
-    """Whether exp, tanh, sigmoid and silu over arrays may take _vmath_avx512.h's
-    versions (on processors with AVX-512F) rather than the portable loops; returns the
-    old setting. For benchmarks and tests."""
-    global bpfast_vmath_avx512_allowed
-    old = bool(bpfast_vmath_avx512_allowed)
-    bpfast_vmath_avx512_allowed = enabled
+def set_vector_math(bint enabled):
+    """Whether exp, tanh, sigmoid and silu over arrays, and the fused pointwise passes,
+    may take their vector versions (vmath_vec.inc, pointwise_fused.inc: on processors
+    with AVX2+FMA or AVX-512F) rather than the portable loops; returns the old setting.
+    For benchmarks and tests."""
+    global bpfast_vector_math_allowed
+    old = bool(bpfast_vector_math_allowed)
+    bpfast_vector_math_allowed = enabled
     return old
 
 
-def avx512_vector_math():
-    """Whether exp, tanh, sigmoid and silu over arrays run _vmath_avx512.h's versions."""
-    return bool(bpfast_vmath_avx512())
+def vector_math():
+    """Whether exp, tanh, sigmoid, silu and the fused pointwise passes run their vector
+    versions."""
+    return bool(bpfast_vector_math())
+
+
+def activation_rows(int code, z):
+    """g(z) over a contiguous float64 or float32 array through the compiled array
+    function of activation ``code`` (sigmoid, tanh, silu, exp), as a new array. For
+    tests, which hold the routes' bits against each other."""
+    cdef double[::1] zd, ad
+    cdef float[::1] zf, af
+    if code not in (SIGMOID, TANH, SILU, EXP):
+        raise ValueError(f"code: expected sigmoid, tanh, silu or exp's, got {code}")
+    z = np.ascontiguousarray(z)
+    if z.ndim != 1 or z.dtype not in (np.float64, np.float32):
+        raise TypeError("z: expected a 1-D float64 or float32 array")
+    out = np.empty_like(z)
+    if z.dtype == np.float64:
+        zd, ad = z, out
+        if zd.shape[0]:
+            activate_row(code, zd.shape[0], &zd[0], &ad[0])
+    else:
+        zf, af = z, out
+        if zf.shape[0]:
+            activate_row(code, zf.shape[0], &zf[0], &af[0])
+    return out
 
 
 cdef extern from "kernels.h" nogil:

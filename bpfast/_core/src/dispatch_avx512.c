@@ -1,7 +1,7 @@
-/* The kernel families compiled for AVX-512F, with the kernels that exist only there
- * (vmath_avx512.inc's functions).
- * dispatch.c picks this copy where the processor has AVX-512F. Empty unless the build
- * dispatches (platform.h). */
+/* The kernel families compiled for AVX-512F, with 64-byte vectors (tiles.h) and the
+ * instructions only this target has where the sources ask for them (VSCALEF in
+ * vmath_vec.inc, masked partial vectors in tiles.h). dispatch.c picks this copy where the
+ * processor has AVX-512F. Empty unless the build dispatches (platform.h). */
 #include "platform.h"
 
 #if BPFAST_X86_DISPATCH

@@ -20,7 +20,7 @@
  * of a family takes its code, or -1 for none: the piecewise-linear ones (identity, relu,
  * leaky relu: pointwise.inc, layer_forward.inc), those whose derivative is a function of
  * a = g(z) alone (sigmoid: a (1 - a); tanh: 1 - a^2; exp: a), and those of the fused
- * bias passes (sigmoid, tanh, exp, silu: pointwise512.inc). */
+ * bias passes (sigmoid, tanh, exp, silu: pointwise_fused.inc). */
 enum {
     BPFAST_IDENTITY = 0,
     BPFAST_SIGMOID = 1,

@@ -11,17 +11,18 @@
  * (small_gemm.inc): OpenBLAS's small-matrix kernels win above it (docs/performance.md). */
 extern long long bpfast_small_gemm_limit;
 
-/* 0 sends every array exp, tanh, sigmoid and silu to the portable loops (tests compare
- * the two routes). */
-extern int bpfast_vmath_avx512_allowed;
+/* 0 sends every array exp, tanh, sigmoid and silu, and the fused pointwise passes, to
+ * the portable loops (tests compare the two routes). */
+extern int bpfast_vector_math_allowed;
 
 /* 0 sends one-row products back to the general path (tests compare the two). */
 extern int bpfast_vector_products_allowed;
 
-/* Whether the array functions run vmath_avx512.inc's versions. */
-static inline int bpfast_vmath_avx512(void)
+/* Whether the array functions and the fused passes run vmath_vec.inc's and
+ * pointwise_fused.inc's vector versions. */
+static inline int bpfast_vector_math(void)
 {
-    return bpfast_avx512_available() && bpfast_vmath_avx512_allowed;
+    return bpfast_tiles_available() && bpfast_vector_math_allowed;
 }
 
 /* Whether gemm takes the vector-product kernels (vector_products.inc). */

@@ -34,12 +34,6 @@ static inline int bpfast_tiles_available(void)
                                  bpfast_cpu_has(BPFAST_CPU_AVX2 | BPFAST_CPU_FMA));
 }
 
-/* Whether the kernels written for AVX-512 alone run here (vmath_avx512.inc). */
-static inline int bpfast_avx512_available(void)
-{
-    return BPFAST_X86_DISPATCH && bpfast_cpu_has(BPFAST_CPU_AVX512F);
-}
-
 /* Compile definitions for measuring other shapes (docs/performance.md); the defaults are
  * the shipped ones. */
 #ifndef BPFAST_AVX2_TILE_BYTES
@@ -150,6 +144,24 @@ BPFAST_ALWAYS_INLINE void bpfast_tile_store_part_##S(T *p, V v, int lanes)      
 #endif
 BPFAST_DEFINE_TILE_PART(double, D, bpfast_tile_vd)
 BPFAST_DEFINE_TILE_PART(float, F, bpfast_tile_vf)
+
+/* *ss += p^2, lane-wise in double (sums of squares are taken in double) */
+BPFAST_ALWAYS_INLINE void bpfast_tile_sq_d(bpfast_tile_vd *ss, const bpfast_tile_vd *p)
+{
+    *ss += *p * *p;
+}
+
+BPFAST_ALWAYS_INLINE void bpfast_tile_sq_f(bpfast_tile_vd *ss, const bpfast_tile_vf *p)
+{
+    bpfast_tile_vf_half half;
+    bpfast_tile_vd wide;
+    memcpy(&half, p, sizeof half);
+    wide = __builtin_convertvector(half, bpfast_tile_vd);
+    *ss += wide * wide;
+    memcpy(&half, (const char *)p + sizeof half, sizeof half);
+    wide = __builtin_convertvector(half, bpfast_tile_vd);
+    *ss += wide * wide;
+}
 #endif
 
 #endif

@@ -7,9 +7,9 @@
  * within a few units in the last place of the correctly rounded results
  * over the whole range (checked against libm in the tests); subnormal results are built
  * by scaling in two steps (off by at most one unit of the smallest subnormal); +inf past
- * overflow; NaN propagates. On processors with AVX-512F the array functions run
- * vmath_avx512.inc's versions: the same bits wherever the result is a normal number,
- * in about half the time.
+ * overflow; NaN propagates. On processors with AVX2+FMA or AVX-512F the array functions
+ * run vmath_vec.inc's versions of the same steps on whole vectors (the same bits; on
+ * AVX-512 wherever the result is a normal number).
  */
 #ifndef BPFAST_VMATH_H
 #define BPFAST_VMATH_H
@@ -36,32 +36,28 @@ static inline double bp_pow2_d(double n)   /* 2^n for integral n in [-1022, 1023
     return out;
 }
 
-/* e^r - 1 for |r| <= 0.3466 (Taylor to r^13; truncation below 1e-17 relative) */
-static inline double bp_expm1_poly_d(double r)
-{
-    double p = 1.0 / 6227020800.0;             /* 1/13! */
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    return r + (r * r) * p;
-}
+/* e^r - 1 for |r| <= 0.3466 (Taylor to r^13; truncation below 1e-17 relative). A macro
+   so that vmath_vec.inc's vectors take the same expression (Horner, as written). */
+#define BPFAST_EXPM1_POLY_d(r)                                                          \
+    ((r) + ((r) * (r)) *                                                                \
+     ((((((((((((1.0 / 6227020800.0 * (r) + 1.0 / 479001600.0) * (r)                   \
+                + 1.0 / 39916800.0) * (r) + 1.0 / 3628800.0) * (r) + 1.0 / 362880.0)    \
+              * (r) + 1.0 / 40320.0) * (r) + 1.0 / 5040.0) * (r) + 1.0 / 720.0) * (r)  \
+           + 1.0 / 120.0) * (r) + 1.0 / 24.0) * (r) + 1.0 / 6.0) * (r) + 0.5)))
 
-/* x = n ln2 + r, |r| <= ln2/2; n returned as a double holding an integer */
+static inline double bp_expm1_poly_d(double r) { return BPFAST_EXPM1_POLY_d(r); }
+
+/* x = n ln2 + r, |r| <= ln2/2, k = n (round to nearest via 1.5 * 2^52); vectors too */
+#define BPFAST_REDUCE_d(x, k)                                                           \
+    ((k) = ((x) * 1.4426950408889634 + 6755399441055744.0) - 6755399441055744.0,        \
+     ((x) - (k) * 6.93147180369123816490e-01) - (k) * 1.90821492927058770002e-10)
+
 static inline double bp_reduce_d(double x, double *n)
 {
-    const double log2e = 1.4426950408889634, shift = 6755399441055744.0; /* 1.5 * 2^52 */
-    const double ln2_hi = 6.93147180369123816490e-01, ln2_lo = 1.90821492927058770002e-10;
-    double k = (x * log2e + shift) - shift;    /* round to nearest */
+    double k;
+    double r = BPFAST_REDUCE_d(x, k);
     *n = k;
-    return (x - k * ln2_hi) - k * ln2_lo;
+    return r;
 }
 
 static inline double bp_exp_d(double x)
@@ -91,25 +87,24 @@ static inline float bp_pow2_f(float n)     /* 2^n for integral n in [-126, 127] 
     return out;
 }
 
-static inline float bp_expm1_poly_f(float r)  /* |r| <= 0.3466, Taylor to r^8 */
-{
-    float p = 1.0f / 40320.0f;
-    p = p * r + 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    return r + (r * r) * p;
-}
+/* |r| <= 0.3466, Taylor to r^8 */
+#define BPFAST_EXPM1_POLY_f(r)                                                          \
+    ((r) + ((r) * (r)) *                                                                \
+     (((((((1.0f / 40320.0f * (r) + 1.0f / 5040.0f) * (r) + 1.0f / 720.0f) * (r)        \
+          + 1.0f / 120.0f) * (r) + 1.0f / 24.0f) * (r) + 1.0f / 6.0f) * (r) + 0.5f)))
+
+static inline float bp_expm1_poly_f(float r) { return BPFAST_EXPM1_POLY_f(r); }
+
+#define BPFAST_REDUCE_f(x, k)                                                           \
+    ((k) = ((x) * 1.44269504f + 12582912.0f) - 12582912.0f,                             \
+     ((x) - (k) * 0.693145751953125f) - (k) * 1.428606765330187e-06f)
 
 static inline float bp_reduce_f(float x, float *n)
 {
-    const float log2e = 1.44269504f, shift = 12582912.0f;   /* 1.5 * 2^23 */
-    const float ln2_hi = 0.693145751953125f, ln2_lo = 1.428606765330187e-06f;
-    float k = (x * log2e + shift) - shift;
+    float k;
+    float r = BPFAST_REDUCE_f(x, k);
     *n = k;
-    return (x - k * ln2_hi) - k * ln2_lo;
+    return r;
 }
 
 static inline float bp_exp_f(float x)
