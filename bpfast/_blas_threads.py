@@ -10,9 +10,10 @@ cores busy it costs a scheduler time slice, many times the product itself
 below ``ONE_THREAD_BELOW`` runs with the BLAS held to one thread, as
 ``threadpoolctl.threadpool_limits(1)`` would do, for the price of two function calls.
 
-A larger call keeps the BLAS's threads unless the machine is busy: when the processes
-ready to run, besides this one, already fill every CPU this process may use (the run
-queue in /proc/loadavg, read at most every ``BUSY_RECHECK_SECONDS``), OpenBLAS's helpers
+A larger call keeps the BLAS's threads unless the machine is busy: when the threads
+ready to run, other than this process's own, already fill every CPU this process may use
+(the run queue in /proc/loadavg less this process's runnable threads in /proc/self/task,
+read at most every ``BUSY_RECHECK_SECONDS``), OpenBLAS's helpers
 would spin and wait against those processes instead of working, and the caller would
 wait for them; the call then runs on one thread too, at the speed of the core it has.
 
@@ -38,6 +39,7 @@ _GET_SYMBOLS = ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64
 #: Seconds a reading of the run queue serves before it is read again.
 BUSY_RECHECK_SECONDS = 0.25
 LOADAVG = "/proc/loadavg"
+TASKS = "/proc/self/task"
 
 _lock = threading.Lock()
 _queue = {"read_at": -1e9, "busy": False}
@@ -114,9 +116,27 @@ def _usable_cpus():
         return os.cpu_count() or 1
 
 
+def _own_runnable():
+    """This process's threads that are running or ready to run (at least the one asking):
+    its BLAS's and its thread pool's helpers still spinning after a task are its own
+    work, not a neighbour's."""
+    own = 0
+    try:
+        for tid in os.listdir(TASKS):
+            try:
+                with open(os.path.join(TASKS, tid, "stat"), "rb") as f:
+                    # the state follows the parenthesised name, which may hold spaces
+                    own += f.read().rsplit(b")", 1)[1].split()[0] == b"R"
+            except (OSError, IndexError):
+                pass
+    except OSError:
+        pass
+    return max(own, 1)
+
+
 def machine_busy():
-    """Whether other runnable threads fill every CPU this process may use (False where
-    the run queue cannot be read)."""
+    """Whether other processes' runnable threads fill every CPU this process may use
+    (False where the run queue cannot be read)."""
     now = time.monotonic()
     if now - _queue["read_at"] < BUSY_RECHECK_SECONDS:
         return _queue["busy"]
@@ -125,7 +145,7 @@ def machine_busy():
             running = int(f.read().split()[3].split(b"/")[0])
     except (OSError, ValueError, IndexError):
         running = 0
-    busy = running - 1 >= _usable_cpus()  # less the thread reading it
+    busy = running - _own_runnable() >= _usable_cpus()
     _queue.update(read_at=now, busy=busy)
     return busy
 

@@ -1,5 +1,6 @@
 """The engine's small calls, and every call on a busy machine, hold the BLAS to one thread
 and give its count back after."""
+import os
 import threading
 
 import numpy as np
@@ -96,6 +97,7 @@ def run_queue(monkeypatch, tmp_path):
     path = tmp_path / "loadavg"
     monkeypatch.setattr(_blas_threads, "LOADAVG", str(path))
     monkeypatch.setattr(_blas_threads, "_usable_cpus", lambda: 2)
+    monkeypatch.setattr(_blas_threads, "_own_runnable", lambda: 1)  # the asking thread
 
     def set_running(n):
         path.write_text(f"0.50 0.40 0.30 {n}/123 4567\n")
@@ -109,6 +111,35 @@ def test_busy_when_other_runnable_threads_fill_the_cpus(run_queue):
     assert _blas_threads.machine_busy()
     run_queue(2)
     assert not _blas_threads.machine_busy()
+
+
+def test_own_runnable_threads_are_not_neighbours(run_queue, monkeypatch):
+    """This process's BLAS or pool helpers, still spinning after a task, do not make the
+    machine look busy."""
+    run_queue(3)
+    monkeypatch.setattr(_blas_threads, "_own_runnable", lambda: 2)
+    assert not _blas_threads.machine_busy()
+
+
+def test_own_runnable_counts_this_thread_and_spinning_helpers():
+    """Read from /proc/self/task: the asking thread at least, and a thread spinning
+    beside it while it runs."""
+    assert _blas_threads._own_runnable() >= 1
+    if not os.path.isdir(_blas_threads.TASKS):
+        pytest.skip("no /proc/self/task here")
+    stop = threading.Event()
+    spinner = threading.Thread(target=lambda: [None for _ in iter(stop.is_set, True)])
+    spinner.start()
+    try:
+        seen = 1
+        for _ in range(50):
+            seen = max(seen, _blas_threads._own_runnable())
+            if seen >= 2:
+                break
+    finally:
+        stop.set()
+        spinner.join()
+    assert seen >= 2
 
 
 def test_unreadable_run_queue_is_not_busy(run_queue, monkeypatch, tmp_path):

@@ -45,7 +45,10 @@ double bpfast_max_abs_parallel(const void *x, ptrdiff_t n, int size)
     bpfast_max_abs_job job;
     double best = 0;
     int threads = 1, p;
-    if ((long long)n * size >= BPFAST_PARALLEL_MAX_ABS_BYTES && bpfast_panel_available())
+    /* the pool where the panel kernel's route is on (AVX-512 by default): elsewhere its
+       helper would be one more thread beside the BLAS's */
+    if ((long long)n * size >= BPFAST_PARALLEL_MAX_ABS_BYTES && bpfast_panel_available() &&
+        bpfast_panel_allowed)
         threads = bpfast_panel_threads();
     if (threads <= 1)
         return size == 8 ? bpfast_max_abs_d((const double *)x, n)
