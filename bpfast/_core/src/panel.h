@@ -67,17 +67,16 @@ typedef struct {
     int col_groups, row_groups;
 } bpfast_panel_split;
 
-/* The grid for C (m x n) = op(A) (m x k) B on at most `threads` threads, for tiles of
+/* The grid for C (m x n) on at most `threads` threads, for tiles of
    BPFAST_PANEL_MR rows by nv vectors of vl lanes: column ranges first (each thread keeps
    its share of the weights), then row ranges. */
-static inline bpfast_panel_split bpfast_panel_plan(int m, int n, int k, int vl, int nv,
+static inline bpfast_panel_split bpfast_panel_plan(int m, int n, int vl, int nv,
                                                    int threads)
 {
     bpfast_panel_split s;
     long long units = ((long long)(n / vl) + nv - 1) / nv;
     long long tiles = ((long long)m + BPFAST_PANEL_MR - 1) / BPFAST_PANEL_MR;
     long long t = threads;
-    (void)k;
     if (t > BPFAST_POOL_MAX)
         t = BPFAST_POOL_MAX;
     if (t < 1)

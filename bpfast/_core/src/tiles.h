@@ -103,9 +103,9 @@ BPFAST_ALWAYS_INLINE void bpfast_tile_copy_part(void *dst, const void *src, size
         memcpy((char *)dst + at, (const char *)src + at, 4);
 }
 
-/* Lanes [0, lanes) of a vector at p, the others 0, and their store: one masked
- * instruction with AVX-512's masks, else the fixed-size pieces above (AVX2's VMASKMOV
- * did not pay: docs/performance.md). 0 < lanes < the vector's lanes. */
+/* A partial vector's load (the other lanes 0) and store: one masked instruction with
+ * AVX-512's masks, else the fixed-size pieces above (AVX2's VMASKMOV did not pay:
+ * docs/performance.md). */
 #if defined(BPFAST_TARGET_AVX512) && BPFAST_TILE_BYTES == 64
 #define BPFAST_TILE_MASK_D(lanes) ((__mmask8)((1u << (lanes)) - 1u))
 #define BPFAST_TILE_MASK_F(lanes) ((__mmask16)((1u << (lanes)) - 1u))
@@ -119,31 +119,37 @@ BPFAST_ALWAYS_INLINE void bpfast_tile_copy_part(void *dst, const void *src, size
     _mm512_mask_storeu_ps((p), BPFAST_TILE_MASK_F(lanes), (__m512)(v))
 #endif
 
-#define BPFAST_DEFINE_TILE_PART(T, S, V)                                                \
-BPFAST_ALWAYS_INLINE V bpfast_tile_load_part_##S(const T *p, int lanes)                 \
-{                                                                                       \
-    V v = {0};                                                                          \
-    BPFAST_TILE_PART_LOAD(S, v, p, lanes);                                              \
-    return v;                                                                           \
-}                                                                                       \
-BPFAST_ALWAYS_INLINE void bpfast_tile_store_part_##S(T *p, V v, int lanes)              \
-{                                                                                       \
-    BPFAST_TILE_PART_STORE(S, p, v, lanes);                                             \
-}
 #ifdef BPFAST_TILE_LOAD_PART_D
-#define BPFAST_TILE_PART_LOAD(S, v, p, lanes) ((v) = BPFAST_TILE_LOAD_PART_##S(p, lanes))
+#define BPFAST_TILE_PART_LOAD(U, v, p, lanes) ((v) = BPFAST_TILE_LOAD_PART_##U(p, lanes))
+#define BPFAST_TILE_PART_STORE(U, p, v, lanes) BPFAST_TILE_STORE_PART_##U(p, v, lanes)
 #else
-#define BPFAST_TILE_PART_LOAD(S, v, p, lanes) \
+#define BPFAST_TILE_PART_LOAD(U, v, p, lanes) \
     bpfast_tile_copy_part(&(v), (p), (size_t)(lanes) * sizeof *(p))
-#endif
-#ifdef BPFAST_TILE_STORE_PART_D
-#define BPFAST_TILE_PART_STORE(S, p, v, lanes) BPFAST_TILE_STORE_PART_##S(p, v, lanes)
-#else
-#define BPFAST_TILE_PART_STORE(S, p, v, lanes) \
+#define BPFAST_TILE_PART_STORE(U, p, v, lanes) \
     bpfast_tile_copy_part((p), &(v), (size_t)(lanes) * sizeof *(p))
 #endif
-BPFAST_DEFINE_TILE_PART(double, D, bpfast_tile_vd)
-BPFAST_DEFINE_TILE_PART(float, F, bpfast_tile_vf)
+
+/* bpfast_tile_load_lanes_d/f: lanes [0, lanes) of p, the others 0, a whole vector when
+ * lanes covers it (a plain move); bpfast_tile_store_lanes_d/f: the same lanes of v to p */
+#define BPFAST_DEFINE_TILE_LANES(T, S, U, V)                                            \
+BPFAST_ALWAYS_INLINE V bpfast_tile_load_lanes_##S(const T *p, ptrdiff_t lanes)          \
+{                                                                                       \
+    V v = {0};                                                                          \
+    if (lanes >= (ptrdiff_t)(sizeof v / sizeof(T)))                                     \
+        memcpy(&v, p, sizeof v);                                                        \
+    else                                                                                \
+        BPFAST_TILE_PART_LOAD(U, v, p, (int)lanes);                                     \
+    return v;                                                                           \
+}                                                                                       \
+BPFAST_ALWAYS_INLINE void bpfast_tile_store_lanes_##S(T *p, V v, ptrdiff_t lanes)       \
+{                                                                                       \
+    if (lanes >= (ptrdiff_t)(sizeof v / sizeof(T)))                                     \
+        memcpy(p, &v, sizeof v);                                                        \
+    else                                                                                \
+        BPFAST_TILE_PART_STORE(U, p, v, (int)lanes);                                    \
+}
+BPFAST_DEFINE_TILE_LANES(double, d, D, bpfast_tile_vd)
+BPFAST_DEFINE_TILE_LANES(float, f, F, bpfast_tile_vf)
 
 /* *ss += p^2, lane-wise in double (sums of squares are taken in double) */
 BPFAST_ALWAYS_INLINE void bpfast_tile_sq_d(bpfast_tile_vd *ss, const bpfast_tile_vd *p)
