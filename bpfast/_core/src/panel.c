@@ -18,7 +18,30 @@ int bpfast_panel_threads(void)
     return t < 1 ? 1 : t;
 }
 
-#if BPFAST_HAVE_PANEL
+#if BPFAST_HAVE_PANEL && defined(BPFAST_POOL_OPENMP)
+
+/* For measurement only (docs/performance.md, "bpfast's pool against OpenMP"): the same
+ * parts run by an OpenMP parallel region instead of the pool below. Build with
+ * CFLAGS="-fopenmp -DBPFAST_POOL_OPENMP" LDFLAGS=-fopenmp. */
+#include <omp.h>
+
+void bpfast_pool_run(bpfast_pool_fn fn, void *job, int parts)
+{
+    if (parts > BPFAST_POOL_MAX)
+        parts = BPFAST_POOL_MAX;
+    if (parts <= 1) {
+        fn(job, 0, 1);
+        return;
+    }
+#pragma omp parallel num_threads(parts)
+    {
+        int n = omp_get_num_threads(), p;
+        for (p = omp_get_thread_num(); p < parts; p += n)
+            fn(job, p, parts);
+    }
+}
+
+#elif BPFAST_HAVE_PANEL
 
 #include <pthread.h>
 #include <sched.h>

@@ -27,7 +27,9 @@
  * parts no helper has started, so a helper that is asleep, or descheduled before it
  * starts, costs no wait (one descheduled inside its part still does).
  * One caller at a time uses the pool; a second, concurrent caller runs its product on
- * its own thread. A forked child starts a new pool.
+ * its own thread. A forked child starts a new pool. OpenMP in its place ran these
+ * products slower, slowed the OpenBLAS products after them by spinning, and hung in a
+ * forked child (docs/performance.md, "bpfast's pool against OpenMP").
  *
  * This header: the routing (which products take the kernel) and the pool's interface;
  * panel.c: the switches and the pool; panel_gemm.inc: the kernel, compiled for every
