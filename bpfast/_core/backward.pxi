@@ -258,12 +258,17 @@ cdef inline void tile_delta_below(const Net* net, int m, int l,
     cdef floating** W = <floating**>net.W
     cdef floating** db = <floating**>net.db
     cdef int kind = pwl_kind(net.codes[l - 1])
+    cdef bpfast_layer_io_d io_d
+    cdef bpfast_layer_io_f io_f
+    # W[l] (n^(l+1) x n^l) is the n_in x n matrix of the backward product
     if floating is double:
-        bpfast_layer_forward_d_back(m, sizes[l + 1], sizes[l], Z[l], W[l], sizes[l],
-                                    A[l - 1], Z[l - 1], sizes[l], db[l - 1], kind)
+        layer_io(m, sizes[l + 1], sizes[l], W[l], Z[l - 1], A[l - 1], kind, &io_d)
+        io_d.dZ, io_d.db = Z[l], db[l - 1]
+        bpfast_layer_forward_d_back(&io_d)
     else:
-        bpfast_layer_forward_f_back(m, sizes[l + 1], sizes[l], Z[l], W[l], sizes[l],
-                                    A[l - 1], Z[l - 1], sizes[l], db[l - 1], kind)
+        layer_io(m, sizes[l + 1], sizes[l], W[l], Z[l - 1], A[l - 1], kind, &io_f)
+        io_f.dZ, io_f.db = Z[l], db[l - 1]
+        bpfast_layer_forward_f_back(&io_f)
 
 
 cdef inline double layer_step(const Net* net, const Batch* batch, int l,

@@ -218,6 +218,8 @@ cdef void forward_pass(const Net* net, int m, const floating* X,
     cdef floating** Z = <floating**>net.Z
     cdef floating** A = <floating**>net.A
     cdef bint store_z
+    cdef bpfast_layer_io_d io_d
+    cdef bpfast_layer_io_f io_f
     cdef const floating* prev = X
     for l in range(L):
         if l == 0 and X_rows != NULL:
@@ -227,11 +229,13 @@ cdef void forward_pass(const Net* net, int m, const floating* X,
             # forward kernel writes A[0] alone
             store_z = not (L >= 2 and tile_backward(m, sizes[2], sizes[1], codes[0]))
             if floating is double:
-                bpfast_layer_forward_d(m, sizes[0], sizes[1], X_rows, W[0], sizes[1],
-                                       b[0], Z[0], A[0], sizes[1], kind, store_z)
+                layer_io(m, sizes[0], sizes[1], W[0], Z[0], A[0], kind, &io_d)
+                io_d.rows, io_d.b, io_d.store_z = X_rows, b[0], store_z
+                bpfast_layer_forward_d(&io_d)
             else:
-                bpfast_layer_forward_f(m, sizes[0], sizes[1], X_rows, W[0], sizes[1],
-                                       b[0], Z[0], A[0], sizes[1], kind, store_z)
+                layer_io(m, sizes[0], sizes[1], W[0], Z[0], A[0], kind, &io_f)
+                io_f.rows, io_f.b, io_f.store_z = X_rows, b[0], store_z
+                bpfast_layer_forward_f(&io_f)
             if kind < 0:
                 bias_activate(codes[0], m, sizes[1], b[0], Z[0], A[0])
         else:
@@ -259,16 +263,49 @@ cdef void blocked_forward(const Net* net, const floating* X, Py_ssize_t n, int b
 
 
 cdef extern from "kernels.h" nogil:
-    void bpfast_layer_forward_d(int m, int n_in, int n, const double** rows,
-                                const double* W, Py_ssize_t ldw, const double* b,
-                                double* Z, double* A, Py_ssize_t ldz, int kind,
-                                int store_z)
-    void bpfast_layer_forward_f(int m, int n_in, int n, const float** rows,
-                                const float* W, Py_ssize_t ldw, const float* b, float* Z,
-                                float* A, Py_ssize_t ldz, int kind, int store_z)
-    void bpfast_layer_forward_d_back(int m, int n_in, int n, const double* dZ,
-                                     const double* W, Py_ssize_t ldw, const double* Ap,
-                                     double* Zp, Py_ssize_t ldz, double* db, int kind)
-    void bpfast_layer_forward_f_back(int m, int n_in, int n, const float* dZ,
-                                     const float* W, Py_ssize_t ldw, const float* Ap,
-                                     float* Zp, Py_ssize_t ldz, float* db, int kind)
+    # one call of layer_forward.inc's kernels (kernel_table.h)
+    ctypedef struct bpfast_layer_io_d:
+        int m, n_in, n
+        const double** rows
+        const double* dZ
+        const double* W
+        Py_ssize_t ldw
+        const double* b
+        double* Z
+        double* A
+        Py_ssize_t ldz
+        double* db
+        int kind, store_z
+    ctypedef struct bpfast_layer_io_f:
+        int m, n_in, n
+        const float** rows
+        const float* dZ
+        const float* W
+        Py_ssize_t ldw
+        const float* b
+        float* Z
+        float* A
+        Py_ssize_t ldz
+        float* db
+        int kind, store_z
+    void bpfast_layer_forward_d(const bpfast_layer_io_d* io)
+    void bpfast_layer_forward_f(const bpfast_layer_io_f* io)
+    void bpfast_layer_forward_d_back(const bpfast_layer_io_d* io)
+    void bpfast_layer_forward_f_back(const bpfast_layer_io_f* io)
+
+
+cdef inline void layer_io(int m, int n_in, int n, const floating* W, floating* Z,
+                          floating* A, int kind, void* io) noexcept nogil:
+    """Fill the bpfast_layer_io_d/f at io (of floating's type) with a layer's sizes, its
+    weights W (n_in x n, rows n apart), Z and A (m x n) and the activation's kind; the
+    caller sets the pass's other fields (rows, b, store_z or dZ, db)."""
+    cdef bpfast_layer_io_d* d
+    cdef bpfast_layer_io_f* f
+    if floating is double:
+        d = <bpfast_layer_io_d*>io
+        memset(d, 0, sizeof(bpfast_layer_io_d))
+        d.m, d.n_in, d.n, d.W, d.ldw, d.Z, d.A, d.ldz, d.kind = m, n_in, n, W, n, Z, A, n, kind
+    else:
+        f = <bpfast_layer_io_f*>io
+        memset(f, 0, sizeof(bpfast_layer_io_f))
+        f.m, f.n_in, f.n, f.W, f.ldw, f.Z, f.A, f.ldz, f.kind = m, n_in, n, W, n, Z, A, n, kind

@@ -43,6 +43,28 @@ typedef struct {
     double l2;     /* the L2 term's coefficient in the gradient (0 for biases) */
 } bpfast_step_rule;
 
+/* One call of layer_forward.inc's fused layer products (see there), double and float:
+ * the forward one reads rows, W and b and writes A (and Z when store_z); the backward one
+ * reads dZ, W and the activations A, and writes the delta below into Z and its column
+ * sums into db. W's and Z's rows are ldw and ldz entries apart. */
+#define BPFAST_DEFINE_LAYER_IO(T, SFX)                                                  \
+typedef struct {                                                                        \
+    int m, n_in, n;        /* rows; W is n_in x n */                                    \
+    const T *const *rows;  /* forward: row p of X */                                    \
+    const T *dZ;           /* backward: the layer above's delta, m x n_in */            \
+    const T *W;                                                                         \
+    ptrdiff_t ldw;                                                                      \
+    const T *b;            /* forward: the bias */                                      \
+    T *Z, *A;                                                                           \
+    ptrdiff_t ldz;                                                                      \
+    T *db;                 /* backward: the delta's column sums */                      \
+    int kind;              /* the piecewise-linear activation's code, or -1 (forward) */ \
+    int store_z;           /* forward: whether Z is written (A always is) */            \
+} bpfast_layer_io_##SFX;
+BPFAST_DEFINE_LAYER_IO(double, d)
+BPFAST_DEFINE_LAYER_IO(float, f)
+#undef BPFAST_DEFINE_LAYER_IO
+
 /* widest row softmax_rows takes (the caller checks) */
 #define BPFAST_SOFTMAX_MAX_N 16
 /* one-row products of at most this many multiply-adds take the vector-product kernels */
@@ -87,12 +109,8 @@ typedef struct {
 
 /* register tiles: layer_forward.inc, grad_update.inc, vector_products.inc */
 #define BPFAST_KERNELS_TILES_OF(X, T, SFX)                                              \
-    X(void, bpfast_layer_forward_##SFX, (int m, int n_in, int n, const T *const *rows,  \
-                                      const T *W, ptrdiff_t ldw, const T *b, T *Z,      \
-                                      T *A, ptrdiff_t ldz, int kind, int store_z))      \
-    X(void, bpfast_layer_forward_##SFX##_back, (int m, int n_in, int n, const T *dZ,    \
-                                             const T *W, ptrdiff_t ldw, const T *Ap,    \
-                                             T *Zp, ptrdiff_t ldz, T *db, int kind))    \
+    X(void, bpfast_layer_forward_##SFX, (const bpfast_layer_io_##SFX *io))               \
+    X(void, bpfast_layer_forward_##SFX##_back, (const bpfast_layer_io_##SFX *io))        \
     X(double, bpfast_grad_update_##SFX, (int m, int R, int C, const T *A, ptrdiff_t lda,   \
                                       const T *const *arows, const T *B, ptrdiff_t ldb, \
                                       T *P, ptrdiff_t ldp, T *V, T *S,                  \
