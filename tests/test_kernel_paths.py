@@ -1137,6 +1137,28 @@ def test_panel_pool_has_no_data_race(tmp_path):
     assert run.stdout.strip() == "0 wrong entries"
 
 
+def test_openmp_variant_of_the_pool_compiles():
+    """panel.c's OpenMP variant of the pool, kept for measuring against it
+    (docs/performance.md, "bpfast's pool against OpenMP"), still compiles, so that the
+    comparison can be made again."""
+    import os
+    import shutil
+    import subprocess
+
+    headers = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "bpfast",
+                           "_core", "src")
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None or not os.path.exists(os.path.join(headers, "panel.c")):
+        pytest.skip("needs a C compiler and the source tree's C sources")
+    build = subprocess.run([compiler, "-fsyntax-only", "-Wall", "-Werror", "-fopenmp",
+                            "-DBPFAST_POOL_OPENMP", "-I", headers,
+                            os.path.join(headers, "panel.c")],
+                           capture_output=True, text=True)
+    if "fopenmp" in build.stderr and "unsupported" in build.stderr:
+        pytest.skip("this compiler has no OpenMP")
+    assert build.returncode == 0, build.stderr[-2000:]
+
+
 @pytest.mark.skipif(not hasattr(__import__("os"), "sched_setaffinity"),
                     reason="needs sched_setaffinity")
 def test_panel_products_finish_on_one_cpu():
