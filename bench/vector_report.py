@@ -3,10 +3,10 @@
     python bench/vector_report.py [--log build.log]
 
 Builds the extension from this source tree into a temporary folder (the tree's own
-in-place build is left alone), with GCC's or clang's vectoriser report added to CFLAGS
-(``-fopt-info-vec-optimized``; clang: ``-Rpass=loop-vectorize``) after Python's own
-CFLAGS, as the real build has them, and counts the loops it
-reports vectorised in each kernel family source (``bpfast/_core/src/*.inc`` and ``*.h``),
+in-place build is left alone), with GCC's vectoriser report added to CFLAGS
+(``-fopt-info-vec-optimized``) after Python's own CFLAGS, as the real build has them,
+and counts the loops it reports vectorised in each kernel family source
+(``bpfast/_core/src/*.inc`` and ``*.h``),
 separately for each copy of the families (``dispatch_baseline.c``, and on x86-64
 ``dispatch_avx2.c`` and ``dispatch_avx512.c``) and by vector width. On ARM64 the
 baseline copy is the NEON one (Advanced SIMD is part of the AArch64 baseline), so its
@@ -27,22 +27,13 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE = re.compile(r"-c \S*?(dispatch_\w+\.c)\b")
-# gcc: "file.inc:43:1: optimized: loop vectorized using 16 byte vectors"
+# "bpfast/_core/src/pointwise.inc:43:1: optimized: loop vectorized using 16 byte vectors"
 GCC = re.compile(r"(?:^|/)([\w.]+):\d+:\d+: optimized: loop vectorized using (\d+) byte")
-# clang: "file.inc:43:1: remark: vectorized loop (vectorization width: 2, ...)"
-CLANG = re.compile(r"(?:^|/)([\w.]+):\d+:\d+: remark: vectorized loop \(vectorization "
-                   r"width: (\d+)")
 
 
 def build_log(log_path=None):
-    """The build's output with the vectoriser's report, from a fresh temporary build, and
-    whether the compiler is clang (whose report counts lanes, not bytes)."""
-    cc = os.environ.get("CC", "cc")
-    try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    except OSError:
-        version = ""
-    report = "-Rpass=loop-vectorize" if "clang" in version else "-fopt-info-vec-optimized"
+    """The build's output with the vectoriser's report, from a fresh temporary build."""
+    report = "-fopt-info-vec-optimized"
     # CFLAGS in the environment replaces Python's own (-fwrapv, ...), which the real
     # build keeps and which change what vectorises: they go first
     flags = [sysconfig.get_config_var("CFLAGS") or "", os.environ.get("CFLAGS", ""), report]
@@ -57,7 +48,7 @@ def build_log(log_path=None):
             f.write(done.stdout)
     if done.returncode != 0:
         sys.exit(f"the build failed (exit {done.returncode}); see --log for its output")
-    return done.stdout, "clang" in version
+    return done.stdout
 
 
 def count(log):
@@ -69,7 +60,7 @@ def count(log):
         if m:
             copy = m.group(1)
             continue
-        m = GCC.search(line) or CLANG.search(line)
+        m = GCC.search(line)
         if m and copy is not None and m.group(1).endswith((".inc", ".h")):
             table[copy][m.group(1)][int(m.group(2))] += 1
     return table
@@ -79,14 +70,12 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--log", help="also write the whole build output here")
     args = p.parse_args(argv)
-    log, clang = build_log(args.log)
-    table = count(log)
+    table = count(build_log(args.log))
     if not table:
-        sys.exit("no vectorised loops reported (a compiler without the report?)")
+        sys.exit("no vectorised loops reported: the report needs GCC (CC=gcc)")
     copies = sorted(table)
     sources = sorted({s for c in copies for s in table[c]})
-    unit = "lanes" if clang else "bytes"
-    print(f"loops vectorised (count x vector {unit})")
+    print("loops vectorised (count x vector bytes)")
     print("| source | " + " | ".join(copies) + " |")
     print("|---" * (len(copies) + 1) + "|")
     for s in sources:
