@@ -66,7 +66,7 @@ SWITCHES = {
     "fused_update_limit": _Switch(
         "set_fused_update_limit", 0, _count,
         "layers with batch * n^l * n^(l-1) up to this take the fused gradient-and-update "
-        "kernel in momentum and Adam steps (0: never; always 0 without AVX-512)"),
+        "kernel in momentum and Adam steps (0: never; always 0 without AVX2 or AVX-512)"),
     "gradient_block": _Switch(
         "set_gradient_block", 0, _positive_count,
         "momentum and Adam steps take large layers' gradients this many entries at a time"),
@@ -79,7 +79,8 @@ SWITCHES = {
         "versions (AVX2+FMA or AVX-512)"),
     "vector_products": _Switch(
         "set_vector_products", 0, _flag,
-        "one-row products skip the BLAS: the AVX-512 vector kernels, or the plain loops"),
+        "one-row products skip the BLAS: the vector kernels (AVX2, AVX-512), or the plain "
+        "loops"),
     "signal_work": _Switch(
         "set_signal_check", 0, _positive_count,
         "training reads the clock after this many multiply-adds"),

@@ -2,8 +2,8 @@
 """Row-major GEMM: a Fortran BLAS found at run time (NumPy's OpenBLAS, or SciPy's
 ``cython_blas``) for large products, plain vectorised loops (``small_gemm.inc``) for small
 ones and whenever no BLAS has been set, register loops for one-row products
-(``vector_products.inc`` on processors with AVX-512) and unpacked, threaded tiles for
-mid-sized ones (``panel_gemm.inc`` on processors with AVX2 or AVX-512)."""
+(``vector_products.inc`` on processors with AVX2 or AVX-512) and unpacked, threaded tiles
+for mid-sized ones (``panel_gemm.inc`` on processors with AVX2 or AVX-512)."""
 from cython cimport floating
 
 cdef extern from "kernels.h" nogil:
@@ -115,8 +115,8 @@ cdef inline bint vector_product(bint trans_a, bint trans_b, int m, int n, int k,
                                 floating alpha, const floating* a, const floating* b,
                                 int ldb, floating beta, floating* c,
                                 int ldc) noexcept nogil:
-    """A one-row product through vector_products.inc, where AVX-512 runs; False when not
-    taken (elsewhere small_gemm.inc's loops take it, see :func:`gemm`)."""
+    """A one-row product through vector_products.inc, where AVX2 or AVX-512 runs; False
+    when not taken (elsewhere small_gemm.inc's loops take it, see :func:`gemm`)."""
     if not bpfast_vector_products():
         return False
     if m == 1 and not trans_a:

@@ -98,8 +98,8 @@ cdef extern from "kernels.h" nogil:
 
 def set_vector_products(bint enabled):
     """Whether one-row products (batches of one row) may take their own route rather than
-    BLAS: vector_products.inc's AVX-512 loops where they run, small_gemm.inc's loops
-    elsewhere; returns the old setting. For benchmarks and tests."""
+    BLAS: vector_products.inc's kernels where they run (AVX2, AVX-512), small_gemm.inc's
+    loops elsewhere; returns the old setting. For benchmarks and tests."""
     global bpfast_vector_products_allowed
     old = bool(bpfast_vector_products_allowed)
     bpfast_vector_products_allowed = enabled
@@ -107,8 +107,8 @@ def set_vector_products(bint enabled):
 
 
 def vector_products_available():
-    """Whether one-row products run vector_products.inc's AVX-512 loops on this processor
-    (elsewhere their route is small_gemm.inc's loops)."""
+    """Whether one-row products run vector_products.inc's kernels (AVX2, AVX-512) on this
+    processor (elsewhere their route is small_gemm.inc's loops)."""
     return bool(vector_products_on())
 
 

@@ -1,4 +1,4 @@
-/* Mid-sized products without packing, split over threads by columns.
+/* Mid-sized products without packing, split over threads in a grid of blocks.
  *
  * C = alpha op(A) B + beta C, row-major, op(A) = A or A^T (m x k), B k x n. For the
  * products of a mini-batch step on a layer whose weights fit in the level-2 caches (a

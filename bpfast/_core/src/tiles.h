@@ -1,6 +1,7 @@
-/* What the register-tile kernels (grad_update.inc, layer_forward.inc,
- * vector_products.inc) share: the
- * availability check, the tile shape and the vector types.
+/* What the kernels written with vectors (grad_update.inc, layer_forward.inc,
+ * vector_products.inc, panel_gemm.inc, vmath_vec.inc, pointwise_fused.inc) share: the
+ * availability check, the tile shape, the vector types, and loads and stores of partial
+ * vectors.
  *
  * A tile is BPFAST_TILE_NR rows by BPFAST_TILE_NV vectors of BPFAST_TILE_BYTES, its
  * accumulators held in registers: 4 x 4 vectors of 64 bytes for AVX-512 (16 of its 32
